@@ -1,0 +1,32 @@
+# The two fresh-machine commands:
+#   make run   — install into .venv and plan the default scenario (Grok-1 on Colossus)
+#   make test  — install the dev extras into .venv, lint, and run the whole test suite
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
+
+.PHONY: run test install install-dev lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q --upgrade pip
+
+install: $(BIN)/python
+	$(PIP) -e .
+
+install-dev: $(BIN)/python
+	$(PIP) -e '.[dev]'
+
+run: install
+	$(BIN)/gigafactory plan
+
+lint: install-dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+test: install-dev lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,9 @@
+"""CLI verbs of the train part (registered on the main app)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this part's verbs to ``app``."""

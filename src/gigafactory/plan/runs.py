@@ -1,0 +1,149 @@
+"""Published training runs (the schema of data/published_runs.csv) as specs.
+
+Each row carries a model shape, a cluster slice and the layout it ran with, plus what the
+source measured. Extra columns beyond the shared schema (``tied_embeddings``, ``position``,
+``bias``, ``norm``, MLA ranks, ``sliding_window``) describe architecture details the
+parameter and FLOP counts need.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from gigafactory.errors import SpecError
+from gigafactory.spec.layout import LayoutSpec
+from gigafactory.spec.model import ModelSpec
+
+REQUIRED_COLUMNS = (
+    "id", "layers", "hidden", "heads", "mlp", "vocab", "seq_len", "gpu", "gpus",
+    "precision", "tp", "pp", "dp", "global_batch",
+)  # fmt: skip
+
+
+def default_runs_path() -> Path:
+    """The published runs shipped with the package (sources in data/published_runs.README.md)."""
+    return Path(str(resources.files("gigafactory") / "data" / "published_runs.csv"))
+
+
+@dataclass(frozen=True)
+class PublishedRun:
+    """One row: what ran, on what, how, and what the source measured."""
+
+    row: dict[str, str]
+
+    @property
+    def id(self) -> str:
+        return self.row["id"]
+
+    def _int(self, key: str, default: int = 0) -> int:
+        value = self.row.get(key, "") or ""
+        if not value.strip():
+            return default
+        try:
+            return int(float(value))
+        except ValueError as exc:
+            raise SpecError("run", key, f"row {self.id}: '{value}' is not a number") from exc
+
+    def _float(self, key: str) -> float | None:
+        value = (self.row.get(key, "") or "").strip()
+        if not value:
+            return None
+        try:
+            return float(value)
+        except ValueError as exc:
+            raise SpecError("run", key, f"row {self.id}: '{value}' is not a number") from exc
+
+    def _bool(self, key: str, default: bool) -> bool:
+        value = (self.row.get(key, "") or "").strip().lower()
+        return default if not value else value in ("true", "1", "yes")
+
+    def model(self) -> ModelSpec:
+        mla = bool(self._int("kv_lora_rank"))
+        return ModelSpec(
+            name=self.row.get("model") or self.id,
+            layers=self._int("layers"),
+            hidden=self._int("hidden"),
+            heads=self._int("heads"),
+            kv_heads=self._int("kv_heads"),
+            head_dim=self._int("head_dim"),
+            ffn=self._int("ffn"),
+            mlp=self.row["mlp"],
+            vocab=self._int("vocab"),
+            seq_len=self._int("seq_len"),
+            experts=self._int("experts"),
+            top_k=self._int("top_k"),
+            moe_ffn=self._int("moe_ffn"),
+            shared_experts=self._int("shared_experts"),
+            dense_layers=self._int("dense_layers"),
+            attention="mla" if mla else "gqa",
+            q_lora_rank=self._int("q_lora_rank"),
+            kv_lora_rank=self._int("kv_lora_rank"),
+            qk_nope_head_dim=self._int("qk_nope_head_dim"),
+            qk_rope_head_dim=self._int("qk_rope_head_dim"),
+            v_head_dim=self._int("v_head_dim"),
+            sliding_window=self._int("sliding_window"),
+            tied_embeddings=self._bool("tied_embeddings", False),
+            position=(self.row.get("position") or "rope").strip(),
+            bias=self._bool("bias", False),
+            norm=(self.row.get("norm") or "rmsnorm").strip(),
+        )
+
+    def layout(self) -> LayoutSpec:
+        fsdp = (self.row.get("fsdp") or "").strip()
+        return LayoutSpec(
+            tp=self._int("tp", 1),
+            pp=self._int("pp", 1),
+            vpp=self._int("vpp", 1),
+            cp=self._int("cp", 1),
+            ep=self._int("ep", 1),
+            dp=self._int("dp", 1),
+            sharding=fsdp if fsdp in ("fsdp", "zero1") else "none",
+            micro_batch=self._int("micro_batch", 1),
+            global_batch=self._int("global_batch", 1),
+            recompute=(self.row.get("recompute") or "none").strip() or "none",
+            precision=self.row["precision"].strip(),
+        )
+
+    @property
+    def gpu(self) -> str:
+        return self.row["gpu"].strip()
+
+    @property
+    def gpus(self) -> int:
+        return self._int("gpus")
+
+    @property
+    def params_b(self) -> float | None:
+        return self._float("params_b")
+
+    def published(self, key: str) -> float | None:
+        """A measured figure: tflops_per_gpu, util_pct or tokens_per_s_per_gpu."""
+        return self._float(key)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.row)
+
+
+def read_runs(path: str | Path | None = None) -> list[PublishedRun]:
+    """Rows of a published-runs CSV; a missing column or file is a clear error."""
+    source = Path(path) if path is not None else default_runs_path()
+    if not source.is_file():
+        raise SpecError("runs", "file", f"{source} does not exist; pass a CSV of published runs")
+    with source.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise SpecError(
+                "runs",
+                "columns",
+                f"{source} lacks column(s) {', '.join(missing)}; "
+                "use the schema of data/published_runs.csv",
+            )
+        rows = [PublishedRun(dict(r)) for r in reader if (r.get("id") or "").strip()]
+    if not rows:
+        raise SpecError("runs", "file", f"{source} has no rows")
+    return rows
