@@ -21,9 +21,11 @@ install-dev: $(BIN)/python
 run: install
 	$(BIN)/gigafactory plan
 
+LINT_PATHS := src tests $(wildcard bench)
+
 lint: install-dev
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 test: install-dev lint
 	$(BIN)/python -m pytest -q
