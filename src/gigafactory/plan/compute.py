@@ -1,0 +1,305 @@
+"""Compute time of one micro-batch, operation by operation.
+
+Each operation is a roofline (Williams et al. 2009): its time is the larger of FLOPs over
+the reachable matmul rate and bytes over the reachable memory bandwidth, plus a fixed
+per-kernel cost. The reachable rate depends on the kernel kind and on the operation's size:
+
+* ``matmul``/``grouped_matmul``: ``peak · e_kind · Π_d d/(d + d½)`` over the GEMM's three
+  dimensions, with d½ = ``GEMM_HALF_DIM`` (small dimensions waste tensor-core tiles and waves;
+  a 128-wide tile edge is the unit of Hopper/Blackwell WGMMA/UMMA kernels).
+* ``attention``: fused (flash) attention at ``peak · e_attention``; the backward executes
+  2.5× the forward's FLOPs (FlashAttention-2, Dao 2023, Sec. 3.1: it recomputes QKᵀ).
+* ``memory``: elementwise kernels (norms, activations, residual adds, RoPE, casts, softmax
+  of the loss, MoE permutation) move bytes at ``memory_bw · e_memory``.
+
+``e_kind`` are the accelerator's calibrated ``efficiency`` block in its catalog YAML
+(``matmul``, ``matmul_fp8``, ``grouped_matmul``, ``attention``, ``memory``): one number per
+accelerator and kernel kind, never per model or per run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gigafactory.plan.flops import attention_head_dims, attention_span
+from gigafactory.spec.hardware import HardwareSpec
+from gigafactory.spec.layout import LayoutSpec
+from gigafactory.spec.model import ModelSpec
+
+#: GEMM dimension at which a tensor-core kernel reaches half its large-size efficiency.
+GEMM_HALF_DIM = 128.0
+#: Launch and tail cost of one kernel on the critical path (CUDA launch ~3 µs plus the
+#: ramp-down of the last wave; Megatron does not use CUDA graphs by default).
+KERNEL_OVERHEAD_S = 4e-6
+#: FlashAttention-2 backward FLOPs over forward FLOPs (5 matmuls against 2).
+ATTENTION_BWD_RATIO = 2.5
+#: Defaults for an accelerator whose YAML lacks a calibration block.
+DEFAULT_EFFICIENCY = {
+    "matmul": 0.7,
+    "matmul_fp8": 0.55,
+    "attention": 0.5,
+    "memory": 0.7,
+}
+
+KINDS = ("matmul", "grouped_matmul", "attention", "memory")
+
+
+def efficiency(hardware: HardwareSpec, kind: str, precision: str = "bf16") -> float:
+    """The calibrated fraction of peak that ``kind`` kernels reach on ``hardware``.
+
+    fp8 matmuls read ``matmul_fp8`` (a share of the fp8 peak); ``grouped_matmul`` falls back
+    to the plain matmul value when the YAML does not set it.
+    """
+    eff = hardware.efficiency
+    if kind in ("matmul", "grouped_matmul") and precision == "fp8":
+        base = eff.get("matmul_fp8", DEFAULT_EFFICIENCY["matmul_fp8"])
+        if kind == "grouped_matmul" and "grouped_matmul" in eff:
+            return base * eff["grouped_matmul"] / eff.get("matmul", DEFAULT_EFFICIENCY["matmul"])
+        return base
+    if kind == "grouped_matmul":
+        return eff.get("grouped_matmul", eff.get("matmul", DEFAULT_EFFICIENCY["matmul"]))
+    return eff.get(kind, DEFAULT_EFFICIENCY[kind])
+
+
+def gemm_size_factor(m: float, n: float, k: float, half: float = GEMM_HALF_DIM) -> float:
+    """Share of the large-GEMM efficiency an (m×k)·(k×n) GEMM reaches: Π_d d/(d + d½)."""
+    return (m / (m + half)) * (n / (n + half)) * (k / (k + half))
+
+
+@dataclass(frozen=True)
+class Op:
+    """One forward operation of a micro-batch on one GPU.
+
+    ``flops`` and ``bytes`` are per call; ``calls`` how many identical calls (e.g. one per
+    local expert); ``shape`` the GEMM (m, n, k) for size-dependent efficiency.
+    """
+
+    name: str
+    kind: str
+    flops: float = 0.0
+    bytes: float = 0.0
+    calls: int = 1
+    shape: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    precision: str = "bf16"
+
+    @property
+    def total_flops(self) -> float:
+        return self.flops * self.calls
+
+
+def gemm(
+    name: str, m: float, n: float, k: float, precision: str, calls: int = 1, kind: str = "matmul"
+) -> Op:
+    """A GEMM op: 2mnk FLOPs; bytes of A, B and C at the precision's element size."""
+    elt = 1.0 if precision == "fp8" else 2.0
+    return Op(
+        name, kind, 2.0 * m * n * k, (m * k + k * n) * elt + m * n * 2.0, calls, (m, n, k),
+        precision,
+    )  # fmt: skip
+
+
+def memory_op(name: str, nbytes: float, calls: int = 1) -> Op:
+    """An elementwise (memory-bound) op moving ``nbytes``."""
+    return Op(name, "memory", 0.0, nbytes, calls)
+
+
+def op_time_s(op: Op, hardware: HardwareSpec, bwd_factor: float = 1.0) -> float:
+    """Roofline time of ``op`` (scaled by ``bwd_factor`` for the backward), plus launch costs.
+
+    time = calls · (max(F / (peak · e · size), B / (bw · e_mem)) + KERNEL_OVERHEAD_S).
+    """
+    if op.kind == "memory":
+        bw = hardware.memory_bw_tbs * 1e12 * efficiency(hardware, "memory")
+        return op.calls * (bwd_factor * op.bytes / bw + KERNEL_OVERHEAD_S)
+    if op.kind == "attention":
+        rate = hardware.peak("bf16") * 1e12 * efficiency(hardware, "attention")
+    else:
+        rate = hardware.peak(op.precision) * 1e12 * efficiency(hardware, op.kind, op.precision)
+        rate *= gemm_size_factor(*op.shape)
+    bw = hardware.memory_bw_tbs * 1e12 * efficiency(hardware, "memory")
+    t = max(op.flops / rate, op.bytes / bw)
+    return op.calls * (bwd_factor * t + KERNEL_OVERHEAD_S * max(1.0, bwd_factor))
+
+
+def _gemm_precision(layout: LayoutSpec) -> str:
+    return "fp8" if layout.precision == "fp8" else "bf16"
+
+
+def attention_ops(model: ModelSpec, layout: LayoutSpec, tokens: float, local: bool) -> list[Op]:
+    """Projections and the fused attention core of one layer for ``tokens`` tokens.
+
+    The core executes the causal lower triangle (flash kernels skip masked tiles), with the
+    keys of the whole sequence (context-parallel ranks exchange them).
+    """
+    t, h, a = layout.tp, model.hidden, model.heads
+    p = _gemm_precision(layout)
+    ops: list[Op] = []
+    if model.attention == "mla":
+        qk = model.qk_nope_head_dim + model.qk_rope_head_dim
+        if model.q_lora_rank:
+            ops.append(gemm("q_down", tokens, model.q_lora_rank, h, p))
+            ops.append(gemm("q_up", tokens, a * qk / t, model.q_lora_rank, p))
+        else:
+            ops.append(gemm("q_proj", tokens, a * qk / t, h, p))
+        ops.append(gemm("kv_down", tokens, model.kv_lora_rank + model.qk_rope_head_dim, h, p))
+        kv_up = a * (model.qk_nope_head_dim + model.v_head_dim) / t
+        ops.append(gemm("kv_up", tokens, kv_up, model.kv_lora_rank, p))
+        o_in = a * model.v_head_dim / t
+    else:
+        d, k = model.dim_head, model.n_kv_heads
+        ops.append(gemm("qkv_proj", tokens, (a * d + 2 * k * d) / t, h, p))
+        o_in = a * d / t
+    s = model.seq_len
+    span = attention_span(s, model.sliding_window if local else 0, causal=True)
+    d_qk, d_v = attention_head_dims(model)
+    core_flops = 2.0 * tokens * (a / t) * span * (d_qk + d_v)
+    core_bytes = tokens * (a / t) * (2 * d_qk + 2 * d_v) * 2.0
+    ops.append(Op("attention_core", "attention", core_flops, core_bytes))
+    ops.append(gemm("o_proj", tokens, h, o_in, p))
+    ops.append(memory_op("rope", tokens * (a + model.n_kv_heads) * d_qk * 2 * 2 / t))
+    return ops
+
+
+def mlp_ops(model: ModelSpec, layout: LayoutSpec, tokens: float, moe: bool) -> list[Op]:
+    """The FFN of one layer: a dense MLP, or router + routed experts (+ shared experts).
+
+    Routed experts assume balanced routing (the published MoE rows force it): each of the
+    E/ep local experts gets tokens·top_k·ep/E tokens, all-gathered over TP.
+    """
+    t, h = layout.tp, model.hidden
+    p = _gemm_precision(layout)
+    g = 2 if model.gated else 1
+    ops: list[Op] = []
+
+    def ffn(prefix: str, m: float, width: float, calls: int, kind: str) -> None:
+        ops.append(gemm(f"{prefix}_up", m, g * width / t, h, p, calls, kind))
+        ops.append(memory_op(f"{prefix}_act", m * (g + 1) * width / t * 2.0, calls))
+        ops.append(gemm(f"{prefix}_down", m, h, width / t, p, calls, kind))
+
+    if not moe:
+        ffn("mlp", tokens, model.ffn_width, 1, "matmul")
+        return ops
+    ops.append(gemm("router", tokens, model.experts, h, "bf16"))
+    local = max(1, model.experts // layout.ep)
+    per_expert = tokens * model.top_k * layout.ep / model.experts
+    ops.append(memory_op("moe_permute", tokens * model.top_k * h * 2.0 * 2 * 2 / t))
+    ffn("expert", per_expert, model.moe_ffn, local, "grouped_matmul")
+    if model.shared_experts:
+        ffn("shared", tokens, model.moe_ffn * model.shared_experts, 1, "matmul")
+    return ops
+
+
+def layer_ops(
+    model: ModelSpec, layout: LayoutSpec, tokens: float, moe: bool, local: bool
+) -> list[Op]:
+    """Every forward op of one transformer layer on one GPU for ``tokens`` tokens."""
+    t = layout.tp if layout.sequence_parallel else 1
+    h = model.hidden
+    ops = attention_ops(model, layout, tokens, local) + mlp_ops(model, layout, tokens, moe)
+    norms = 4 if model.norm_layout == "sandwich" else 2
+    ops.append(memory_op("norms", tokens * h * 2 * 2 / t, norms))
+    ops.append(memory_op("residual_add", tokens * h * 3 * 2 / t, 2))
+    if layout.precision == "fp8":
+        cast = sum(o.shape[0] * o.shape[2] * o.calls for o in ops if o.precision == "fp8")
+        ops.append(memory_op("fp8_casts", 3.0 * cast))
+    return ops
+
+
+def head_ops(model: ModelSpec, layout: LayoutSpec, tokens: float) -> list[Op]:
+    """Output head (bf16 GEMM, vocab-parallel over tp) and the fp32 softmax cross-entropy,
+    which reads and writes the logits about three times (max, exp-sum, gradient)."""
+    t, v = layout.tp, model.vocab
+    return [
+        gemm("head", tokens, v / t, model.hidden, "bf16"),
+        memory_op("cross_entropy", tokens * v / t * 4.0 * 3),
+    ]
+
+
+@dataclass(frozen=True)
+class PassTimes:
+    """Seconds of one micro-batch through one pipeline stage, by pass and kernel kind."""
+
+    forward_s: float
+    backward_s: float
+    recompute_s: float
+    by_kind_s: dict[str, float]
+    attention_core_s: float  # forward attention-core time per layer (CP overlap window)
+
+    @property
+    def total_s(self) -> float:
+        return self.forward_s + self.backward_s + self.recompute_s
+
+
+def ops_time(ops: list[Op], hardware: HardwareSpec, backward: bool) -> dict[str, float]:
+    """Seconds by kernel kind of ``ops`` forward, or backward (GEMMs twice: data and weight
+    gradients; attention 2.5×; elementwise twice the bytes)."""
+    out = dict.fromkeys(KINDS, 0.0)
+    for op in ops:
+        if not backward:
+            out[op.kind] += op_time_s(op, hardware)
+        elif op.kind == "attention":
+            out[op.kind] += op_time_s(op, hardware, ATTENTION_BWD_RATIO)
+        else:
+            out[op.kind] += op_time_s(op, hardware, 2.0)
+    return out
+
+
+def stage_pass_times(
+    model: ModelSpec, layout: LayoutSpec, hardware: HardwareSpec, seq_len: int | None = None
+) -> PassTimes:
+    """One micro-batch through the slowest (last) stage: L/pp layers of each kind plus the
+    head. Recompute: ``full`` repeats every layer's forward, ``selective`` the attention core
+    (Korthikanti et al. 2022)."""
+    s = seq_len or model.seq_len
+    if s != model.seq_len:
+        model = model.replace(seq_len=s)
+    tokens = layout.micro_batch * s / layout.cp
+    frac = 1.0 / layout.pp
+    fwd = dict.fromkeys(KINDS, 0.0)
+    bwd = dict.fromkeys(KINDS, 0.0)
+    rec = 0.0
+    core_fwd = 0.0
+    local_layers = model.local_attention_layers
+    kinds = []
+    for moe, count in ((False, model.n_dense_layers), (True, model.moe_layers)):
+        if not count:
+            continue
+        local_share = local_layers / model.layers
+        kinds.append((moe, False, count * (1 - local_share)))
+        if local_share:
+            kinds.append((moe, True, count * local_share))
+    for moe, local, count in kinds:
+        ops = layer_ops(model, layout, tokens, moe, local)
+        n = count * frac
+        f = ops_time(ops, hardware, backward=False)
+        b = ops_time(ops, hardware, backward=True)
+        core = sum(op_time_s(o, hardware) for o in ops if o.kind == "attention")
+        core_fwd += core * n
+        for k in KINDS:
+            fwd[k] += f[k] * n
+            bwd[k] += b[k] * n
+        if layout.recompute == "full":
+            rec += sum(f.values()) * n
+        elif layout.recompute == "selective":
+            rec += core * n
+    head = head_ops(model, layout, tokens)
+    hf, hb = ops_time(head, hardware, False), ops_time(head, hardware, True)
+    for k in KINDS:
+        fwd[k] += hf[k]
+        bwd[k] += hb[k]
+    by_kind = {k: fwd[k] + bwd[k] for k in KINDS}
+    by_kind["recompute"] = rec
+    return PassTimes(
+        forward_s=sum(fwd.values()),
+        backward_s=sum(bwd.values()),
+        recompute_s=rec,
+        by_kind_s=by_kind,
+        attention_core_s=core_fwd / max(1e-9, model.layers * frac),
+    )
+
+
+def optimizer_step_s(params_local: float, hardware: HardwareSpec) -> float:
+    """Adam update of the local shard, memory-bound: read fp32 master, both moments and the
+    gradient (16 B), write master and moments (12 B) and the bf16 weight (2 B): 30 B/param."""
+    bw = hardware.memory_bw_tbs * 1e12 * efficiency(hardware, "memory")
+    return params_local * 30.0 / bw

@@ -1,0 +1,97 @@
+"""How a layout splits a model: parameters per GPU, tokens per micro-batch, and the checks
+beyond ``LayoutSpec.check`` that need the accelerator (TP inside the NVLink domain)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gigafactory.errors import LayoutError
+from gigafactory.plan.params import (
+    attention_params,
+    embedding_params,
+    layer_norms,
+    mlp_params,
+    router_params,
+)
+from gigafactory.spec.hardware import ClusterSpec, HardwareSpec
+from gigafactory.spec.layout import LayoutSpec
+from gigafactory.spec.model import ModelSpec
+
+
+def nvlink_domain(hardware: HardwareSpec, cluster: ClusterSpec | None = None) -> int:
+    """GPUs that share one NVLink (scale-up) domain: the cluster's override or the device's."""
+    if cluster is not None and cluster.nvlink_domain:
+        return cluster.nvlink_domain
+    return hardware.nvlink_domain
+
+
+def check_layout(
+    model: ModelSpec,
+    layout: LayoutSpec,
+    hardware: HardwareSpec,
+    gpus: int | None = None,
+    cluster: ClusterSpec | None = None,
+) -> None:
+    """``LayoutSpec.check`` plus what needs the accelerator: tp (and tp·ep when experts are
+    split over NVLink) must fit in one NVLink domain, since TP collectives sit on the
+    critical path of every layer (Narayanan et al. 2021, Sec. 3.3)."""
+    layout.check(model, gpus)
+    domain = nvlink_domain(hardware, cluster)
+    if layout.tp > domain:
+        raise LayoutError(
+            f"tp={layout.tp} exceeds the NVLink domain of {domain} GPUs on {hardware.name}; "
+            f"use tp <= {domain} and more pp or dp"
+        )
+    if layout.precision not in hardware.peak_tflops:
+        have = ", ".join(sorted(hardware.peak_tflops))
+        raise LayoutError(
+            f"{hardware.name} has no {layout.precision} peak (it has {have}); "
+            "choose another --precision"
+        )
+
+
+@dataclass(frozen=True)
+class ParamSplit:
+    """Parameters held by one GPU of the first pipeline stage (the one that peaks)."""
+
+    dense: float  # replicated over the data-parallel group: attention, norms, dense FFN, emb
+    expert: float  # routed experts, split ep ways (and tp ways inside each expert)
+    dense_dp_group: int  # GPUs the dense share is sharded over under zero1/fsdp: dp·cp
+    expert_dp_group: int  # and the experts: dp·cp/ep
+
+    @property
+    def total(self) -> float:
+        return self.dense + self.expert
+
+
+def layers_per_stage(model: ModelSpec, layout: LayoutSpec) -> float:
+    """Transformer layers on one pipeline stage: L / pp (all its vpp chunks together)."""
+    return model.layers / layout.pp
+
+
+def params_per_gpu(model: ModelSpec, layout: LayoutSpec) -> ParamSplit:
+    """Megatron-style split of the first stage: layers/pp of every layer kind (a uniform
+    share of dense and MoE layers), all matrices /tp, routed experts /ep more, plus the
+    input embedding /tp (vocab-parallel; Shoeybi et al. 2019). With pp = 1 an untied head
+    sits on the same GPU (its share is already in ``embedding_params``)."""
+    t, p = layout.tp, layout.pp
+    per_layer_dense = attention_params(model) + layer_norms(model)
+    dense_layers = model.n_dense_layers * mlp_params(model, model.ffn_width)
+    moe_shared = model.moe_layers * (
+        router_params(model) + model.shared_experts * mlp_params(model, model.moe_ffn)
+    )
+    dense = (model.layers * per_layer_dense + dense_layers + moe_shared) / (p * t)
+    emb = embedding_params(model)
+    if p > 1 and not model.tied_embeddings:
+        emb -= model.vocab * model.hidden  # the head lives on the last stage
+    dense += emb / t
+    expert = model.moe_layers * model.experts * mlp_params(model, model.moe_ffn)
+    expert /= p * t * layout.ep
+    dp_group = layout.dp * layout.cp
+    return ParamSplit(dense, expert, dp_group, max(1, dp_group // layout.ep))
+
+
+def tokens_per_microbatch(model: ModelSpec, layout: LayoutSpec, seq_len: int | None = None) -> int:
+    """Tokens one GPU's pipeline sees per micro-batch: b·s/cp (TP ranks share the same)."""
+    s = seq_len or model.seq_len
+    return layout.micro_batch * s // layout.cp

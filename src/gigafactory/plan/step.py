@@ -1,0 +1,302 @@
+"""One training step: compute + exposed communication per kind + pipeline bubble.
+
+step = m · (t_fwd + t_bwd + t_recompute + exposed TP/CP/EP/FSDP per micro-batch)
+       + bubble + exposed DP gradient reduce-scatter / parameter all-gather
+       + exposed pipeline send/receive + optimizer update,
+with m micro-batches per pipeline (Narayanan et al. 2021, Sec. 3). Utilisation follows
+Chowdhery et al. 2022 (PaLM, App. B): MFU = model FLOPs/s ÷ peak; HFU also counts the
+recomputed FLOPs (Korthikanti et al. 2022, Sec. 6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gigafactory.plan import comms
+from gigafactory.plan.compute import optimizer_step_s, stage_pass_times
+from gigafactory.plan.flops import hardware_flops_per_token, training_flops_per_token
+from gigafactory.plan.memory import MemoryBreakdown, memory_per_gpu
+from gigafactory.plan.shard import check_layout, params_per_gpu
+from gigafactory.spec.hardware import ClusterSpec, HardwareSpec
+from gigafactory.spec.layout import LayoutSpec
+from gigafactory.spec.model import ModelSpec
+
+#: Gradients are reduced in fp32 (Megatron ``grad_reduce_in_fp32``/NeMo mixed precision);
+#: parameters are all-gathered in bf16.
+GRAD_REDUCE_BYTES = 4.0
+PARAM_GATHER_BYTES = 2.0
+#: Megatron's DDP bucket: the last bucket's reduction cannot overlap the backward.
+DP_BUCKET_PARAMS = 40e6
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """Seconds of one optimizer step, by part (every exposed kind reported separately)."""
+
+    compute_s: float
+    recompute_s: float
+    tp_exposed_s: float
+    cp_exposed_s: float
+    ep_exposed_s: float
+    pp_exposed_s: float
+    dp_exposed_s: float
+    fsdp_exposed_s: float
+    bubble_s: float
+    optimizer_s: float
+    dp_raw_s: float  # before overlap, for reference
+    compute_by_kind_s: dict[str, float]
+
+    @property
+    def total_s(self) -> float:
+        return (
+            self.compute_s + self.recompute_s + self.tp_exposed_s + self.cp_exposed_s
+            + self.ep_exposed_s + self.pp_exposed_s + self.dp_exposed_s + self.fsdp_exposed_s
+            + self.bubble_s + self.optimizer_s
+        )  # fmt: skip
+
+    def parts(self) -> dict[str, float]:
+        """Named parts in seconds, in display order."""
+        return {
+            "compute": self.compute_s,
+            "recompute": self.recompute_s,
+            "TP/SP exposed": self.tp_exposed_s,
+            "CP exposed": self.cp_exposed_s,
+            "EP all-to-all exposed": self.ep_exposed_s,
+            "PP send/recv exposed": self.pp_exposed_s,
+            "DP grad RS + param AG exposed": self.dp_exposed_s,
+            "FSDP gather/scatter exposed": self.fsdp_exposed_s,
+            "pipeline bubble": self.bubble_s,
+            "optimizer": self.optimizer_s,
+        }
+
+
+@dataclass(frozen=True)
+class StepEstimate:
+    """The digital twin of one step: layout, memory, time, FLOPs and utilisation."""
+
+    model: str
+    hardware: str
+    cluster: str
+    gpus: int
+    layout: LayoutSpec
+    seq_len: int
+    memory: MemoryBreakdown
+    time: StepTime
+    model_flops_per_step: float
+    hardware_flops_per_step: float
+    peak_tflops: float
+
+    @property
+    def step_s(self) -> float:
+        return self.time.total_s
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.layout.global_batch * self.seq_len
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_per_step / self.step_s
+
+    @property
+    def tokens_per_s_per_gpu(self) -> float:
+        return self.tokens_per_s / self.gpus
+
+    @property
+    def model_tflops_per_gpu(self) -> float:
+        return self.model_flops_per_step / self.step_s / self.gpus / 1e12
+
+    @property
+    def hardware_tflops_per_gpu(self) -> float:
+        return self.hardware_flops_per_step / self.step_s / self.gpus / 1e12
+
+    @property
+    def mfu(self) -> float:
+        return self.model_tflops_per_gpu / self.peak_tflops
+
+    @property
+    def hfu(self) -> float:
+        return self.hardware_tflops_per_gpu / self.peak_tflops
+
+    @property
+    def fits(self) -> bool:
+        return self.memory.fits
+
+    def summary(self) -> dict[str, float | int | bool | str]:
+        """Flat headline numbers (for JSON and tables)."""
+        return {
+            "step_s": self.step_s,
+            "mfu": self.mfu,
+            "hfu": self.hfu,
+            "model_tflops_per_gpu": self.model_tflops_per_gpu,
+            "hardware_tflops_per_gpu": self.hardware_tflops_per_gpu,
+            "tokens_per_s_per_gpu": self.tokens_per_s_per_gpu,
+            "tokens_per_s": self.tokens_per_s,
+            "memory_gb_per_gpu": self.memory.total_bytes / 1e9,
+            "fits": self.fits,
+        }
+
+
+def _tp_comm_per_mb_s(
+    model: ModelSpec, layout: LayoutSpec, tokens: float, net: comms.Links
+) -> float:
+    """TP/SP per micro-batch on the stage: per layer 4 collectives forward (all-gather before
+    and reduce-scatter after attention and MLP; Korthikanti Sec. 4.2.2), 4 backward, 4 more
+    under full recompute; each moves the b·s/cp·h·2-byte activation over tp ranks."""
+    if layout.tp == 1:
+        return 0.0
+    kind = "allgather" if layout.sequence_parallel else "allreduce"
+    count = 4 if layout.sequence_parallel else 2
+    passes = 3 if layout.recompute == "full" else 2
+    one = comms.group_collective_s(kind, tokens * model.hidden * 2.0, layout.tp, 1, net)
+    return model.layers / layout.pp * count * passes * one
+
+
+def _cp_comm_per_layer_s(
+    model: ModelSpec, layout: LayoutSpec, tokens: float, net: comms.Links
+) -> float:
+    """Context-parallel ring attention (Liu et al. 2023; Megatron CP): cp−1 steps, each passing
+    the local K and V chunk forward, and K, V, dK, dV backward."""
+    if layout.cp == 1:
+        return 0.0
+    if model.attention == "mla":
+        kv_width = model.heads * (
+            model.qk_nope_head_dim + model.qk_rope_head_dim + model.v_head_dim
+        )
+    else:
+        kv_width = 2 * model.n_kv_heads * model.dim_head
+    chunk = tokens * kv_width / max(1, min(layout.tp, model.n_kv_heads)) * 2.0
+    stride = layout.tp
+    one = comms.group_collective_s("allgather", chunk * layout.cp, layout.cp, stride, net)
+    return 3.0 * one  # forward K,V; backward K,V and dK,dV
+
+
+def _ep_comm_per_mb_s(
+    model: ModelSpec, layout: LayoutSpec, tokens: float, net: comms.Links
+) -> float:
+    """Expert all-to-all (GShard, Lepikhin et al. 2021): dispatch and combine in the forward
+    and again in the backward (and the forward's again under full recompute), each moving the
+    tokens·top_k·h·2 bytes of this GPU's share over the ep ranks (stride tp·cp)."""
+    if not model.is_moe or layout.ep == 1:
+        return 0.0
+    nbytes = tokens * model.top_k * model.hidden * 2.0 / layout.tp
+    one = comms.group_collective_s("alltoall", nbytes, layout.ep, layout.tp * layout.cp, net)
+    passes = 6 if layout.recompute == "full" else 4
+    return model.moe_layers / layout.pp * passes * one
+
+
+def estimate_step(
+    model: ModelSpec,
+    layout: LayoutSpec,
+    hardware: HardwareSpec,
+    cluster: ClusterSpec | None = None,
+    seq_len: int | None = None,
+    *,
+    causal_flops: bool = False,
+    check: bool = True,
+) -> StepEstimate:
+    """Predict one optimizer step of ``model`` under ``layout`` on ``hardware``.
+
+    ``causal_flops`` selects the FLOP-counting convention for MFU/HFU (see ``flops.py``);
+    it changes the reported FLOPs, never the predicted time.
+    """
+    s = seq_len or model.seq_len
+    gpus = layout.gpus
+    if check:
+        check_layout(model, layout, hardware, gpus, cluster)
+    net = comms.links(hardware, cluster)
+    m = layout.microbatches
+    tokens = layout.micro_batch * s / layout.cp
+    passes = stage_pass_times(model, layout, hardware, s)
+
+    # per micro-batch exposed communication
+    tp_mb = _tp_comm_per_mb_s(model, layout, tokens, net)
+    cp_layer = _cp_comm_per_layer_s(model, layout, tokens, net)
+    cp_mb = (
+        model.layers
+        / layout.pp
+        * comms.exposed_after_overlap_s(cp_layer, 3.5 * passes.attention_core_s)
+    )
+    ep_mb = _ep_comm_per_mb_s(model, layout, tokens, net)
+
+    split = params_per_gpu(model, layout)
+    dense_n, dense_stride = split.dense_dp_group, layout.tp
+    exp_n, exp_stride = split.expert_dp_group, layout.tp * layout.cp * layout.ep
+    fsdp_mb = 0.0
+    dp_raw = dp_exposed = 0.0
+    if layout.sharding == "fsdp":
+        # every micro-batch: gather weights for forward and backward, scatter gradients
+        gather = comms.group_collective_s(
+            "allgather", split.dense * PARAM_GATHER_BYTES, dense_n, dense_stride, net
+        ) + comms.group_collective_s(
+            "allgather", split.expert * PARAM_GATHER_BYTES, exp_n, exp_stride, net
+        )
+        scatter = comms.group_collective_s(
+            "allgather", split.dense * GRAD_REDUCE_BYTES, dense_n, dense_stride, net
+        ) + comms.group_collective_s(
+            "allgather", split.expert * GRAD_REDUCE_BYTES, exp_n, exp_stride, net
+        )
+        raw_mb = 2 * gather + scatter
+        dp_raw = m * raw_mb
+        fsdp_mb = comms.exposed_after_overlap_s(raw_mb, passes.total_s)
+    else:
+        kind = "allreduce" if layout.sharding == "none" else "allgather"
+        rs = comms.group_collective_s(
+            kind, split.dense * GRAD_REDUCE_BYTES, dense_n, dense_stride, net
+        ) + comms.group_collective_s(kind, split.expert * GRAD_REDUCE_BYTES, exp_n, exp_stride, net)
+        ag = 0.0
+        if layout.sharding == "zero1":
+            ag = comms.group_collective_s(
+                "allgather", split.dense * PARAM_GATHER_BYTES, dense_n, dense_stride, net
+            ) + comms.group_collective_s(
+                "allgather", split.expert * PARAM_GATHER_BYTES, exp_n, exp_stride, net
+            )
+        dp_raw = rs + ag
+        tail = min(1.0, DP_BUCKET_PARAMS / max(1.0, split.total))
+        dp_exposed = comms.exposed_after_overlap_s(rs, passes.backward_s, tail * rs)
+        dp_exposed += comms.exposed_after_overlap_s(ag, passes.forward_s, tail * ag)
+
+    # pipeline
+    per_mb = passes.total_s + tp_mb + cp_mb + ep_mb + fsdp_mb
+    bubble = comms.bubble_fraction(layout.pp, m, layout.vpp) * m * per_mb
+    pp_exposed = 0.0
+    if layout.pp > 1:
+        act = tokens * model.hidden * 2.0 / (layout.tp if layout.sequence_parallel else 1)
+        stride = layout.tp * layout.cp * layout.dp
+        bw = net.nvlink_bytes_s if stride < net.nvlink_domain else net.nic_bytes_s
+        pp_exposed = 2 * layout.vpp * (layout.pp - 1) * comms.p2p_s(act, bw)
+
+    local_opt = split.dense / (dense_n if layout.sharding != "none" else 1) + split.expert / (
+        exp_n if layout.sharding != "none" else 1
+    )
+    step = StepTime(
+        compute_s=m * (passes.forward_s + passes.backward_s),
+        recompute_s=m * passes.recompute_s,
+        tp_exposed_s=m * tp_mb,
+        cp_exposed_s=m * cp_mb,
+        ep_exposed_s=m * ep_mb,
+        pp_exposed_s=pp_exposed,
+        dp_exposed_s=dp_exposed,
+        fsdp_exposed_s=m * fsdp_mb,
+        bubble_s=bubble,
+        optimizer_s=optimizer_step_s(local_opt, hardware),
+        dp_raw_s=dp_raw,
+        compute_by_kind_s={k: m * v for k, v in passes.by_kind_s.items()},
+    )
+    tokens_step = layout.global_batch * s
+    return StepEstimate(
+        model=model.name,
+        hardware=hardware.name,
+        cluster=cluster.name if cluster else "",
+        gpus=gpus,
+        layout=layout,
+        seq_len=s,
+        memory=memory_per_gpu(model, layout, hardware, s),
+        time=step,
+        model_flops_per_step=training_flops_per_token(model, s, causal=causal_flops) * tokens_step,
+        hardware_flops_per_step=hardware_flops_per_token(
+            model, layout.recompute, s, causal=causal_flops
+        )
+        * tokens_step,
+        peak_tflops=hardware.peak(layout.precision),
+    )

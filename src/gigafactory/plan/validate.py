@@ -1,0 +1,129 @@
+"""Predict published training runs with their own layouts and compare in their own terms.
+
+For each row (``plan/runs.py``): build the model, layout and accelerator, predict the step,
+and compare with what the source measured, in this order of preference:
+
+1. ``tflops_per_gpu`` — as model FLOPs (``util_kind`` MFU or blank) or hardware FLOPs
+   including recomputation (HFU), counted in the source framework's convention: NeMo and
+   Megatron-Bridge count the causal half of attention, Megatron-LM and Megatron-DeepSpeed the
+   full s×s product (see ``flops.py``);
+2. ``util_pct`` — MFU or HFU in % of the dense peak at the run's precision;
+3. ``tokens_per_s_per_gpu``.
+
+The rows name no cluster; each runs on a generic cluster of its accelerator: 8 GPUs per
+node (4 per tray for GB200, whose NVLink domain is the 72-GPU rack), one NIC per GPU at the
+accelerator's rate and an InfiniBand fabric at ``DEFAULT_FABRIC_EFFICIENCY``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from gigafactory.plan.runs import PublishedRun, read_runs
+from gigafactory.plan.step import StepEstimate, estimate_step
+from gigafactory.spec.catalog import load_hardware
+from gigafactory.spec.hardware import ClusterSpec, HardwareSpec
+
+DEFAULT_FABRIC_EFFICIENCY = 0.9
+CAUSAL_FRAMEWORKS = ("nemo", "megatron-bridge")
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """One published row against its prediction."""
+
+    id: str
+    metric: str
+    published: float
+    predicted: float
+    error_pct: float
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Every row and the summary errors."""
+
+    rows: list[RowResult]
+    median_abs_error_pct: float
+    max_abs_error_pct: float
+
+
+def counts_causal_half(framework: str) -> bool:
+    """Whether ``framework`` counts only the causal half of attention FLOPs."""
+    return framework.strip().lower().startswith(CAUSAL_FRAMEWORKS)
+
+
+def generic_cluster(hardware: HardwareSpec, gpus: int) -> ClusterSpec:
+    """The cluster a row without one runs on (see the module docstring)."""
+    per_node = 4 if hardware.nvlink_domain > 8 else 8
+    per_node = min(per_node, gpus)
+    return ClusterSpec(
+        name=f"{hardware.name}-generic",
+        gpu=hardware.name,
+        gpus=gpus,
+        gpus_per_node=per_node,
+        fabric="infiniband",
+        fabric_efficiency=DEFAULT_FABRIC_EFFICIENCY,
+    )
+
+
+def predict_run(run: PublishedRun, hardware: HardwareSpec | None = None) -> StepEstimate:
+    """The planner's step for one published row, with the row's own layout."""
+    hw = hardware or load_hardware(run.gpu)
+    framework = run.row.get("framework", "") or ""
+    return estimate_step(
+        run.model(),
+        run.layout(),
+        hw,
+        generic_cluster(hw, run.gpus),
+        causal_flops=counts_causal_half(framework),
+        check=False,
+    )
+
+
+def compare_run(run: PublishedRun, hardware: HardwareSpec | None = None) -> RowResult:
+    """Predict ``run`` and compare in the row's own terms (module docstring)."""
+    est = predict_run(run, hardware)
+    hfu = (run.row.get("util_kind") or "").strip().upper() == "HFU"
+    tflops = run.published("tflops_per_gpu")
+    util = run.published("util_pct")
+    tokens = run.published("tokens_per_s_per_gpu")
+    if tflops is not None:
+        metric = "hfu_tflops_per_gpu" if hfu else "mfu_tflops_per_gpu"
+        published = tflops
+        predicted = est.hardware_tflops_per_gpu if hfu else est.model_tflops_per_gpu
+    elif util is not None:
+        metric = "hfu_pct" if hfu else "mfu_pct"
+        published, predicted = util, 100.0 * (est.hfu if hfu else est.mfu)
+    elif tokens is not None:
+        metric, published, predicted = "tokens_per_s_per_gpu", tokens, est.tokens_per_s_per_gpu
+    else:
+        from gigafactory.errors import SpecError
+
+        raise SpecError(
+            "run",
+            "tflops_per_gpu",
+            f"row {run.id} gives no tflops_per_gpu, util_pct or tokens_per_s_per_gpu",
+        )
+    error = 100.0 * (predicted - published) / published
+    return RowResult(run.id, metric, published, predicted, error)
+
+
+def summarise(rows: list[RowResult]) -> ValidationReport:
+    """Median and maximum absolute % error over ``rows``."""
+    errors = [abs(r.error_pct) for r in rows]
+    return ValidationReport(rows, statistics.median(errors), max(errors))
+
+
+def validate(
+    path: str | Path | None = None, hardware: dict[str, HardwareSpec] | None = None
+) -> ValidationReport:
+    """Every row of a published-runs CSV (default: the packaged set) against its prediction.
+
+    ``hardware`` overrides accelerator presets by name (used to test calibrations).
+    """
+    hw = hardware or {}
+    rows = [compare_run(run, hw.get(run.gpu)) for run in read_runs(path)]
+    return summarise(rows)
