@@ -1,0 +1,138 @@
+"""Export a trained model (safetensors + config.json + tokenizer.json) and sample from it.
+
+``load_for_inference`` accepts an export folder, a run folder (its ``model/`` export, or else
+its newest verified checkpoint) or one checkpoint folder (DCP, read without a process group).
+Sampling is temperature plus nucleus (top-p) sampling, Holtzman et al. 2019.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+
+from gigafactory.spec.model import ModelSpec
+from gigafactory.train.checkpoint import PREFIX, quiet_single_process, verify
+from gigafactory.train.errors import CheckpointError, TrainConfigError
+from gigafactory.train.model import Transformer
+from gigafactory.train.tokenizer import EOT, load_tokenizer
+
+WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
+
+
+def export_model(
+    state_dict: dict[str, torch.Tensor],
+    spec: ModelSpec,
+    tokenizer_path: Path,
+    out_dir: Path,
+    step: int = 0,
+) -> Path:
+    """Write ``model.safetensors``, ``config.json`` (the ModelSpec) and ``tokenizer.json`` into a
+    temporary folder, then rename it to ``out_dir`` (replacing an older export)."""
+    tmp = out_dir.with_name(f".tmp-{out_dir.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt", "step": str(step)})
+    config = {"architecture": "gigafactory-grok", "step": step, "model": spec.to_dict()}
+    (tmp / CONFIG).write_text(json.dumps(config, indent=1))
+    shutil.copyfile(tokenizer_path, tmp / TOKENIZER)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def _from_export(folder: Path, device: torch.device) -> tuple[Transformer, Tokenizer]:
+    config = json.loads((folder / CONFIG).read_text())
+    model = Transformer(ModelSpec.from_dict(config["model"]))
+    model.load_state_dict(load_file(str(folder / WEIGHTS)))
+    return model.to(device).eval(), load_tokenizer(folder / TOKENIZER)
+
+
+def _from_checkpoint(folder: Path, device: torch.device) -> tuple[Transformer, Tokenizer]:
+    import torch.distributed.checkpoint as dcp
+
+    manifest, reason = verify(folder)
+    if manifest is None:
+        raise CheckpointError(f"checkpoint {folder} cannot be read: {reason}")
+    model = Transformer(ModelSpec.from_dict(manifest["model"]))
+    state = {"model": model.state_dict()}
+    with quiet_single_process():
+        dcp.load(state, checkpoint_id=folder)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), load_tokenizer(folder.parent.parent / TOKENIZER)
+
+
+def load_for_inference(path: Path, device: str = "cpu") -> tuple[Transformer, Tokenizer]:
+    """A model and its tokenizer from an export, a run folder or a checkpoint folder."""
+    dev = torch.device(device)
+    if (path / CONFIG).is_file() and (path / WEIGHTS).is_file():
+        return _from_export(path, dev)
+    if (path / "model" / CONFIG).is_file():
+        return _from_export(path / "model", dev)
+    if path.name.startswith(PREFIX):
+        return _from_checkpoint(path, dev)
+    ckpts = sorted((path / "checkpoints").glob(f"{PREFIX}*"), reverse=True)
+    for folder in ckpts:
+        if verify(folder)[0] is not None:
+            return _from_checkpoint(folder, dev)
+    raise CheckpointError(
+        f"{path} holds no exported model and no complete checkpoint; pass a run folder "
+        "written by gigafactory train (its --out), its model/ folder, or a checkpoint folder"
+    )
+
+
+def sample_next(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator
+) -> int:
+    """One token from (V,) logits: greedy at temperature 0, else softmax(logits / T) cut to the
+    smallest set of tokens whose probability reaches ``top_p`` (nucleus sampling)."""
+    if temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    sorted_p, order = probs.sort(descending=True)
+    keep = sorted_p.cumsum(0) - sorted_p < top_p  # the top token is always kept
+    sorted_p = sorted_p * keep
+    choice = torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=generator)
+    return int(order[choice])
+
+
+@torch.no_grad()
+def generate(
+    model: Transformer,
+    tok: Tokenizer,
+    prompt: str,
+    max_tokens: int = 100,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    seed: int = 0,
+) -> Iterator[str]:
+    """Yield the continuation of ``prompt`` piece by piece; stops at ``<|endoftext|>``."""
+    if temperature < 0:
+        raise TrainConfigError(f"--temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise TrainConfigError(f"--top-p must be in (0, 1], got {top_p}")
+    if max_tokens < 1:
+        raise TrainConfigError(f"--max-tokens must be >= 1, got {max_tokens}")
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    ids = tok.encode(prompt).ids or [tok.token_to_id(EOT)]
+    eot, new, printed = tok.token_to_id(EOT), [], ""
+    for _ in range(max_tokens):
+        context = torch.tensor([ids[-model.spec.seq_len :]], device=device)  # (1, T)
+        logits = model(context).logits[0, -1].cpu()  # (V,)
+        token = sample_next(logits, temperature, top_p, gen)
+        if token == eot:
+            break
+        ids.append(token)
+        new.append(token)
+        text = tok.decode(new)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            yield text[len(printed) :]
+            printed = text

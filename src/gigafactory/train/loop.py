@@ -1,0 +1,431 @@
+"""The training loop: composes runtime, model, parallelism, data, checkpoints and metrics.
+
+``train(config, on_event)`` runs in every process of a job (one process, or each rank under
+torchrun). It never prints: rank 0 reports progress through ``on_event`` (``RunStarted``,
+``Notice``, ``StepDone``, ``CheckpointSaved``) and the CLI renders it.
+
+Exact resumption: the data order is a pure function of (seed, epoch, cursor); the model,
+AdamW moments, LR schedule, RNG states and loader position are all in the checkpoint; so a
+run killed at any point and restarted repeats, bit for bit, the steps an uninterrupted run
+takes (on the same hardware and thread count).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from gigafactory.plan.flops import training_flops_per_token
+from gigafactory.spec.catalog import load_model
+from gigafactory.spec.model import ModelSpec
+from gigafactory.train import metrics as m
+from gigafactory.train.checkpoint import Checkpointer
+from gigafactory.train.data import Corpus, TokenLoader, load_prepared, prepare
+from gigafactory.train.errors import TrainConfigError
+from gigafactory.train.export import export_model
+from gigafactory.train.model import Transformer
+from gigafactory.train.parallelize import (
+    ParallelDims,
+    Runtime,
+    autocast,
+    init_runtime,
+    parallelize,
+    resolve_precision,
+    shutdown,
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs. ``batch`` is the global batch in sequences (all ranks)."""
+
+    model: str = "grok-mini"  # a catalog preset or a YAML path
+    out: Path = Path("runs/grok-mini")
+    steps: int = 200
+    batch: int = 16
+    micro_batch: int = 0  # sequences per rank per forward; 0 = batch / dp
+    seq: int = 0  # 0 = the model's seq_len
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = -1  # -1 = 5% of steps
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    seed: int = 0
+    data: Path | None = None  # None = the generated corpus of social posts
+    posts: int = 20_000
+    text_field: str = "text"
+    ckpt_every: int = 100
+    keep: int = 3
+    dp: int = 0  # 0 = every rank
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    tensorboard: bool = True
+    export: bool = True
+
+    def check(self) -> None:
+        for name in ("steps", "batch", "ckpt_every", "keep"):
+            if getattr(self, name) < 1:
+                raise TrainConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.lr <= 0:
+            raise TrainConfigError(f"--lr must be > 0, got {self.lr}")
+        if self.warmup >= self.steps:
+            raise TrainConfigError(f"--warmup {self.warmup} must be below --steps {self.steps}")
+
+
+# --- events the loop reports (rank 0 only) -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    model: str
+    params: int
+    device: str
+    precision: str
+    world_size: int
+    grad_accum: int
+    start_step: int
+    steps: int
+    tokens_per_step: int
+    corpus: str
+    data_tokens: int
+    data_reused: bool
+    resumed_from: Path | None
+
+
+@dataclass(frozen=True)
+class Notice:
+    message: str
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class StepDone:
+    metrics: m.StepMetrics
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    step: int
+    path: Path
+
+
+Event = RunStarted | Notice | StepDone | CheckpointSaved
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    start_step: int
+    steps: int
+    params: int
+    history: list[m.StepMetrics] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    resumed_from: Path | None = None
+    export_dir: Path | None = None
+    metrics_path: Path | None = None
+
+
+# --- components ----------------------------------------------------------------------------
+
+
+class WarmupCosine:
+    """LR factor after ``step`` optimizer steps: linear warmup (Goyal et al. 2017), then cosine
+    decay to ``min_ratio`` (Loshchilov & Hutter 2017). A class, not a lambda, so LambdaLR can
+    put it in the checkpoint."""
+
+    def __init__(self, warmup: int, total: int, min_ratio: float):
+        self.warmup, self.total, self.min_ratio = warmup, total, min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_model(
+    spec: ModelSpec, runtime: Runtime, precision: str, compile: bool, seed: int
+) -> nn.Module:
+    """The same initial weights on every rank (same seed), then compile/FSDP2."""
+    torch.manual_seed(seed)
+    with torch.device(runtime.device):
+        model = Transformer(spec)
+    return parallelize(model, runtime, precision, compile)
+
+
+def build_optimizer(
+    model: nn.Module, cfg: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with weight decay on matrices only (not norms or biases), as nanoGPT does."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = next(model.parameters()).device.type == "cuda"
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused)
+    warmup = cfg.warmup if cfg.warmup >= 0 else cfg.steps // 20
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, WarmupCosine(warmup, cfg.steps, cfg.min_lr_ratio)
+    )
+    return opt, sched
+
+
+def _mean_over_ranks(values: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    if runtime.distributed:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values = values / runtime.world_size
+    return values
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    runtime: Runtime,
+    precision: str,
+    grad_clip: float,
+) -> tuple[float, float, float]:
+    """Forward/backward over the micro-batches, clip, step. Returns (loss, aux, grad norm),
+    losses averaged over micro-batches and data-parallel ranks."""
+    accum = len(micro_batches)
+    sums = torch.zeros(2, device=runtime.device)
+    for i, (x, y) in enumerate(micro_batches):
+        if runtime.distributed:
+            model.set_requires_gradient_sync(i == accum - 1)  # type: ignore[operator]
+        with autocast(runtime, precision):
+            out = model(x, y)
+        ((out.loss + out.aux_loss) / accum).backward()
+        sums += torch.stack([out.loss.detach(), out.aux_loss.detach()]).float() / accum
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()  # a DTensor under FSDP2
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    loss, aux = _mean_over_ranks(sums, runtime).tolist()
+    return loss, aux, float(norm)
+
+
+def rng_state(runtime: Runtime) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if runtime.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(runtime.device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], runtime: Runtime) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and runtime.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], runtime.device)
+
+
+def _keep_configured_schedule(
+    scheduler: torch.optim.lr_scheduler.LambdaLR, cfg: TrainConfig, emit: Callable[[Event], None]
+) -> None:
+    """A resumed run follows this run's --steps: a longer run decays over the new length."""
+    restored: WarmupCosine = scheduler.lr_lambdas[0]  # type: ignore[assignment]
+    if restored.total != cfg.steps:
+        emit(Notice(f"LR schedule now decays over {cfg.steps} steps (was {restored.total})"))
+        restored.total = cfg.steps
+
+
+def _saved_keys(path: Path) -> set[str]:
+    from torch.distributed.checkpoint import FileSystemReader
+
+    return set(FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+
+
+# --- the loop ------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, on_event: Callable[[Event], None] | None = None) -> TrainResult:
+    """Run (or resume) training as configured; see the module docstring."""
+    cfg.check()
+    spec = load_model(cfg.model)
+    runtime = init_runtime(cfg.device)
+    try:
+        return _train(cfg, spec, runtime, on_event or (lambda _e: None))
+    finally:
+        shutdown(runtime)
+
+
+def _train(
+    cfg: TrainConfig, spec: ModelSpec, runtime: Runtime, on_event: Callable[[Event], None]
+) -> TrainResult:
+    main = runtime.is_main
+
+    def emit(event: Event) -> None:
+        if main:
+            on_event(event)
+
+    seq = cfg.seq or spec.seq_len
+    if seq > spec.seq_len:
+        raise TrainConfigError(
+            f"--seq {seq} is longer than {spec.name}'s seq_len {spec.seq_len}; use --seq "
+            f"{spec.seq_len} or less"
+        )
+    dims = ParallelDims.build(runtime.world_size, cfg.batch, cfg.micro_batch, cfg.dp)
+    dims.validate(spec)
+    precision = resolve_precision(cfg.precision, runtime.device)
+    if runtime.device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matmuls
+    out = cfg.out
+
+    # data: rank 0 trains the tokenizer and writes the shards once; the others read them
+    corpus = Corpus(cfg.data, cfg.posts, cfg.seed, cfg.text_field)
+    error: list[Any] = [None]
+    if main:
+        try:
+            prepared = prepare(corpus, out, spec.vocab)
+        except Exception as exc:  # tell the other ranks before raising
+            error = [exc]
+    if runtime.distributed:
+        dist.broadcast_object_list(error, src=0)
+    if error[0] is not None:
+        raise error[0]
+    if not main:
+        prepared = load_prepared(out)
+    loader = TokenLoader(
+        prepared, seq, dims.global_batch, dims.micro_batch, dims.dp, runtime.rank, cfg.seed,
+        runtime.device,
+    )  # fmt: skip
+
+    model = build_model(spec, runtime, precision, cfg.compile, cfg.seed)
+    optimizer, scheduler = build_optimizer(model, cfg)
+    identity = {"model": spec.to_dict(), "data": prepared.fingerprint, "corpus": corpus.describe()}
+    ckpt = Checkpointer(out / "checkpoints", runtime, identity, cfg.keep)
+    params = sum(p.numel() for p in model.parameters())  # sharded or not, numel is global
+
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    loader_key, rng_key = f"loader.dp_rank_{runtime.rank}", f"rng.rank_{runtime.rank}"
+
+    def state() -> dict[str, Any]:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        return {
+            "model": model_sd,
+            "optim": optim_sd,
+            "sched": scheduler.state_dict(),
+            "train": {"step": 0},
+            loader_key: loader.state_dict(),
+            rng_key: rng_state(runtime),
+        }
+
+    # resume from the newest verified checkpoint
+    start, warnings = 0, []
+    path, warnings = ckpt.latest()
+    for w in warnings:
+        emit(Notice(w, warning=True))
+    if path is not None:
+        current = state()
+        saved = _saved_keys(path)
+        if not any(k.startswith(loader_key) for k in saved):  # another world size
+            current.pop(rng_key)
+            loader_key = "loader.dp_rank_0"
+            current[loader_key] = current.pop(f"loader.dp_rank_{runtime.rank}")
+            emit(Notice(f"{path} was written by another number of ranks: RNG not restored"))
+        ckpt.load(path, current)
+        set_state_dict(
+            model,
+            optimizer,
+            model_state_dict=current["model"],
+            optim_state_dict=current["optim"],
+        )
+        scheduler.load_state_dict(current["sched"])
+        _keep_configured_schedule(scheduler, cfg, emit)
+        loader.load_state_dict(current[loader_key])
+        if rng_key in current:
+            set_rng_state(current[rng_key], runtime)
+        start = int(current["train"]["step"])
+        loader_key = f"loader.dp_rank_{runtime.rank}"
+
+    hw, hw_warning = m.device_hardware(runtime.device)
+    if hw_warning:
+        warnings.append(hw_warning)
+        emit(Notice(hw_warning, warning=True))
+    peak = hw.peak(m.catalog_precision(precision)) * 1e12 if hw else None
+    flops_per_token = training_flops_per_token(spec, seq)
+    tokens_per_step = dims.global_batch * seq
+    emit(
+        RunStarted(
+            spec.name, params, m.device_name(runtime.device), precision, runtime.world_size,
+            dims.grad_accum, start, cfg.steps, tokens_per_step, corpus.describe(),
+            prepared.tokens, prepared.reused, path,
+        )
+    )  # fmt: skip
+
+    log = m.MetricsLog(out, cfg.tensorboard) if main else None
+    result = TrainResult(out, start, cfg.steps, params, warnings=warnings, resumed_from=path)
+    try:
+        model.train()
+        for step in range(start + 1, cfg.steps + 1):
+            t0 = time.perf_counter()
+            lr = scheduler.get_last_lr()[0]
+            loss, aux, norm = train_step(
+                model, optimizer, scheduler, loader.next_batch(), runtime, precision,
+                cfg.grad_clip,
+            )  # fmt: skip
+            if runtime.device.type == "cuda":
+                torch.cuda.synchronize(runtime.device)
+            dt = time.perf_counter() - t0
+            tps = m.tokens_per_second(tokens_per_step, dt)
+            mfu = (
+                m.model_flops_utilization(flops_per_token, tps, runtime.world_size, peak)
+                if peak
+                else None
+            )
+            metrics = m.StepMetrics(
+                step, loss, aux, lr, norm, dt, tokens_per_step, tps, mfu,
+                m.memory_gb(runtime.device),
+            )  # fmt: skip
+            result.history.append(metrics)
+            if log is not None:
+                log.log(metrics)
+            emit(StepDone(metrics))
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                st = state()
+                st["train"]["step"] = step
+                saved_at = ckpt.save(step, st)
+                emit(CheckpointSaved(step, saved_at))
+        if cfg.export:
+            result.export_dir = _export(model, spec, prepared.tokenizer_path, out, runtime)
+            if result.export_dir is not None:
+                emit(Notice(f"exported the model to {result.export_dir}"))
+    finally:
+        if log is not None:
+            log.close()
+            result.metrics_path = log.path
+    return result
+
+
+def _export(
+    model: nn.Module, spec: ModelSpec, tokenizer_path: Path, out: Path, runtime: Runtime
+) -> Path | None:
+    """Gather the full weights (a collective under FSDP2) and write them on rank 0."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full = get_model_state_dict(model, options=options)
+    if not runtime.is_main:
+        return None
+    return export_model(full, spec, tokenizer_path, out / "model")

@@ -1,0 +1,342 @@
+"""A Grok-architecture decoder built from a ``ModelSpec``, in the spirit of nanoGPT's model.py.
+
+Every block reads top to bottom; shapes are in the comments (B batch, T time, C hidden,
+H query heads, K key/value heads, D head dim, E experts, N = B·T tokens). The module knows
+nothing of parallelism (``parallelize.py`` applies FSDP2/compile) nor of the loop.
+
+Grok-1 traits (xai-org/grok-1 model.py) switched on by the spec: sandwich RMSNorm
+(``norm_layout: sandwich``), GeGLU experts, a top-k router in fp32 with the softmax over all
+experts and no renormalisation (``moe_renormalize: false``), attention logits soft-capped as
+``cap·tanh(x/cap)``, input embeddings and output logits scaled by fixed multipliers, tied
+input/output embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gigafactory.spec.model import ModelSpec
+from gigafactory.train.errors import UnsupportedModelError
+
+INIT_STD = 0.02  # GPT-2 / nanoGPT initialisation
+
+
+def check_trainable(spec: ModelSpec) -> None:
+    """Refuse, with the reason, an architecture this trainer does not build."""
+    if spec.attention == "mla":
+        raise UnsupportedModelError(
+            f"{spec.name}: MLA is planned-only (the planner counts it, the trainer does not "
+            "build it yet); train a GQA model such as grok-mini or llama3-8b"
+        )
+    if spec.position == "alibi":
+        raise UnsupportedModelError(
+            f"{spec.name}: ALiBi positions are planned-only; set position: rope or learned"
+        )
+
+
+class ModelOutput(NamedTuple):
+    logits: torch.Tensor  # (B, T, V), multiplied by spec.output_multiplier
+    loss: torch.Tensor | None  # mean next-token cross-entropy (None without targets)
+    aux_loss: torch.Tensor  # MoE load-balancing loss, already scaled by its coefficient
+
+
+# --- building blocks -----------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in fp32 (Zhang & Sennrich 2019; Grok-1 does it in fp32)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).type_as(x)
+
+
+def make_norm(spec: ModelSpec) -> nn.Module:
+    if spec.norm == "layernorm":
+        return nn.LayerNorm(spec.hidden, eps=spec.norm_eps)  # weight and bias: 2h parameters
+    return RMSNorm(spec.hidden, spec.norm_eps)
+
+
+def rope_tables(seq_len: int, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of RoPE angles t·θ^(-2i/d) (Su et al. 2021), each (T, D), halves repeated."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)  # (D/2,)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)  # (T, D/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (T, D)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, heads, T, D) by the angles of positions 0..T-1 (the rotate-half form)."""
+    T = x.size(-2)
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x.float() * cos[:T] + rotated.float() * sin[:T]).type_as(x)
+
+
+def attention_mask(T: int, window: int, device: torch.device) -> torch.Tensor:
+    """Boolean (T, T) mask, True where query i may attend key j: j ≤ i, and i − j < window."""
+    i = torch.arange(T, device=device)[:, None]
+    j = torch.arange(T, device=device)[None, :]
+    allowed = j <= i
+    if window:
+        allowed = allowed & (i - j < window)
+    return allowed
+
+
+class Attention(nn.Module):
+    """Grouped-query attention (Ainslie et al. 2023) with RoPE and an optional logit soft-cap.
+
+    Without a soft-cap it calls F.scaled_dot_product_attention (flash/efficient kernels). With
+    one (Grok-1: 30·tanh(x/30)) SDPA cannot fuse the cap, so the scores are computed
+    explicitly, capped and soft-maxed in fp32.
+    """
+
+    def __init__(self, spec: ModelSpec, window: int = 0):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = spec.heads, spec.n_kv_heads, spec.dim_head
+        self.rope = spec.position == "rope"
+        self.softcap = spec.attn_logit_softcap
+        self.window = window
+        h, q_dim, kv_dim = spec.hidden, spec.heads * spec.dim_head, spec.n_kv_heads * spec.dim_head
+        self.q = nn.Linear(h, q_dim, bias=spec.bias)
+        self.k = nn.Linear(h, kv_dim, bias=spec.bias)
+        self.v = nn.Linear(h, kv_dim, bias=spec.bias)
+        self.o = nn.Linear(q_dim, h, bias=spec.bias)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        v = self.v(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        if self.rope:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.softcap:
+            y = self._capped_attention(q, k, v)
+        elif self.window:
+            mask = attention_mask(T, self.window, x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        y = y.transpose(1, 2).reshape(B, T, self.heads * self.head_dim)  # (B, T, H·D)
+        return self.o(y)  # (B, T, C)
+
+    def _capped_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        T, groups = q.size(-2), self.heads // self.kv_heads
+        k = k.repeat_interleave(groups, dim=1)  # (B, H, T, D)
+        v = v.repeat_interleave(groups, dim=1)  # (B, H, T, D)
+        scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(self.head_dim)  # (B, H, T, T)
+        scores = self.softcap * torch.tanh(scores / self.softcap)
+        scores = scores.masked_fill(~attention_mask(T, self.window, q.device), float("-inf"))
+        probs = scores.softmax(dim=-1).type_as(v)
+        return probs @ v  # (B, H, T, D)
+
+
+def activation(kind: str, x: torch.Tensor) -> torch.Tensor:
+    """GeGLU/GELU: tanh-approximate GELU (as Grok-1 and GPT-2); SwiGLU: SiLU; ReLU²: relu(x)²."""
+    if kind in ("geglu", "gelu"):
+        return F.gelu(x, approximate="tanh")
+    if kind == "swiglu":
+        return F.silu(x)
+    return F.relu(x).square()  # relu2 (So et al. 2021, Primer)
+
+
+class MLP(nn.Module):
+    """A dense FFN, or one shared expert: down(act(gate(x)) · up(x)) if gated, else down(act(up(x)))."""
+
+    def __init__(self, spec: ModelSpec, width: int):
+        super().__init__()
+        self.kind = spec.mlp
+        self.gate = nn.Linear(spec.hidden, width, bias=spec.bias) if spec.gated else None
+        self.up = nn.Linear(spec.hidden, width, bias=spec.bias)
+        self.down = nn.Linear(width, spec.hidden, bias=spec.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is not None:
+            return self.down(activation(self.kind, self.gate(x)) * self.up(x))
+        return self.down(activation(self.kind, self.up(x)))
+
+
+def _add_bias(y: torch.Tensor, bias: nn.Parameter | None, e: int) -> torch.Tensor:
+    return y if bias is None else y + bias[e]
+
+
+class Experts(nn.Module):
+    """E routed experts with stacked weights (E, C, F) so FSDP shards them as one tensor."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        E, C, Fw = spec.experts, spec.hidden, spec.moe_ffn
+        self.kind = spec.mlp
+        self.w_gate = nn.Parameter(torch.empty(E, C, Fw)) if spec.gated else None
+        self.w_up = nn.Parameter(torch.empty(E, C, Fw))
+        self.w_down = nn.Parameter(torch.empty(E, Fw, C))
+        self.b_gate = nn.Parameter(torch.zeros(E, Fw)) if spec.bias and spec.gated else None
+        self.b_up = nn.Parameter(torch.zeros(E, Fw)) if spec.bias else None
+        self.b_down = nn.Parameter(torch.zeros(E, C)) if spec.bias else None
+
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert e applied to its tokens x (n, C) → (n, C)."""
+        up = _add_bias(x @ self.w_up[e], self.b_up, e)  # (n, F)
+        if self.w_gate is not None:
+            hidden = activation(self.kind, _add_bias(x @ self.w_gate[e], self.b_gate, e)) * up
+        else:
+            hidden = activation(self.kind, up)
+        return _add_bias(hidden @ self.w_down[e], self.b_down, e)  # (n, C)
+
+    def forward(self, x: torch.Tensor, gates: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Token-choice dispatch: x (N, C), gates and idx (N, k) → Σ_k gate·expert(x) (N, C)."""
+        k = idx.size(1)
+        order = idx.flatten().argsort(stable=True)  # (N·k,) slots grouped by expert
+        token = order // k  # (N·k,) the token each slot came from
+        counts = torch.bincount(idx.flatten(), minlength=self.w_up.size(0)).tolist()
+        chunks = x[token].split(counts)  # one (n_e, C) chunk per expert
+        y = torch.cat([self.expert(e, c) for e, c in enumerate(chunks)])  # (N·k, C)
+        y = y * gates.flatten()[order, None].to(y.dtype)
+        return torch.zeros_like(x).index_add_(0, token, y)  # (N, C)
+
+
+def load_balancing_loss(probs: torch.Tensor, idx: torch.Tensor, experts: int) -> torch.Tensor:
+    """Switch Transformer auxiliary loss (Fedus et al. 2021, Eq. 4): E · Σ_i f_i · P_i.
+
+    f_i is the fraction of the N·k routing slots sent to expert i, P_i the mean router
+    probability of expert i over the N tokens; a perfectly uniform router scores 1.
+    """
+    f = torch.bincount(idx.flatten(), minlength=experts).float() / idx.numel()  # (E,)
+    P = probs.mean(dim=0)  # (E,)
+    return experts * (f * P).sum()
+
+
+class MoE(nn.Module):
+    """Top-k routed experts (+ shared experts). The router runs in fp32 with the softmax over
+    all experts before the top-k (Grok-1, Mixtral); gates are renormalised only if the spec
+    says so (Grok-1 does not)."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.top_k, self.renormalize, self.experts_n = (
+            spec.top_k,
+            spec.moe_renormalize,
+            spec.experts,
+        )
+        self.router = nn.Linear(spec.hidden, spec.experts, bias=False)
+        self.experts = Experts(spec)
+        self.shared = nn.ModuleList(MLP(spec, spec.moe_ffn) for _ in range(spec.shared_experts))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, C = x.shape
+        tokens = x.reshape(B * T, C)  # (N, C)
+        with torch.autocast(x.device.type, enabled=False):
+            logits = F.linear(tokens.float(), self.router.weight.float())  # (N, E) in fp32
+        probs = logits.softmax(dim=-1)
+        gates, idx = probs.topk(self.top_k, dim=-1)  # (N, k)
+        if self.renormalize:
+            gates = gates / gates.sum(dim=-1, keepdim=True)
+        y = self.experts(tokens, gates, idx)  # (N, C)
+        for expert in self.shared:
+            y = y + expert(tokens)
+        return y.view(B, T, C), load_balancing_loss(probs, idx, self.experts_n)
+
+
+class Block(nn.Module):
+    """One layer. Pre-norm: x + f(norm(x)). Sandwich (Grok-1): x + norm(f(norm(x)))."""
+
+    def __init__(self, spec: ModelSpec, layer: int):
+        super().__init__()
+        local = spec.sliding_window and layer % spec.sliding_window_every == 0
+        sandwich = spec.norm_layout == "sandwich"
+        self.attn_norm = make_norm(spec)
+        self.attn = Attention(spec, window=spec.sliding_window if local else 0)
+        self.attn_post_norm = make_norm(spec) if sandwich else nn.Identity()
+        self.mlp_norm = make_norm(spec)
+        self.is_moe = spec.is_moe and layer >= spec.dense_layers
+        self.mlp = MoE(spec) if self.is_moe else MLP(spec, spec.ffn_width)
+        self.mlp_post_norm = make_norm(spec) if sandwich else nn.Identity()
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x + self.attn_post_norm(self.attn(self.attn_norm(x), cos, sin))  # (B, T, C)
+        if self.is_moe:
+            h, aux = self.mlp(self.mlp_norm(x))
+        else:
+            h, aux = self.mlp(self.mlp_norm(x)), x.new_zeros((), dtype=torch.float32)
+        return x + self.mlp_post_norm(h), aux
+
+
+# --- the model -----------------------------------------------------------------------------
+
+
+class Transformer(nn.Module):
+    """Embedding → L blocks → final norm → output head (tied to the embedding if the spec says)."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        check_trainable(spec)
+        self.spec = spec
+        self.tok_emb = nn.Embedding(spec.vocab, spec.hidden)
+        self.pos_emb = (
+            nn.Embedding(spec.seq_len, spec.hidden) if spec.position == "learned" else None
+        )
+        self.blocks = nn.ModuleList(Block(spec, i) for i in range(spec.layers))
+        self.norm = make_norm(spec)
+        self.lm_head = None if spec.tied_embeddings else nn.Linear(spec.hidden, spec.vocab, False)
+        self.register_buffer("rope_cos", torch.empty(spec.seq_len, spec.dim_head), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(spec.seq_len, spec.dim_head), persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """N(0, 0.02) weights, output projections scaled by 1/√(2L) (GPT-2), unit norms, zero
+        biases, and the RoPE tables. Called again after ``to_empty`` for meta-device builds."""
+        out_std = INIT_STD / math.sqrt(2 * self.spec.layers)
+        for name, p in self.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if "norm" in name:
+                nn.init.ones_(p) if leaf == "weight" else nn.init.zeros_(p)
+            elif leaf.startswith("b_") or leaf == "bias":
+                nn.init.zeros_(p)
+            elif ".o." in name or ".down." in name or leaf == "w_down":
+                nn.init.normal_(p, std=out_std)
+            else:
+                nn.init.normal_(p, std=INIT_STD)
+        if self.rope_cos.device.type != "meta":
+            cos, sin = rope_tables(self.spec.seq_len, self.spec.dim_head, self.spec.rope_theta)
+            self.rope_cos.copy_(cos)
+            self.rope_sin.copy_(sin)
+
+    def num_params(self) -> int:
+        """Distinct parameters (a tied embedding counts once), as ``plan.params.total_params``."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
+        B, T = idx.shape
+        if idx.size(1) > self.spec.seq_len:
+            raise ValueError(
+                f"sequence of {idx.size(1)} tokens is longer than seq_len={self.spec.seq_len}"
+            )
+        x = self.tok_emb(idx) * self.spec.embedding_multiplier  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(T, device=idx.device))
+        aux = x.new_zeros((), dtype=torch.float32)
+        for block in self.blocks:
+            x, block_aux = block(x, self.rope_cos, self.rope_sin)
+            aux = aux + block_aux
+        x = self.norm(x)
+        weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+        logits = F.linear(x, weight) * self.spec.output_multiplier  # (B, T, V)
+        aux = aux * self.spec.router_aux_loss_coef
+        if targets is None:
+            return ModelOutput(logits, None, aux)
+        loss = F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T))
+        return ModelOutput(logits, loss, aux)
