@@ -28,9 +28,9 @@ from gigafactory.spec.model import ModelSpec
 
 #: GEMM dimension at which a tensor-core kernel reaches half its large-size efficiency.
 GEMM_HALF_DIM = 128.0
-#: Launch and tail cost of one kernel on the critical path (CUDA launch ~3 µs plus the
+#: GPU-side cost of one kernel on the critical path (launch gap ~3 µs plus the
 #: ramp-down of the last wave; Megatron does not use CUDA graphs by default).
-KERNEL_OVERHEAD_S = 4e-6
+KERNEL_OVERHEAD_S = 10e-6
 #: FlashAttention-2 backward FLOPs over forward FLOPs (5 matmuls against 2).
 ATTENTION_BWD_RATIO = 2.5
 #: Defaults for an accelerator whose YAML lacks a calibration block.
@@ -41,7 +41,55 @@ DEFAULT_EFFICIENCY = {
     "memory": 0.7,
 }
 
-KINDS = ("matmul", "grouped_matmul", "attention", "memory")
+#: Host (CPU) time to dispatch one kernel from eager PyTorch and Transformer Engine's Python
+#: layers. When a layer's kernels are shorter than this, the GPU waits on the host; MoE
+#: layers also synchronise with the host once per pass (dropless routing reads the token
+#: counts per expert), so their queue cannot run ahead.
+HOST_LAUNCH_S = 20e-6
+#: Extra kernels per fp8 GEMM call: quantise the input and update its amax history.
+FP8_KERNELS_PER_GEMM = 2
+#: Bytes per attention score an unfused kernel moves forward: QKᵀ writes it (2), the fused
+#: scale-mask-softmax reads and writes it (4), dropout reads, writes and masks it (5), PV
+#: reads it (2) — Megatron-LM 2021 (Korthikanti et al. 2022 Sec. 4.1 lists the same tensors).
+UNFUSED_SCORE_BYTES = 13.0
+
+KINDS = ("matmul", "grouped_matmul", "attention", "memory", "host")
+
+
+@dataclass(frozen=True)
+class Software:
+    """What the training software does, as far as time is concerned.
+
+    ``flash_attention``: a fused attention kernel (FlashAttention, Dao et al. 2022) that
+    skips the masked half and never writes the s×s scores; without it (Megatron-LM before
+    2022) the scores go through HBM and the full square is multiplied. ``tp_overlap``: TP
+    collectives overlap the neighbouring GEMMs (Megatron-Core/Transformer Engine userbuffers,
+    Wang et al. 2022), leaving ``TP_OVERLAP_RESIDUAL`` of their time as contention.
+    """
+
+    name: str = "megatron-core"
+    flash_attention: bool = True
+    tp_overlap: bool = True
+
+
+MODERN = Software()
+#: Known frameworks of the published runs; anything else is treated as modern.
+FRAMEWORKS = {
+    "megatron-lm-2021": Software("megatron-lm-2021", flash_attention=False, tp_overlap=False),
+    "megatron-deepspeed": Software("megatron-deepspeed", flash_attention=False, tp_overlap=False),
+    "megatron-core": MODERN,
+    "megatron-bridge": Software("megatron-bridge"),
+    "nemo": Software("nemo"),
+}
+
+
+def software_for(framework: str) -> Software:
+    """The ``Software`` of a framework name (by prefix, e.g. ``megatron-core-0.8``)."""
+    key = framework.strip().lower()
+    for prefix, sw in FRAMEWORKS.items():
+        if key.startswith(prefix):
+            return sw
+    return MODERN
 
 
 def efficiency(hardware: HardwareSpec, kind: str, precision: str = "bf16") -> float:
@@ -125,7 +173,9 @@ def _gemm_precision(layout: LayoutSpec) -> str:
     return "fp8" if layout.precision == "fp8" else "bf16"
 
 
-def attention_ops(model: ModelSpec, layout: LayoutSpec, tokens: float, local: bool) -> list[Op]:
+def attention_ops(
+    model: ModelSpec, layout: LayoutSpec, tokens: float, local: bool, sw: Software = MODERN
+) -> list[Op]:
     """Projections and the fused attention core of one layer for ``tokens`` tokens.
 
     The core executes the causal lower triangle (flash kernels skip masked tiles), with the
@@ -150,11 +200,18 @@ def attention_ops(model: ModelSpec, layout: LayoutSpec, tokens: float, local: bo
         ops.append(gemm("qkv_proj", tokens, (a * d + 2 * k * d) / t, h, p))
         o_in = a * d / t
     s = model.seq_len
-    span = attention_span(s, model.sliding_window if local else 0, causal=True)
+    window = model.sliding_window if local else 0
+    span = attention_span(s, window, causal=sw.flash_attention)
     d_qk, d_v = attention_head_dims(model)
     core_flops = 2.0 * tokens * (a / t) * span * (d_qk + d_v)
     core_bytes = tokens * (a / t) * (2 * d_qk + 2 * d_v) * 2.0
-    ops.append(Op("attention_core", "attention", core_flops, core_bytes))
+    if sw.flash_attention:
+        ops.append(Op("attention_core", "attention", core_flops, core_bytes))
+    else:  # batched GEMMs over the full square, scores through HBM
+        sq = layout.micro_batch * a / t
+        shape = (float(s), span, float(d_qk))
+        ops.append(Op("attention_core", "matmul", core_flops, core_bytes, 1, shape, "bf16"))
+        ops.append(memory_op("attention_scores", sq * s * span * UNFUSED_SCORE_BYTES / layout.cp))
     ops.append(gemm("o_proj", tokens, h, o_in, p))
     ops.append(memory_op("rope", tokens * (a + model.n_kv_heads) * d_qk * 2 * 2 / t))
     return ops
@@ -190,12 +247,17 @@ def mlp_ops(model: ModelSpec, layout: LayoutSpec, tokens: float, moe: bool) -> l
 
 
 def layer_ops(
-    model: ModelSpec, layout: LayoutSpec, tokens: float, moe: bool, local: bool
+    model: ModelSpec,
+    layout: LayoutSpec,
+    tokens: float,
+    moe: bool,
+    local: bool,
+    sw: Software = MODERN,
 ) -> list[Op]:
     """Every forward op of one transformer layer on one GPU for ``tokens`` tokens."""
     t = layout.tp if layout.sequence_parallel else 1
     h = model.hidden
-    ops = attention_ops(model, layout, tokens, local) + mlp_ops(model, layout, tokens, moe)
+    ops = attention_ops(model, layout, tokens, local, sw) + mlp_ops(model, layout, tokens, moe)
     norms = 4 if model.norm_layout == "sandwich" else 2
     ops.append(memory_op("norms", tokens * h * 2 * 2 / t, norms))
     ops.append(memory_op("residual_add", tokens * h * 3 * 2 / t, 2))
@@ -230,22 +292,44 @@ class PassTimes:
         return self.forward_s + self.backward_s + self.recompute_s
 
 
+def _ops_time(ops: list[Op], hardware: HardwareSpec, backward: bool) -> dict[str, float]:
+    out = dict.fromkeys(KINDS, 0.0)
+    kernels = 0.0
+    for op in ops:
+        factor = 1.0
+        if backward:
+            factor = ATTENTION_BWD_RATIO if op.name == "attention_core" else 2.0
+        out[op.kind] += op_time_s(op, hardware, factor)
+        per_call = 1 + (FP8_KERNELS_PER_GEMM if op.precision == "fp8" else 0)
+        kernels += op.calls * per_call * (2 if backward else 1)
+    out["host"] = max(0.0, kernels * HOST_LAUNCH_S - sum(out.values()))
+    return out
+
+
 def ops_time(ops: list[Op], hardware: HardwareSpec, backward: bool) -> dict[str, float]:
     """Seconds by kernel kind of ``ops`` forward, or backward (GEMMs twice: data and weight
-    gradients; attention 2.5×; elementwise twice the bytes)."""
+    gradients; attention 2.5×; elementwise twice the bytes).
+
+    ``host`` is the time the GPU waits for the CPU: kernels × ``HOST_LAUNCH_S`` beyond the
+    GPU's own time. The host can run ahead of the GPU except across a synchronisation: MoE
+    layers sync at the router (dropless dispatch copies the per-expert token counts to the
+    host), so the ops before and after it are launch-bound separately.
+    """
+    cut = next((i + 1 for i, op in enumerate(ops) if op.name == "router"), 0)
+    parts = [ops[:cut], ops[cut:]] if cut else [ops]
     out = dict.fromkeys(KINDS, 0.0)
-    for op in ops:
-        if not backward:
-            out[op.kind] += op_time_s(op, hardware)
-        elif op.kind == "attention":
-            out[op.kind] += op_time_s(op, hardware, ATTENTION_BWD_RATIO)
-        else:
-            out[op.kind] += op_time_s(op, hardware, 2.0)
+    for part in parts:
+        for k, v in _ops_time(part, hardware, backward).items():
+            out[k] += v
     return out
 
 
 def stage_pass_times(
-    model: ModelSpec, layout: LayoutSpec, hardware: HardwareSpec, seq_len: int | None = None
+    model: ModelSpec,
+    layout: LayoutSpec,
+    hardware: HardwareSpec,
+    seq_len: int | None = None,
+    sw: Software = MODERN,
 ) -> PassTimes:
     """One micro-batch through the slowest (last) stage: L/pp layers of each kind plus the
     head. Recompute: ``full`` repeats every layer's forward, ``selective`` the attention core
@@ -259,21 +343,19 @@ def stage_pass_times(
     bwd = dict.fromkeys(KINDS, 0.0)
     rec = 0.0
     core_fwd = 0.0
-    local_layers = model.local_attention_layers
-    kinds = []
+    local_share = model.local_attention_layers / model.layers
+    groups = []
     for moe, count in ((False, model.n_dense_layers), (True, model.moe_layers)):
-        if not count:
-            continue
-        local_share = local_layers / model.layers
-        kinds.append((moe, False, count * (1 - local_share)))
-        if local_share:
-            kinds.append((moe, True, count * local_share))
-    for moe, local, count in kinds:
-        ops = layer_ops(model, layout, tokens, moe, local)
+        if count:
+            groups.append((moe, False, count * (1 - local_share)))
+            if local_share:
+                groups.append((moe, True, count * local_share))
+    for moe, local, count in groups:
+        ops = layer_ops(model, layout, tokens, moe, local, sw)
         n = count * frac
         f = ops_time(ops, hardware, backward=False)
         b = ops_time(ops, hardware, backward=True)
-        core = sum(op_time_s(o, hardware) for o in ops if o.kind == "attention")
+        core = sum(op_time_s(o, hardware) for o in ops if o.name.startswith("attention_"))
         core_fwd += core * n
         for k in KINDS:
             fwd[k] += f[k] * n

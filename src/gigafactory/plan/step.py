@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gigafactory.plan import comms
-from gigafactory.plan.compute import optimizer_step_s, stage_pass_times
+from gigafactory.plan.compute import MODERN, Software, optimizer_step_s, stage_pass_times
 from gigafactory.plan.flops import hardware_flops_per_token, training_flops_per_token
 from gigafactory.plan.memory import MemoryBreakdown, memory_per_gpu
 from gigafactory.plan.shard import check_layout, params_per_gpu
@@ -21,10 +21,14 @@ from gigafactory.spec.hardware import ClusterSpec, HardwareSpec
 from gigafactory.spec.layout import LayoutSpec
 from gigafactory.spec.model import ModelSpec
 
-#: Gradients are reduced in fp32 (Megatron ``grad_reduce_in_fp32``/NeMo mixed precision);
+#: Gradients are reduced in bf16 (Megatron-Core DDP default ``grad_reduce_in_fp32=False``);
 #: parameters are all-gathered in bf16.
-GRAD_REDUCE_BYTES = 4.0
+GRAD_REDUCE_BYTES = 2.0
 PARAM_GATHER_BYTES = 2.0
+#: Share of overlapped TP communication that still costs time (SM and HBM contention
+#: between the collective and the GEMM it hides behind; Wang et al. 2022 report 60–80%
+#: of the communication hidden).
+TP_OVERLAP_RESIDUAL = 0.3
 #: Megatron's DDP bucket: the last bucket's reduction cannot overlap the backward.
 DP_BUCKET_PARAMS = 40e6
 
@@ -194,6 +198,7 @@ def estimate_step(
     *,
     causal_flops: bool = False,
     check: bool = True,
+    software: Software = MODERN,
 ) -> StepEstimate:
     """Predict one optimizer step of ``model`` under ``layout`` on ``hardware``.
 
@@ -207,10 +212,13 @@ def estimate_step(
     net = comms.links(hardware, cluster)
     m = layout.microbatches
     tokens = layout.micro_batch * s / layout.cp
-    passes = stage_pass_times(model, layout, hardware, s)
+    passes = stage_pass_times(model, layout, hardware, s, software)
 
     # per micro-batch exposed communication
     tp_mb = _tp_comm_per_mb_s(model, layout, tokens, net)
+    if software.tp_overlap:
+        gemms = passes.by_kind_s["matmul"] + passes.by_kind_s["grouped_matmul"]
+        tp_mb = max(TP_OVERLAP_RESIDUAL * tp_mb, tp_mb - gemms)
     cp_layer = _cp_comm_per_layer_s(model, layout, tokens, net)
     cp_mb = (
         model.layers

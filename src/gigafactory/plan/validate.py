@@ -21,12 +21,19 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from gigafactory.plan.compute import software_for
 from gigafactory.plan.runs import PublishedRun, read_runs
 from gigafactory.plan.step import StepEstimate, estimate_step
 from gigafactory.spec.catalog import load_hardware
 from gigafactory.spec.hardware import ClusterSpec, HardwareSpec
 
 DEFAULT_FABRIC_EFFICIENCY = 0.9
+#: Model families whose published runs depend on features a ModelSpec cannot express yet,
+#: so the planner cannot be held to them: GPT-OSS uses attention sinks (a learned softmax
+#: offset per head) and a clamped SwiGLU with expert biases, both run as extra unfused
+#: kernels. Their rows are still predicted and shown, flagged, but neither the calibration
+#: nor the accuracy bounds use them.
+OUT_OF_SCOPE_MODELS = {"gpt-oss": "attention sinks and clamped SwiGLU are not modelled"}
 CAUSAL_FRAMEWORKS = ("nemo", "megatron-bridge")
 
 
@@ -39,6 +46,7 @@ class RowResult:
     published: float
     predicted: float
     error_pct: float
+    in_scope: bool = True
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,12 @@ class ValidationReport:
     rows: list[RowResult]
     median_abs_error_pct: float
     max_abs_error_pct: float
+
+
+def out_of_scope(run: PublishedRun) -> str:
+    """Why ``run`` is outside what the planner models ('' when it is inside)."""
+    name = (run.row.get("model") or run.id).strip().lower().replace(" ", "-")
+    return next((why for key, why in OUT_OF_SCOPE_MODELS.items() if name.startswith(key)), "")
 
 
 def counts_causal_half(framework: str) -> bool:
@@ -80,6 +94,7 @@ def predict_run(run: PublishedRun, hardware: HardwareSpec | None = None) -> Step
         generic_cluster(hw, run.gpus),
         causal_flops=counts_causal_half(framework),
         check=False,
+        software=software_for(framework),
     )
 
 
@@ -108,12 +123,12 @@ def compare_run(run: PublishedRun, hardware: HardwareSpec | None = None) -> RowR
             f"row {run.id} gives no tflops_per_gpu, util_pct or tokens_per_s_per_gpu",
         )
     error = 100.0 * (predicted - published) / published
-    return RowResult(run.id, metric, published, predicted, error)
+    return RowResult(run.id, metric, published, predicted, error, not out_of_scope(run))
 
 
 def summarise(rows: list[RowResult]) -> ValidationReport:
-    """Median and maximum absolute % error over ``rows``."""
-    errors = [abs(r.error_pct) for r in rows]
+    """Median and maximum absolute % error over the in-scope ``rows``."""
+    errors = [abs(r.error_pct) for r in rows if r.in_scope] or [abs(r.error_pct) for r in rows]
     return ValidationReport(rows, statistics.median(errors), max(errors))
 
 

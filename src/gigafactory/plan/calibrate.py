@@ -1,0 +1,115 @@
+"""Fit an accelerator's kernel efficiencies to published runs.
+
+The calibration is per accelerator and per kernel kind: a handful of numbers in the
+accelerator's YAML ``efficiency`` block, fitted once over every published row on that
+accelerator, never per row. The fit minimises the sum of absolute log errors (robust to
+one odd row) by coordinate descent over a grid of fractions of peak.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+from gigafactory.plan.compute import software_for
+from gigafactory.plan.runs import PublishedRun
+from gigafactory.plan.validate import compare_run, out_of_scope
+from gigafactory.spec.hardware import HardwareSpec
+
+#: The kinds a fit may set, and the grid it searches (fractions of peak or bandwidth).
+FIT_KINDS = ("matmul", "matmul_fp8", "grouped_matmul", "attention", "memory")
+#: Physical bounds per kind: below them a kernel would be broken, above them no measured
+#: kernel of that kind has reached (dense GEMMs ~0.9 of peak on large shapes).
+BOUNDS = {
+    "matmul": (0.5, 0.9),
+    "matmul_fp8": (0.4, 0.85),
+    "grouped_matmul": (0.2, 0.9),
+    "attention": (0.3, 0.8),
+    "memory": (0.5, 0.9),
+}
+STEP = 0.025
+
+
+def grid(kind: str) -> list[float]:
+    """The values a fit tries for ``kind``: its bounds in steps of 0.025."""
+    lo, hi = BOUNDS[kind]
+    n = round((hi - lo) / STEP)
+    return [round(lo + i * STEP, 3) for i in range(n + 1)]
+
+
+def relevant_kinds(runs: Sequence[PublishedRun]) -> list[str]:
+    """Only kinds the rows can inform: fp8 GEMMs need fp8 rows, grouped GEMMs MoE rows."""
+    kinds = ["matmul", "memory"]
+    if any(software_for(r.row.get("framework", "") or "").flash_attention for r in runs):
+        kinds.insert(1, "attention")
+    if any(r.row.get("precision", "").strip() == "fp8" for r in runs):
+        kinds.insert(1, "matmul_fp8")
+    if any(r.model().is_moe for r in runs):
+        kinds.insert(2, "grouped_matmul")
+    return kinds
+
+
+#: Accelerators of one architecture share their kernel efficiencies: the same tensor cores,
+#: kernels and libraries, only clocks, memory and interconnect differ (those are in the data
+#: sheet numbers already).
+FAMILIES = {
+    "a100-80gb": "ampere",
+    "h100-sxm": "hopper",
+    "h200": "hopper",
+    "h800": "hopper",
+    "b200": "blackwell",
+    "gb200": "blackwell",
+}
+
+
+def family(name: str) -> str:
+    """The architecture family of an accelerator preset (itself when unknown)."""
+    return FAMILIES.get(name, name)
+
+
+def loss(hardware: dict[str, HardwareSpec], runs: Sequence[PublishedRun]) -> float:
+    """Sum over rows of |log(predicted / published)|, each row on ``hardware[row.gpu]``."""
+    total = 0.0
+    for run in runs:
+        r = compare_run(run, hardware[run.gpu])
+        total += abs(math.log(max(1e-9, r.predicted) / r.published))
+    return total
+
+
+def fit_efficiency(
+    hardware: Sequence[HardwareSpec], runs: Sequence[PublishedRun], sweeps: int = 3
+) -> dict[str, float]:
+    """One efficiency block fitted to ``runs`` on the accelerators ``hardware`` (one family);
+    rows outside the planner's scope are left out."""
+    runs = [r for r in runs if not out_of_scope(r)]
+    kinds = relevant_kinds(runs)
+    eff = dict(hardware[0].efficiency)
+
+    def with_eff(e: dict[str, float]) -> dict[str, HardwareSpec]:
+        return {h.name: dataclasses.replace(h, efficiency={**h.efficiency, **e}) for h in hardware}
+
+    for _ in range(sweeps):
+        for kind in kinds:
+            best = (math.inf, eff.get(kind))
+            for value in grid(kind):
+                score = loss(with_eff({**eff, kind: value}), runs)
+                if score < best[0]:
+                    best = (score, value)
+            if best[1] is not None:
+                eff[kind] = best[1]
+    return {k: eff[k] for k in kinds}
+
+
+def fit_families(runs: Sequence[PublishedRun]) -> dict[str, dict[str, float]]:
+    """Efficiency blocks per family, each fitted to that family's rows."""
+    from gigafactory.spec.catalog import load_hardware
+
+    groups: dict[str, list[PublishedRun]] = {}
+    for run in runs:
+        groups.setdefault(family(run.gpu), []).append(run)
+    out = {}
+    for fam, rows in groups.items():
+        hw = [load_hardware(name) for name in sorted({r.gpu for r in rows})]
+        out[fam] = fit_efficiency(hw, rows)
+    return out
