@@ -1,9 +1,295 @@
-"""CLI verbs of the plan part (registered on the main app)."""
+"""CLI verbs of the plan part: ``plan`` (one layout, or a search) and ``validate``."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+class Sharding(StrEnum):
+    none = "none"
+    zero1 = "zero1"
+    fsdp = "fsdp"
+
+
+class Recompute(StrEnum):
+    none = "none"
+    selective = "selective"
+    full = "full"
+
+
+class Precision(StrEnum):
+    bf16 = "bf16"
+    fp8 = "fp8"
+
+
+def _step_dict(est: Any) -> dict[str, Any]:
+    out = dataclasses.asdict(est)
+    out["summary"] = est.summary()
+    out["memory"]["total_bytes"] = est.memory.total_bytes
+    out["memory"]["fits"] = est.memory.fits
+    out["time"]["total_s"] = est.time.total_s
+    return out
+
+
+def _layout_text(layout: Any) -> str:
+    parts = [f"tp={layout.tp}", f"pp={layout.pp}"]
+    if layout.vpp > 1:
+        parts.append(f"vpp={layout.vpp}")
+    parts += [f"cp={layout.cp}", f"ep={layout.ep}", f"dp={layout.dp}", layout.sharding]
+    parts += [f"mb={layout.micro_batch}", f"gbs={layout.global_batch}"]
+    parts += [f"recompute={layout.recompute}", layout.precision]
+    return " ".join(parts)
+
+
+def _render_step(est: Any, run: Any) -> None:
+    mem = est.memory
+    status = "[green]fits[/]" if mem.fits else "[bold red]DOES NOT FIT[/]"
+    console.print(
+        f"[bold]{est.model}[/] on {est.gpus:,} × {est.hardware} ({est.cluster or 'no cluster'})"
+        f" — {_layout_text(est.layout)}"
+    )
+    t = Table(title=f"memory per GPU ({status})")
+    t.add_column("part")
+    t.add_column("GB", justify="right")
+    for name, value in (
+        ("weights", mem.weights_bytes),
+        ("gradients", mem.gradients_bytes),
+        ("optimizer states", mem.optimizer_bytes),
+        ("activations", mem.activations_bytes),
+        ("total", mem.total_bytes),
+        (f"usable (HBM {mem.capacity_bytes / 1e9:g} GB − reserve)", mem.usable_bytes),
+    ):
+        t.add_row(name, f"{value / 1e9:,.1f}")
+    console.print(t)
+    t = Table(title=f"step time {est.step_s:,.3f} s")
+    t.add_column("part")
+    t.add_column("s", justify="right")
+    t.add_column("%", justify="right")
+    for name, value in est.time.parts().items():
+        if value > 0:
+            t.add_row(name, f"{value:,.3f}", f"{100 * value / est.step_s:.1f}")
+    console.print(t)
+    t = Table(title="throughput")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    rows = [
+        ("MFU", f"{100 * est.mfu:.1f}%"),
+        ("HFU", f"{100 * est.hfu:.1f}%"),
+        ("model TFLOP/s per GPU", f"{est.model_tflops_per_gpu:,.0f}"),
+        ("tokens/s per GPU", f"{est.tokens_per_s_per_gpu:,.0f}"),
+        ("tokens/s (cluster)", f"{est.tokens_per_s:,.3g}"),
+    ]
+    if run is not None:
+        rows += [
+            ("token budget", f"{run.tokens:.3g}"),
+            ("days", f"{run.days:,.1f}"),
+            ("GPU-hours", f"{run.gpu_hours:,.3g}"),
+            ("facility power", f"{run.power_mw:,.1f} MW"),
+            ("energy", f"{run.energy_mwh:,.0f} MWh"),
+            ("cost", f"${run.cost_usd / 1e6:,.1f}M"),
+        ]
+    for name, value in rows:
+        t.add_row(name, value)
+    console.print(t)
+
+
+def _plot_step(est: Any, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    parts = {k: v for k, v in est.time.parts().items() if v > 0}
+    a.barh(list(parts), list(parts.values()))
+    a.set_xlabel("seconds per step")
+    a.set_title(f"step time {est.step_s:.2f} s, MFU {100 * est.mfu:.1f}%")
+    mem = est.memory
+    names = ["weights", "gradients", "optimizer", "activations"]
+    vals = [mem.weights_bytes, mem.gradients_bytes, mem.optimizer_bytes, mem.activations_bytes]
+    b.bar(names, [v / 1e9 for v in vals])
+    b.axhline(mem.usable_bytes / 1e9, color="red", linestyle="--", label="usable HBM")
+    b.set_ylabel("GB per GPU")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this part's verbs to ``app``."""
+    """Add ``plan`` and ``validate`` to ``app``."""
+
+    @app.command("plan")
+    def plan_cmd(
+        model: str = typer.Option("grok-1", help="Model preset or YAML file."),
+        cluster: str = typer.Option("colossus", help="Cluster preset or YAML file."),
+        gpu: str = typer.Option("", help="Accelerator preset (default: the cluster's)."),
+        gpus: int = typer.Option(0, help="GPUs for the run (default: the whole cluster)."),
+        tp: int = typer.Option(0, help="Tensor parallel; with no degree given, search."),
+        pp: int = typer.Option(0, help="Pipeline parallel."),
+        vpp: int = typer.Option(1, help="Interleaved chunks per pipeline stage."),
+        cp: int = typer.Option(1, help="Context parallel."),
+        ep: int = typer.Option(1, help="Expert parallel (inside dp·cp)."),
+        sharding: Sharding = typer.Option(Sharding.zero1, help="Optimizer/weight sharding."),
+        global_batch: int = typer.Option(0, help="Sequences per step (default 4096)."),
+        micro_batch: int = typer.Option(1, help="Sequences per micro-batch."),
+        seq: int = typer.Option(0, help="Sequence length (default: the model's)."),
+        recompute: Recompute = typer.Option(Recompute.none, help="Activation recompute."),
+        precision: Precision = typer.Option(Precision.bf16, help="Matmul precision."),
+        tokens: float = typer.Option(0.0, help="Token budget of the run (default 6e12)."),
+        top: int = typer.Option(5, help="Layouts to show when searching."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+        plot: Path | None = typer.Option(None, help="Write a PNG of the breakdowns."),
+    ) -> None:
+        """Plan a training step and run: memory, step time, MFU, days, power, energy, cost.
+
+        With no layout degrees (--tp/--pp) it searches the layouts that fit and plans the
+        fastest; with no arguments at all it plans Grok-1 on Colossus.
+        """
+        from gigafactory.plan.run import DEFAULT_TOKENS, estimate_run
+        from gigafactory.plan.search import DEFAULT_GLOBAL_BATCH, search_layouts
+        from gigafactory.plan.step import estimate_step
+        from gigafactory.spec import LayoutSpec, load_cluster, load_hardware, load_model
+
+        m = load_model(model)
+        c = load_cluster(cluster)
+        h = load_hardware(gpu or c.gpu)
+        n = gpus or c.gpus
+        c = c.with_gpus(n) if n != c.gpus else c
+        s = seq or m.seq_len
+        budget = tokens or DEFAULT_TOKENS
+        gbs = global_batch or DEFAULT_GLOBAL_BATCH
+        searched = None
+        if tp or pp:
+            t, p = tp or 1, pp or 1
+            if n % (t * p * cp):
+                from gigafactory.errors import LayoutError
+
+                raise LayoutError(f"tp·pp·cp = {t * p * cp} does not divide {n} GPUs")
+            layout = LayoutSpec(
+                tp=t, pp=p, vpp=vpp, cp=cp, ep=ep, dp=n // (t * p * cp),
+                sharding=sharding.value, micro_batch=micro_batch, global_batch=gbs,
+                recompute=recompute.value, precision=precision.value,
+            )  # fmt: skip
+            best = estimate_step(m, layout, h, c, s)
+            shown = [best]
+        else:
+            searched = search_layouts(m, h, c, n, gbs, precision.value, top, s)
+            if not searched.best:
+                from gigafactory.errors import LayoutError
+
+                raise LayoutError(
+                    f"no layout of {m.name} fits on {n} × {h.name} with a global batch near "
+                    f"{gbs}; raise --global-batch, add GPUs, or use a larger accelerator"
+                )
+            shown = searched.best
+            best = shown[0]
+        run = estimate_run(best, c, h, budget)
+        if as_json:
+            out: dict[str, Any] = {"plan": _step_dict(best), "run": dataclasses.asdict(run)}
+            out["run"]["cost_usd"] = run.cost_usd
+            if searched is not None:
+                out["search"] = {
+                    "considered": searched.considered,
+                    "valid": searched.valid,
+                    "fitting": searched.fitting,
+                    "best": [_step_dict(e) for e in shown],
+                }
+            typer.echo(json.dumps(out, default=str))
+        else:
+            if searched is not None:
+                t = Table(
+                    title=f"fastest layouts that fit ({searched.fitting} of "
+                    f"{searched.considered} considered)"
+                )
+                for col in ("layout", "step s", "MFU", "GB/GPU", "tokens/s/GPU"):
+                    t.add_column(col, justify="left" if col == "layout" else "right")
+                for e in shown:
+                    t.add_row(
+                        _layout_text(e.layout), f"{e.step_s:.2f}", f"{100 * e.mfu:.1f}%",
+                        f"{e.memory.total_bytes / 1e9:.1f}", f"{e.tokens_per_s_per_gpu:,.0f}",
+                    )  # fmt: skip
+                console.print(t)
+            _render_step(best, run)
+            if not best.fits:
+                console.print(
+                    "[bold red]does not fit:[/] reduce memory with more --tp/--pp, "
+                    "--sharding fsdp or --recompute selective/full"
+                )
+        if plot:
+            _plot_step(best, plot)
+
+    @app.command("validate")
+    def validate_cmd(
+        file: Path | None = typer.Argument(None, help="CSV of published runs (default: packaged)."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+        plot: Path | None = typer.Option(None, help="Write a predicted-vs-published PNG."),
+    ) -> None:
+        """Predict published training runs with their own layouts; report the errors."""
+        from gigafactory.plan.validate import validate
+
+        report = validate(file)
+        if as_json:
+            rows = [
+                {k: getattr(r, k) for k in ("id", "metric", "published", "predicted", "error_pct")}
+                for r in report.rows
+            ]
+            typer.echo(
+                json.dumps(
+                    {
+                        "rows": rows,
+                        "median_abs_error_pct": report.median_abs_error_pct,
+                        "max_abs_error_pct": report.max_abs_error_pct,
+                    }
+                )
+            )
+        else:
+            t = Table(title="planner vs published runs")
+            for col in ("id", "metric", "published", "predicted", "error %"):
+                t.add_column(col, justify="left" if col in ("id", "metric") else "right")
+            for r in report.rows:
+                flag = "" if r.in_scope else " (out of scope)"
+                t.add_row(
+                    r.id + flag, r.metric, f"{r.published:,.1f}", f"{r.predicted:,.1f}",
+                    f"{r.error_pct:+.1f}",
+                )  # fmt: skip
+            console.print(t)
+            console.print(
+                f"median |error| {report.median_abs_error_pct:.1f}%, "
+                f"max |error| {report.max_abs_error_pct:.1f}% (rows in scope)"
+            )
+        if plot:
+            _plot_validation(report, plot)
+
+
+def _plot_validation(report: Any, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for r in report.rows:
+        ax.scatter(r.published, r.predicted, color="C0" if r.in_scope else "C3")
+        ax.annotate(r.id, (r.published, r.predicted), fontsize=6)
+    lo = min(min(r.published, r.predicted) for r in report.rows)
+    hi = max(max(r.published, r.predicted) for r in report.rows)
+    ax.plot([lo, hi], [lo, hi], "k--", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("published")
+    ax.set_ylabel("predicted")
+    ax.set_title(f"median |err| {report.median_abs_error_pct:.1f}%")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
