@@ -28,7 +28,7 @@ WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json
 def export_model(
     state_dict: dict[str, torch.Tensor],
     spec: ModelSpec,
-    tokenizer_path: Path,
+    tokenizer: Tokenizer,
     out_dir: Path,
     step: int = 0,
 ) -> Path:
@@ -41,7 +41,7 @@ def export_model(
     save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt", "step": str(step)})
     config = {"architecture": "gigafactory-grok", "step": step, "model": spec.to_dict()}
     (tmp / CONFIG).write_text(json.dumps(config, indent=1))
-    shutil.copyfile(tokenizer_path, tmp / TOKENIZER)
+    tokenizer.save(str(tmp / TOKENIZER))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)

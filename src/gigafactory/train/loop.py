@@ -43,6 +43,7 @@ from gigafactory.train.parallelize import (
     resolve_precision,
     shutdown,
 )
+from gigafactory.train.tokenizer import load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -428,4 +429,4 @@ def _export(
     full = get_model_state_dict(model, options=options)
     if not runtime.is_main:
         return None
-    return export_model(full, spec, tokenizer_path, out / "model")
+    return export_model(full, spec, load_tokenizer(tokenizer_path), out / "model")

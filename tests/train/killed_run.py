@@ -1,0 +1,32 @@
+"""Driver of the SIGKILL test: train as ``gigafactory train`` would, and SIGKILL this very
+process (no cleanup, no atexit, no flush) once step ``KILL_AT`` has been reported.
+
+Usage: python killed_run.py MODEL_YAML OUT STEPS CKPT_EVERY KILL_AT
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+from gigafactory.train.loop import StepDone, TrainConfig, train
+
+
+def main() -> None:
+    model, out, steps, every, kill_at = sys.argv[1:]
+
+    def on_event(event: object) -> None:
+        if isinstance(event, StepDone) and event.metrics.step == int(kill_at):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    cfg = TrainConfig(
+        model=model, out=Path(out), steps=int(steps), ckpt_every=int(every), batch=8,
+        posts=2000, tensorboard=False,
+    )  # fmt: skip
+    train(cfg, on_event)
+
+
+if __name__ == "__main__":
+    main()
