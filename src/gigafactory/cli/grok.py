@@ -1,9 +1,162 @@
-"""CLI verbs of the grok part (registered on the main app)."""
+"""CLI verbs of the grok part: ``serve`` (the service) and ``feed`` (a load of posts)."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from gigafactory.errors import GigafactoryError
+
+console = Console()
+
+
+def serve(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="where the log and index live [env GROK_DATA_DIR; default grok-data]"),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="[env GROK_HOST; 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="[env GROK_PORT; 8000]")] = None,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--api-key", help="accepted API key (repeatable) [env GROK_API_KEYS, comma-separated]"
+        ),
+    ] = None,
+    commit_interval: Annotated[
+        float | None, typer.Option(help="seconds between index commits [0.1]")
+    ] = None,
+    synchronous: Annotated[
+        str | None,
+        typer.Option(help="SQLite synchronous mode: FULL (fsync each batch) or NORMAL [FULL]"),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn/log level")] = "warning",
+) -> None:
+    """Run the Grok memory service: POST /v1/posts, GET /v1/search, /v1/trends, /docs."""
+    import uvicorn
+
+    from gigafactory.grok.api import create_app
+    from gigafactory.grok.settings import GrokSettings
+
+    settings = GrokSettings.load(
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        api_keys=tuple(api_key) if api_key else None,
+        commit_interval_s=commit_interval,
+        synchronous=synchronous,
+    )
+    if not settings.api_keys:
+        raise GigafactoryError("no API key: pass --api-key K or set GROK_API_KEYS=K1,K2")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    console.print(
+        f"[bold]grok memory[/] on http://{settings.host}:{settings.port} "
+        f"(data {settings.data_dir}, docs at /docs)"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level.lower(),
+        access_log=False,
+    )
+
+
+def feed(
+    to: Annotated[str | None, typer.Option(help="service URL, e.g. http://127.0.0.1:8000")] = None,
+    rate: Annotated[float, typer.Option(help="generated posts per second")] = 1000.0,
+    duration: Annotated[
+        float | None,
+        typer.Option(help="seconds to feed (default: 60 for generated, all for replay)"),
+    ] = None,
+    key: Annotated[str | None, typer.Option(envvar="GROK_API_KEY", help="API key")] = None,
+    replay: Annotated[Path | None, typer.Option(help="JSONL file of posts to replay")] = None,
+    speed: Annotated[float, typer.Option(help="replay pace x original (0 = max)")] = 1.0,
+    seed: Annotated[int | None, typer.Option(help="generator seed (default: from clock)")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="write N=rate*duration generated posts to this JSONL file instead of sending"
+        ),
+    ] = None,
+) -> None:
+    """Stream generated posts (or replay a JSONL file) into a running service."""
+    import time
+
+    from gigafactory.grok.feed import FeedClient, generated, replayed, run_feed, write_jsonl
+
+    if rate <= 0:
+        raise GigafactoryError(f"--rate {rate}: give a positive number of posts per second")
+    seed = int(time.time()) % 1_000_000 if seed is None else seed
+    if out is not None:
+        n = write_jsonl(generated(seed, rate), out, int(rate * (duration or 60.0)))
+        console.print(f"wrote {n} posts (seed {seed}) and their updates to {out}")
+        return
+    if not to:
+        raise GigafactoryError("--to URL is required (or --out FILE to write JSONL)")
+    if replay is not None:
+        events, what = replayed(replay, speed), f"replay {replay} x{speed:g}"
+    else:
+        events, what = generated(seed, rate), f"generated, seed {seed}, {rate:g} posts/s"
+        duration = 60.0 if duration is None else duration
+    client = FeedClient(to, key)
+    progress = Progress(
+        TextColumn("[bold]feed[/]"),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    try:
+        with progress:
+            task = progress.add_task(what, total=duration)
+
+            def show(s) -> None:
+                progress.update(
+                    task,
+                    completed=min(s.elapsed_s, duration or s.elapsed_s),
+                    description=f"{s.accepted_posts:,} posts "
+                    f"({s.posts_per_s:,.0f}/s), {s.accepted_updates:,} updates, "
+                    f"{sum(s.refused.values())} refused",
+                )
+
+            stats = run_feed(events, client, duration, on_progress=show)
+    finally:
+        client.close()
+    table = Table(title=f"feed → {to} ({what})")
+    for col in (
+        "posts sent",
+        "accepted",
+        "updates",
+        "refused",
+        "posts/s",
+        "ack p50 ms",
+        "ack p99 ms",
+        "429s",
+    ):
+        table.add_column(col, justify="right")
+    ack = sorted(stats.ack_ms) or [0.0]
+    table.add_row(
+        f"{stats.sent_posts:,}",
+        f"{stats.accepted_posts:,}",
+        f"{stats.accepted_updates:,}",
+        ", ".join(f"{k} {v}" for k, v in sorted(stats.refused.items())) or "0",
+        f"{stats.posts_per_s:,.0f}",
+        f"{ack[len(ack) // 2]:.1f}",
+        f"{ack[min(len(ack) - 1, int(len(ack) * 0.99))]:.1f}",
+        str(stats.throttled),
+    )
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:
     """Add this part's verbs to ``app``."""
+    app.command()(serve)
+    app.command()(feed)

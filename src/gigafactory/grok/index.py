@@ -1,0 +1,267 @@
+"""The real-time tantivy index and the indexer that tails the log into it.
+
+One long-lived ``IndexWriter`` is owned by the ``Indexer`` thread. The thread reads log events
+after the last indexed sequence number, adds them to the writer and, at most every
+``commit_interval_s``, commits and reloads the searcher, so a post becomes searchable about one
+interval after it was acknowledged.
+
+The last indexed log sequence is stored *inside* each commit as a checkpoint document
+(``kind=checkpoint``, replaced at every commit): tantivy commits are atomic, so the documents
+and the sequence they cover can never disagree. On open, ``open_index`` checks the index
+(readable, checkpoint present, not ahead of the log, one live document per logged post up to
+the checkpoint); a missing, unreadable or inconsistent index is deleted and rebuilt from the
+log, and a good one catches up from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import tantivy
+
+from gigafactory.grok.log import KIND_POST, PostLog, Record
+from gigafactory.grok.trends import TrendCounter
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint"
+POST = "post"
+SCHEMA_VERSION = 1
+
+
+def build_schema() -> tantivy.Schema:
+    """Fields of the index. ``text`` is tokenised (tantivy's default tokenizer: split on
+    non-alphanumerics, lower-case, drop tokens of 40+ bytes); ids and names are raw terms;
+    time and engagement are fast fields for filters and re-ranking."""
+    sb = tantivy.SchemaBuilder()
+    sb.add_text_field("kind", stored=False, tokenizer_name="raw", index_option="basic")
+    sb.add_text_field("id", stored=True, tokenizer_name="raw", index_option="basic")
+    sb.add_text_field("author", stored=True, tokenizer_name="raw", index_option="basic")
+    sb.add_text_field("lang", stored=True, tokenizer_name="raw", index_option="basic")
+    sb.add_text_field("text", stored=True, tokenizer_name="default", index_option="freq")
+    sb.add_text_field("reply_to", stored=True, tokenizer_name="raw", index_option="basic")
+    sb.add_text_field("quote_of", stored=True, tokenizer_name="raw", index_option="basic")
+    sb.add_integer_field("created_us", stored=True, indexed=True, fast=True)
+    sb.add_integer_field("engagement", stored=True, indexed=True, fast=True)
+    sb.add_integer_field("likes", stored=True)
+    sb.add_integer_field("reposts", stored=True)
+    sb.add_integer_field("replies", stored=True)
+    sb.add_integer_field("seq", stored=True, indexed=True)
+    sb.add_integer_field("version", stored=True)
+    return sb.build()
+
+
+def post_doc_json(post: dict, counts: dict | None = None) -> str:
+    """The index document (as JSON for ``IndexWriter.add_json``) of a logged post body,
+    with the engagement ``counts`` of its latest update if any."""
+    c = counts or post
+    likes, reposts, replies = c.get("likes", 0), c.get("reposts", 0), c.get("replies", 0)
+    created = post["created_at"]
+    doc = {
+        "kind": POST,
+        "id": post["id"],
+        "author": post["author"],
+        "lang": post.get("lang", "und"),
+        "text": post["text"],
+        "created_us": iso_to_us(created),
+        "engagement": likes + reposts + replies,
+        "likes": likes,
+        "reposts": reposts,
+        "replies": replies,
+    }
+    if post.get("reply_to"):
+        doc["reply_to"] = post["reply_to"]
+    if post.get("quote_of"):
+        doc["quote_of"] = post["quote_of"]
+    return orjson.dumps(doc).decode()
+
+
+def iso_to_us(text: str) -> int:
+    """An ISO-8601 UTC timestamp as written by pydantic (``2025-01-01T00:00:00.5Z``) ->
+    microseconds since the epoch."""
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(text).timestamp() * 1_000_000)
+
+
+class IndexCorrupt(Exception):
+    """The on-disk index cannot be trusted; it will be rebuilt from the log."""
+
+
+def _checkpoint(index: tantivy.Index) -> tuple[int, int]:
+    """(checkpoint seq, live post documents) of an opened index; raises IndexCorrupt."""
+    index.reload()
+    searcher = index.searcher()
+    schema = index.schema
+    hits = searcher.search(tantivy.Query.term_query(schema, "kind", CHECKPOINT), 2).hits
+    docs = searcher.num_docs
+    if not hits:
+        if docs:
+            raise IndexCorrupt(f"{docs} documents but no checkpoint document")
+        return 0, 0
+    if len(hits) > 1:
+        raise IndexCorrupt("more than one checkpoint document")
+    cp = searcher.doc(hits[0][1])
+    if cp.get_first("version") != SCHEMA_VERSION:
+        raise IndexCorrupt(f"index schema version {cp.get_first('version')} != {SCHEMA_VERSION}")
+    probe = searcher.search(tantivy.Query.term_query(schema, "kind", POST), 1).hits
+    for _score, addr in probe:
+        searcher.doc(addr)  # the doc store must decode
+    return int(cp.get_first("seq")), docs - 1
+
+
+@dataclass(frozen=True)
+class OpenedIndex:
+    """An opened (and if needed rebuilt) index and how it was found."""
+
+    index: tantivy.Index
+    checkpoint_seq: int
+    rebuilt: str | None
+
+
+def open_index(path: Path, postlog: PostLog) -> OpenedIndex:
+    """Open the index at ``path``, or create/rebuild it when it is missing, unreadable or
+    inconsistent with ``postlog`` (the reason is returned in ``rebuilt``)."""
+    path = Path(path)
+    schema = build_schema()
+    reason = None
+    if path.exists() and any(path.iterdir()):
+        try:
+            index = tantivy.Index(schema, str(path), reuse=True)
+            seq, docs = _checkpoint(index)
+            if seq > postlog.last_seq:
+                raise IndexCorrupt(f"index at seq {seq} is ahead of the log ({postlog.last_seq})")
+            logged = postlog.count_posts(seq)
+            if docs != logged:
+                raise IndexCorrupt(f"{docs} post documents but {logged} posts logged up to {seq}")
+            return OpenedIndex(index, seq, None)
+        except (Exception, BaseException) as exc:  # tantivy panics surface as BaseException
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("index at %s is unusable (%s); rebuilding it from the log", path, reason)
+            shutil.rmtree(path, ignore_errors=True)
+    elif postlog.last_seq:
+        reason = "index missing"
+        log.warning("no index at %s; rebuilding it from the log", path)
+    path.mkdir(parents=True, exist_ok=True)
+    return OpenedIndex(tantivy.Index(schema, str(path), reuse=False), 0, reason)
+
+
+class Indexer(threading.Thread):
+    """The one writer: tails ``postlog`` into ``index`` and commits every interval."""
+
+    def __init__(
+        self,
+        opened: OpenedIndex,
+        postlog: PostLog,
+        trends: TrendCounter | None = None,
+        commit_interval_s: float = 0.1,
+        batch: int = 20_000,
+        heap_bytes: int = 256_000_000,
+        threads: int = 1,
+    ):
+        super().__init__(name="grok-indexer", daemon=True)
+        self.index = opened.index
+        self.postlog = postlog
+        self.trends = trends
+        self.commit_interval_s = commit_interval_s
+        self.batch = batch
+        self.writer = self.index.writer(heap_bytes, threads)
+        self.indexed_seq = opened.checkpoint_seq
+        self.searchable_seq = opened.checkpoint_seq
+        self.commits = 0
+        self.error: BaseException | None = None
+        self._wake = threading.Event()
+        self._halt = threading.Event()
+        self._visible = threading.Condition()
+
+    def notify(self) -> None:
+        """Tell the indexer new events are in the log (called after each append)."""
+        self._wake.set()
+
+    def wait_searchable(self, seq: int, timeout: float = 10.0) -> bool:
+        """Block until events up to ``seq`` are searchable (or ``timeout`` seconds pass)."""
+        with self._visible:
+            return self._visible.wait_for(lambda: self.searchable_seq >= seq, timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Index what is left, commit, and end the thread."""
+        self._halt.set()
+        self._wake.set()
+        self.join(timeout)
+
+    def _apply(self, records: list[Record]) -> None:
+        updates = [r for r in records if r.kind != KIND_POST]
+        bodies = {}
+        if updates:
+            in_batch = {r.post_id: r.body for r in records if r.kind == KIND_POST}
+            missing = [r.post_id for r in updates if r.post_id not in in_batch]
+            bodies = self.postlog.post_bodies(missing) if missing else {}
+            bodies.update(in_batch)
+        w = self.writer
+        for r in records:
+            if r.kind == KIND_POST:
+                post = orjson.loads(r.body)
+                w.add_json(post_doc_json(post))
+                if self.trends is not None:
+                    self.trends.add(iso_to_us(post["created_at"]), post["text"])
+            else:
+                body = bodies.get(r.post_id)
+                if body is None:  # cannot happen: the log refuses updates of unknown posts
+                    log.error("engagement update for unknown post %s skipped", r.post_id)
+                    continue
+                w.delete_documents_by_term("id", r.post_id)
+                w.add_json(post_doc_json(orjson.loads(body), orjson.loads(r.body)))
+
+    def _commit(self) -> None:
+        w = self.writer
+        w.delete_documents_by_term("kind", CHECKPOINT)
+        w.add_json(
+            orjson.dumps(
+                {
+                    "kind": CHECKPOINT,
+                    "id": "~checkpoint",
+                    "seq": self.indexed_seq,
+                    "version": SCHEMA_VERSION,
+                }
+            ).decode()
+        )
+        w.commit()
+        self.index.reload()
+        self.commits += 1
+        with self._visible:
+            self.searchable_seq = self.indexed_seq
+            self._visible.notify_all()
+
+    def run(self) -> None:
+        last_commit = 0.0
+        try:
+            while True:
+                stopping = self._halt.is_set()
+                records = self.postlog.read_after(self.indexed_seq, self.batch)
+                if records:
+                    self._apply(records)
+                    self.indexed_seq = records[-1].seq
+                dirty = self.indexed_seq > self.searchable_seq
+                now = time.monotonic()
+                if dirty and (now - last_commit >= self.commit_interval_s or stopping):
+                    self._commit()
+                    last_commit = now
+                    continue
+                if stopping and not records:
+                    return
+                if len(records) == self.batch:
+                    continue
+                wait = max(0.0, self.commit_interval_s - (now - last_commit)) if dirty else 1.0
+                self._wake.wait(wait)
+                self._wake.clear()
+        except BaseException as exc:  # keep the service up; /healthz reports the failure
+            self.error = exc
+            log.exception("indexer stopped")

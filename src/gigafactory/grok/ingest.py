@@ -1,0 +1,136 @@
+"""Turning a request body into validated posts, with a reason for each one refused.
+
+Semantics of a batch (``POST /v1/posts``):
+
+- the body is a JSON array of objects, or JSON lines (one object per line); a body that is
+  neither (not JSON, not objects, empty) is refused as a whole (HTTP 422);
+- each item is then judged on its own: malformed (schema), oversized (text too long),
+  future-dated (``created_at`` more than ``max_future_s`` ahead of the server clock) or
+  duplicate (an id already logged, or repeated in the batch) items are refused with their
+  position, id and reason; every other item is accepted;
+- the response comes only after the accepted items are committed to the log, so everything
+  counted as accepted is durable. A refused item never blocks the valid ones around it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from gigafactory.errors import GigafactoryError
+from gigafactory.grok.post import EngagementUpdate, Post
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class BatchError(GigafactoryError, ValueError):
+    """The body as a whole cannot be read as a batch."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why one item of a batch was refused."""
+
+    index: int
+    id: str | None
+    reason: str
+    message: str
+
+
+def parse_batch(body: bytes, max_items: int) -> list[Any]:
+    """The items of a JSON-array or JSON-lines body (see the module docstring)."""
+    text = body.strip()
+    if not text:
+        raise BatchError("empty body: send a JSON array of posts or one JSON object per line")
+    if text[:1] == b"[":
+        try:
+            items = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise BatchError(f"body is not valid JSON: {exc}") from None
+        if not isinstance(items, list):
+            raise BatchError("a JSON body must be an array of post objects")
+    else:
+        items = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                items.append(orjson.loads(line))
+            except orjson.JSONDecodeError as exc:
+                raise BatchError(f"line {n} is not valid JSON: {exc}") from None
+            if len(items) > max_items:
+                break
+    if len(items) > max_items:
+        raise BatchTooLarge(f"{len(items)}+ items in one batch; send at most {max_items}")
+    return items
+
+
+class BatchTooLarge(BatchError):
+    """More items than one batch may hold (HTTP 413)."""
+
+
+def _reason(exc: ValidationError) -> tuple[str, str]:
+    errors = exc.errors(include_url=False)
+    message = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'item'}: {e['msg']}" for e in errors[:3]
+    )
+    if any(e["type"] == "string_too_long" and e["loc"][:1] == ("text",) for e in errors):
+        return "oversized", message
+    return "malformed", message
+
+
+def validate_items(
+    items: Sequence[Any],
+    model: type[M],
+    now: datetime | None = None,
+    max_future_s: float = 300.0,
+) -> tuple[list[tuple[int, M]], list[Refusal]]:
+    """Validate each item as ``model``: (accepted (position, model) pairs, refusals)."""
+    horizon = (now or datetime.now(UTC)) + timedelta(seconds=max_future_s)
+    ok: list[tuple[int, M]] = []
+    refused: list[Refusal] = []
+    for i, item in enumerate(items):
+        pid = item.get("id") if isinstance(item, dict) else None
+        pid = pid if isinstance(pid, str) else None
+        if not isinstance(item, dict):
+            refused.append(Refusal(i, None, "malformed", "item: must be a JSON object"))
+            continue
+        try:
+            obj = model.model_validate(item)
+        except ValidationError as exc:
+            reason, message = _reason(exc)
+            refused.append(Refusal(i, pid, reason, message))
+            continue
+        stamp = getattr(obj, "created_at", None) or getattr(obj, "at", None)
+        if stamp is not None and stamp > horizon:
+            refused.append(
+                Refusal(
+                    i,
+                    pid,
+                    "future",
+                    f"created_at {stamp.isoformat()} is more "
+                    f"than {max_future_s:g}s ahead of the server clock",
+                )
+            )
+            continue
+        ok.append((i, obj))
+    return ok, refused
+
+
+def validate_posts(
+    items: Sequence[Any], now: datetime | None = None, max_future_s: float = 300.0
+) -> tuple[list[tuple[int, Post]], list[Refusal]]:
+    """``validate_items`` for posts."""
+    return validate_items(items, Post, now, max_future_s)
+
+
+def validate_updates(
+    items: Sequence[Any], now: datetime | None = None, max_future_s: float = 300.0
+) -> tuple[list[tuple[int, EngagementUpdate]], list[Refusal]]:
+    """``validate_items`` for engagement updates."""
+    return validate_items(items, EngagementUpdate, now, max_future_s)

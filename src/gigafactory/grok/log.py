@@ -1,0 +1,225 @@
+"""The durable post log: SQLite in WAL mode, one sequence number for every event.
+
+Every accepted post and engagement update is one row of ``log`` with a sequence number
+(``seq``) that only grows; the indexer tails the log by ``seq``. A batch is acknowledged only
+after its transaction has committed.
+
+Durability: ``synchronous=FULL`` (the default) makes SQLite fsync the WAL at every commit, so
+an acknowledged batch survives a process kill *and* a power loss. ``NORMAL`` skips that fsync
+(WAL commits then survive a process crash but the last ones may roll back on power loss); it
+is offered for machines whose fsync is slow, at the price of that weaker promise. One fsync
+per batch is cheap when batches hold hundreds of posts.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gigafactory.errors import GigafactoryError
+from gigafactory.grok.post import EngagementUpdate, Post
+
+KIND_POST = 1
+KIND_ENGAGEMENT = 2
+SYNC_MODES = ("FULL", "NORMAL", "EXTRA")
+_CHUNK = 900  # ids per IN (...) lookup, under SQLite's host-parameter limit
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS log(
+    seq INTEGER PRIMARY KEY,
+    kind INTEGER NOT NULL,
+    post_id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    ingested_us INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS posts(id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+"""
+
+
+class LogError(GigafactoryError):
+    """The post log cannot be opened or used."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One event of the log."""
+
+    seq: int
+    kind: int
+    post_id: str
+    body: bytes
+    ingested_us: int
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What a batch append did: the positions (in the input) accepted and refused."""
+
+    accepted: list[int]
+    refused: dict[int, str]
+    last_seq: int
+
+
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    con = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute(f"PRAGMA synchronous={synchronous}")
+    con.execute("PRAGMA busy_timeout=30000")
+    return con
+
+
+class PostLog:
+    """The log in ``data_dir/log.sqlite3``. Appends are serialised by one lock; reads use one
+    connection per thread (WAL readers never block the writer)."""
+
+    def __init__(self, path: Path, synchronous: str = "FULL"):
+        synchronous = synchronous.upper()
+        if synchronous not in SYNC_MODES:
+            raise LogError(f"synchronous={synchronous!r}: use one of {', '.join(SYNC_MODES)}")
+        self.path = Path(path)
+        self.synchronous = synchronous
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._w = _connect(self.path, synchronous)
+            self._w.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise LogError(
+                f"cannot open the post log {self.path}: {exc}; "
+                "check the data dir is writable and not a corrupt file"
+            ) from exc
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._last_seq = self._w.execute("SELECT coalesce(max(seq), 0) FROM log").fetchone()[0]
+
+    # -- reading ---------------------------------------------------------------------------
+    def _reader(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = _connect(self.path, self.synchronous)
+            self._local.con = con
+        return con
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last committed event (0 for an empty log)."""
+        return self._last_seq
+
+    def read_after(self, seq: int, limit: int = 5000) -> list[Record]:
+        """Up to ``limit`` events with sequence numbers above ``seq``, in order."""
+        rows = self._reader().execute(
+            "SELECT seq, kind, post_id, body, ingested_us FROM log WHERE seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (seq, limit),
+        )
+        return [Record(*row) for row in rows]
+
+    def iter_back(self, upto_seq: int, since_us: int, batch: int = 5000) -> Iterator[Record]:
+        """Events with ``seq <= upto_seq`` ingested at or after ``since_us``, newest first
+        (a scan from the tail that stops at the first older event)."""
+        top = upto_seq
+        con = self._reader()
+        while top > 0:
+            rows = con.execute(
+                "SELECT seq, kind, post_id, body, ingested_us FROM log WHERE seq <= ? "
+                "ORDER BY seq DESC LIMIT ?",
+                (top, batch),
+            ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                if row[4] < since_us:
+                    return
+                yield Record(*row)
+            top = rows[-1][0] - 1
+
+    def post_bodies(self, ids: Sequence[str]) -> dict[str, bytes]:
+        """The logged body of each post in ``ids`` that exists."""
+        out: dict[str, bytes] = {}
+        con = self._reader()
+        for i in range(0, len(ids), _CHUNK):
+            chunk = list(ids[i : i + _CHUNK])
+            marks = ",".join("?" * len(chunk))
+            rows = con.execute(
+                f"SELECT p.id, l.body FROM posts p JOIN log l ON l.seq = p.seq "
+                f"WHERE p.id IN ({marks})",
+                chunk,
+            )
+            out.update(rows)
+        return out
+
+    def count_posts(self, upto_seq: int | None = None) -> int:
+        """Number of posts with ``seq <= upto_seq`` (all posts when None)."""
+        con = self._reader()
+        if upto_seq is None:
+            return con.execute("SELECT count(*) FROM posts").fetchone()[0]
+        return con.execute(
+            "SELECT count(*) FROM log WHERE seq <= ? AND kind = ?", (upto_seq, KIND_POST)
+        ).fetchone()[0]
+
+    def _existing(self, con: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(ids), _CHUNK):
+            chunk = list(ids[i : i + _CHUNK])
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                r[0] for r in con.execute(f"SELECT id FROM posts WHERE id IN ({marks})", chunk)
+            )
+        return found
+
+    # -- writing ---------------------------------------------------------------------------
+    def _append(self, kind: int, items: Sequence[Post | EngagementUpdate]) -> AppendResult:
+        ids = [it.id for it in items]
+        now_us = time.time_ns() // 1000
+        with self._lock:
+            con = self._w
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                existing = self._existing(con, ids)
+                refused: dict[int, str] = {}
+                accepted: list[int] = []
+                seen: set[str] = set()
+                for i, pid in enumerate(ids):
+                    if kind == KIND_POST:
+                        if pid in existing:
+                            refused[i] = "duplicate: a post with this id is already in the log"
+                        elif pid in seen:
+                            refused[i] = "duplicate: this id appears earlier in the batch"
+                        else:
+                            seen.add(pid)
+                            accepted.append(i)
+                    elif pid in existing:
+                        accepted.append(i)
+                    else:
+                        refused[i] = "unknown: no post with this id is in the log"
+                seq0 = self._last_seq
+                rows = [
+                    (seq0 + n + 1, kind, ids[i], items[i].model_dump_json().encode(), now_us)
+                    for n, i in enumerate(accepted)
+                ]
+                con.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", rows)
+                if kind == KIND_POST:
+                    con.executemany("INSERT INTO posts VALUES (?, ?)", [(r[2], r[0]) for r in rows])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            self._last_seq = seq0 + len(rows)
+            return AppendResult(accepted, refused, self._last_seq)
+
+    def append_posts(self, posts: Sequence[Post]) -> AppendResult:
+        """Append new posts in one transaction; ids already logged are refused. Returns once
+        the transaction has committed (durable per ``synchronous``)."""
+        return self._append(KIND_POST, posts)
+
+    def append_updates(self, updates: Sequence[EngagementUpdate]) -> AppendResult:
+        """Append engagement updates in one transaction; unknown post ids are refused."""
+        return self._append(KIND_ENGAGEMENT, updates)
+
+    def close(self) -> None:
+        """Close the writer connection (readers close with their threads)."""
+        with self._lock:
+            self._w.close()

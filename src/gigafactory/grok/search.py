@@ -1,0 +1,156 @@
+"""Search over the index: the user's query is data, never query syntax.
+
+The query text is split into terms exactly as the index's tokenizer splits post text
+(``post.words``), and the terms are OR-ed into a BM25 boolean query built with tantivy's
+query objects, so quotes, parentheses, ``AND``/``OR`` or ``field:*`` in the input are just
+characters and no input can produce a query-syntax error. Filters (time window, author,
+language, minimum engagement) are MUST clauses; the BM25 candidates are then re-ranked with
+recency and engagement (``rank.combined_score``). An empty query lists the newest posts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import tantivy
+
+from gigafactory.grok.index import POST
+from gigafactory.grok.post import words
+from gigafactory.grok.rank import RankWeights, combined_score
+
+MAX_TERMS = 32
+MAX_TERM_BYTES = 39  # tantivy's default tokenizer drops tokens of 40 bytes or more
+MAX_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """What a user asks for (times in microseconds since the epoch)."""
+
+    q: str = ""
+    since_us: int | None = None
+    until_us: int | None = None
+    author: str | None = None
+    lang: str | None = None
+    min_engagement: int | None = None
+    limit: int = 20
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One ranked result."""
+
+    id: str
+    author: str
+    text: str
+    created_us: int
+    lang: str
+    likes: int
+    reposts: int
+    replies: int
+    reply_to: str | None
+    quote_of: str | None
+    bm25: float
+    score: float
+
+
+def query_terms(q: str) -> list[str]:
+    """Distinct index terms of the query text, in order (at most ``MAX_TERMS``)."""
+    out: list[str] = []
+    for w in words(q):
+        if len(w.encode()) <= MAX_TERM_BYTES and w not in out:
+            out.append(w)
+            if len(out) == MAX_TERMS:
+                break
+    return out
+
+
+def build_query(schema: tantivy.Schema, sq: SearchQuery) -> tuple[tantivy.Query, bool]:
+    """(query, has_text): the terms OR-ed for BM25 plus the filters as MUST clauses."""
+    Q, Occur = tantivy.Query, tantivy.Occur
+    terms = query_terms(sq.q)
+    must: list[tuple[tantivy.Occur, tantivy.Query]] = []
+    if terms:
+        text = Q.boolean_query(
+            [(Occur.Should, Q.term_query(schema, "text", t, index_option="freq")) for t in terms]
+        )
+        must.append((Occur.Must, text))
+    else:
+        must.append((Occur.Must, Q.term_query(schema, "kind", POST)))
+    if sq.since_us is not None or sq.until_us is not None:
+        must.append(
+            (
+                Occur.Must,
+                Q.range_query(
+                    schema, "created_us", tantivy.FieldType.Integer, sq.since_us, sq.until_us
+                ),
+            )
+        )
+    if sq.min_engagement is not None and sq.min_engagement > 0:
+        must.append(
+            (
+                Occur.Must,
+                Q.range_query(
+                    schema, "engagement", tantivy.FieldType.Integer, sq.min_engagement, None
+                ),
+            )
+        )
+    if sq.author:
+        must.append((Occur.Must, Q.term_query(schema, "author", sq.author)))
+    if sq.lang:
+        must.append((Occur.Must, Q.term_query(schema, "lang", sq.lang)))
+    if len(must) == 1 and terms:
+        return must[0][1], True
+    return Q.boolean_query(must), bool(terms)
+
+
+def _hit(doc: tantivy.Document, bm25: float, score: float) -> Hit:
+    g = doc.get_first
+    return Hit(
+        id=g("id"),
+        author=g("author"),
+        text=g("text"),
+        created_us=g("created_us"),
+        lang=g("lang"),
+        likes=g("likes") or 0,
+        reposts=g("reposts") or 0,
+        replies=g("replies") or 0,
+        reply_to=g("reply_to"),
+        quote_of=g("quote_of"),
+        bm25=round(bm25, 4),
+        score=round(score, 4),
+    )
+
+
+def search(
+    index: tantivy.Index,
+    sq: SearchQuery,
+    weights: RankWeights | None = None,
+    now_us: int | None = None,
+) -> list[Hit]:
+    """The ``sq.limit`` best posts for ``sq`` (see the module docstring)."""
+    w = weights or RankWeights()
+    now_us = time.time_ns() // 1000 if now_us is None else now_us
+    limit = max(1, min(sq.limit, MAX_LIMIT))
+    searcher = index.searcher()
+    query, has_text = build_query(index.schema, sq)
+    if not has_text:
+        hits = searcher.search(query, limit, count=False, order_by_field="created_us").hits
+        return [_hit(searcher.doc(a), 0.0, 0.0) for _k, a in hits]
+    hits = searcher.search(query, max(limit, w.candidates), count=False).hits
+    if not hits:
+        return []
+    addrs = [a for _s, a in hits]
+    created = searcher.fast_field_values("created_us", addrs)
+    eng = searcher.fast_field_values("engagement", addrs)
+    best = hits[0][0]
+    scored = sorted(
+        (
+            (combined_score(s, best, (now_us - (c or 0)) / 1e6, e or 0, w), s, a)
+            for (s, a), c, e in zip(hits, created, eng, strict=True)
+        ),
+        key=lambda t: t[0],
+        reverse=True,
+    )[:limit]
+    return [_hit(searcher.doc(a), s, score) for score, s, a in scored]

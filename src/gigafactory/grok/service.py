@@ -1,0 +1,119 @@
+"""The Grok memory as one object: log + index + indexer + trends, with the operations the API
+exposes. The API module is a thin HTTP layer over ``GrokService``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from gigafactory.grok.index import Indexer, iso_to_us, open_index
+from gigafactory.grok.ingest import Refusal, validate_posts, validate_updates
+from gigafactory.grok.log import KIND_POST, PostLog
+from gigafactory.grok.search import Hit, SearchQuery, search
+from gigafactory.grok.settings import GrokSettings
+from gigafactory.grok.trends import Trend, TrendCounter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What happened to a batch: accepted items are committed to the log."""
+
+    accepted: int
+    refused: list[Refusal]
+    last_seq: int
+
+
+class GrokService:
+    """Opens (or rebuilds) everything under ``settings.data_dir`` and starts the indexer."""
+
+    def __init__(self, settings: GrokSettings):
+        self.settings = settings
+        d = settings.data_dir
+        self.log = PostLog(d / "log.sqlite3", settings.synchronous)
+        opened = open_index(d / "index", self.log)
+        self.rebuilt = opened.rebuilt
+        self.trends = TrendCounter(settings.trend_bucket_s, settings.trend_retention_s)
+        self.trend_history = self._load_trends(opened.checkpoint_seq)
+        self.indexer = Indexer(
+            opened,
+            self.log,
+            self.trends,
+            settings.commit_interval_s,
+            heap_bytes=settings.indexer_heap_mb * 1_000_000,
+            threads=settings.indexer_threads,
+        )
+        self.started = time.time()
+        self.indexer.start()
+
+    def _load_trends(self, upto_seq: int) -> int:
+        """Count, for trends, the posts already indexed and ingested within the retention
+        period (newer ones are counted by the indexer as it catches up)."""
+        since_us = time.time_ns() // 1000 - self.settings.trend_retention_s * 1_000_000
+        n = 0
+        for r in self.log.iter_back(upto_seq, since_us):
+            if r.kind == KIND_POST:
+                post = orjson.loads(r.body)
+                self.trends.add(iso_to_us(post["created_at"]), post["text"])
+                n += 1
+        return n
+
+    def _ingest(self, items: list[Any], updates: bool) -> IngestResult:
+        now = datetime.now(UTC)
+        check = validate_updates if updates else validate_posts
+        ok, refused = check(items, now, self.settings.max_future_s)
+        objs = [o for _i, o in ok]
+        res = self.log.append_updates(objs) if updates else self.log.append_posts(objs)
+        if res.accepted:
+            self.indexer.notify()
+        for pos, why in res.refused.items():
+            i, obj = ok[pos]
+            reason, _, message = why.partition(": ")
+            refused.append(Refusal(i, obj.id, reason, message))
+        refused.sort(key=lambda r: r.index)
+        return IngestResult(len(res.accepted), refused, res.last_seq)
+
+    def ingest_posts(self, items: list[Any]) -> IngestResult:
+        """Validate and durably log posts; see ``gigafactory.grok.ingest`` for semantics."""
+        return self._ingest(items, updates=False)
+
+    def ingest_updates(self, items: list[Any]) -> IngestResult:
+        """Validate and durably log engagement updates of already logged posts."""
+        return self._ingest(items, updates=True)
+
+    def search(self, sq: SearchQuery) -> list[Hit]:
+        """Ranked posts for ``sq``."""
+        return search(self.indexer.index, sq, self.settings.weights)
+
+    def top_trends(
+        self, window_s: float, baseline: int = 6, limit: int = 20, min_count: int = 5
+    ) -> list[Trend]:
+        """Trending terms over the last ``window_s`` seconds of posts."""
+        return self.trends.top(window_s, None, baseline, limit, min_count)
+
+    def health(self) -> dict[str, Any]:
+        """Log and index positions, and whether the indexer is alive."""
+        ix = self.indexer
+        ok = ix.is_alive() and ix.error is None
+        return {
+            "status": "ok" if ok else "degraded",
+            "log_seq": self.log.last_seq,
+            "indexed_seq": ix.indexed_seq,
+            "searchable_seq": ix.searchable_seq,
+            "lag": self.log.last_seq - ix.searchable_seq,
+            "commits": ix.commits,
+            "index_rebuilt": self.rebuilt,
+            "indexer_error": None if ix.error is None else repr(ix.error),
+            "uptime_s": round(time.time() - self.started, 1),
+        }
+
+    def close(self) -> None:
+        """Index what is left, commit, and close the log."""
+        self.indexer.stop()
+        self.log.close()

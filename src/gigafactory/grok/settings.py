@@ -1,0 +1,89 @@
+"""Settings of the Grok service: defaults, overridden by ``GROK_*`` environment variables,
+overridden by CLI flags. ``GROK_API_KEYS`` is a comma-separated list."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gigafactory.errors import GigafactoryError
+from gigafactory.grok.rank import RankWeights
+
+
+class SettingsError(GigafactoryError, ValueError):
+    """A setting has a value the service cannot use."""
+
+
+class GrokSettings(BaseModel):
+    """Everything ``gigafactory serve`` can be told (env var = ``GROK_`` + upper-case name)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Path = Path("grok-data")
+    api_keys: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    # limits
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_batch: int = Field(20_000, ge=1)
+    ingest_rate: float = Field(100_000.0, gt=0, description="posts/s per API key")
+    ingest_burst: float = Field(200_000.0, gt=0, description="bucket size, posts")
+    query_rate: float = Field(1_000.0, gt=0, description="search/trend requests/s per key")
+    query_burst: float = Field(2_000.0, gt=0)
+    max_future_s: float = Field(300.0, ge=0, description="allowed clock skew of created_at")
+    # durability and indexing
+    synchronous: str = Field("FULL", pattern="^(?i)(FULL|NORMAL|EXTRA)$")
+    commit_interval_s: float = Field(0.1, gt=0, le=10)
+    indexer_threads: int = Field(1, ge=1, le=16)
+    indexer_heap_mb: int = Field(256, ge=16)
+    # ranking (see gigafactory.grok.rank)
+    rank_text: float = Field(1.0, ge=0)
+    rank_recency: float = Field(0.5, ge=0)
+    rank_engagement: float = Field(0.3, ge=0)
+    half_life_s: float = Field(6 * 3600.0, gt=0)
+    engagement_ref: int = Field(1000, ge=1)
+    candidates: int = Field(200, ge=1, le=10_000)
+    # trends
+    trend_bucket_s: int = Field(60, ge=1)
+    trend_retention_s: int = Field(6 * 3600, ge=60)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(k.strip() for k in value.split(",") if k.strip())
+        return value
+
+    @property
+    def weights(self) -> RankWeights:
+        """The ranking weights as the search code takes them."""
+        return RankWeights(
+            self.rank_text,
+            self.rank_recency,
+            self.rank_engagement,
+            self.half_life_s,
+            self.engagement_ref,
+            self.candidates,
+        )
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> GrokSettings:
+        """Defaults < ``GROK_*`` variables of ``env`` (default: os.environ) < ``overrides``
+        (``None`` overrides are ignored)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            key = "GROK_" + name.upper()
+            if key in env:
+                values[name] = env[key]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            e = exc.errors(include_url=False)[0]
+            name = ".".join(str(p) for p in e["loc"])
+            raise SettingsError(f"setting {name} (env GROK_{name.upper()}): {e['msg']}") from None
