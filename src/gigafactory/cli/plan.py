@@ -92,7 +92,11 @@ def _render_step(est: Any, run: Any) -> None:
     if run is not None:
         rows += [
             ("token budget", f"{run.tokens:.3g}"),
-            ("days", f"{run.days:,.1f}"),
+            ("days without failures", f"{run.days:,.1f}"),
+            ("goodput after failures", f"{100 * run.goodput:.1f}%"),
+            ("wall-clock days", f"{run.wall_days:,.1f}"),
+            ("interruptions (expected)", f"{run.interruptions:,.0f}"),
+            ("checkpoint every", f"{run.checkpoint_interval_s:,.0f} s"),
             ("GPU-hours", f"{run.gpu_hours:,.3g}"),
             ("facility power", f"{run.power_mw:,.1f} MW"),
             ("energy", f"{run.energy_mwh:,.0f} MWh"),
@@ -147,6 +151,8 @@ def register(app: typer.Typer) -> None:
         recompute: Recompute = typer.Option(Recompute.none, help="Activation recompute."),
         precision: Precision = typer.Option(Precision.bf16, help="Matmul precision."),
         tokens: float = typer.Option(0.0, help="Token budget of the run (default 6e12)."),
+        checkpoint_s: float = typer.Option(10.0, help="Seconds each checkpoint stalls training."),
+        restart_s: float = typer.Option(300.0, help="Seconds to restart after an interruption."),
         top: int = typer.Option(5, help="Layouts to show when searching."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
         plot: Path | None = typer.Option(None, help="Write a PNG of the breakdowns."),
@@ -194,7 +200,10 @@ def register(app: typer.Typer) -> None:
                 )
             shown = searched.best
             best = shown[0]
-        run = estimate_run(best, c, h, budget)
+        from gigafactory.reliability import ReliabilityScenario
+
+        failures = ReliabilityScenario(checkpoint_s=checkpoint_s, restart_s=restart_s)
+        run = estimate_run(best, c, h, budget, failures)
         if as_json:
             out: dict[str, Any] = {"plan": _step_dict(best), "run": dataclasses.asdict(run)}
             out["run"]["cost_usd"] = run.cost_usd

@@ -2,14 +2,19 @@
 
 power = nodes · node power · PUE (the facility's overhead on the IT load);
 energy = power · wall-clock hours; cost = GPU-hours · $/GPU-hour (capital and non-energy
-operations) + energy · $/kWh.
+operations) + energy · $/kWh. Wall-clock time includes the goodput lost to interruptions
+(``gigafactory.reliability``): the GPUs are held, powered and paid for through checkpoints,
+rework and restarts.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 
 from gigafactory.plan.step import StepEstimate
+from gigafactory.reliability import ReliabilityScenario, analyze
 from gigafactory.spec.hardware import ClusterSpec, HardwareSpec
 
 #: Default token budget for the default scenario (Grok-1 on Colossus). xAI has not published
@@ -40,7 +45,11 @@ class RunEstimate:
 
     tokens: float
     steps: float
-    days: float
+    days: float  # failure-free: tokens / throughput
+    goodput: float  # share of wall-clock time that becomes kept progress
+    wall_days: float  # days / goodput
+    interruptions: float  # expected unexpected interruptions over the run
+    checkpoint_interval_s: float
     gpu_hours: float
     power_mw: float
     energy_mwh: float
@@ -57,17 +66,32 @@ def estimate_run(
     cluster: ClusterSpec,
     hardware: HardwareSpec,
     tokens: float = DEFAULT_TOKENS,
+    reliability: ReliabilityScenario | None = None,
 ) -> RunEstimate:
-    """Whole-run totals at ``step``'s throughput (no failures; see ``reliability`` for those)."""
+    """Whole-run totals at ``step``'s throughput, with the goodput left after failures.
+
+    ``reliability`` sets checkpoint stall, restart time and failure rates (defaults: Llama 3's
+    per-GPU interruption rates, 10 s checkpoint stalls, 5-minute restarts); its ``gpus`` and
+    ``work_days`` are taken from the step and the token budget.
+    """
     seconds = tokens / step.tokens_per_s
-    hours = seconds / 3600
+    days = seconds / 86400
+    scenario = dataclasses.replace(
+        reliability or ReliabilityScenario(), gpus=step.gpus, work_days=days
+    )
+    failures = analyze(scenario)
+    wall_hours = seconds / failures.goodput / 3600 if failures.goodput > 0 else math.inf
     power = facility_power_mw(step.gpus, cluster, hardware)
-    energy = power * hours
-    gpu_hours = step.gpus * hours
+    energy = power * wall_hours
+    gpu_hours = step.gpus * wall_hours
     return RunEstimate(
         tokens=tokens,
         steps=tokens / step.tokens_per_step,
-        days=seconds / 86400,
+        days=days,
+        goodput=failures.goodput,
+        wall_days=wall_hours / 24,
+        interruptions=failures.interruptions_per_day * wall_hours / 24,
+        checkpoint_interval_s=failures.checkpoint_interval_s,
         gpu_hours=gpu_hours,
         power_mw=power,
         energy_mwh=energy,
