@@ -173,7 +173,7 @@ class Indexer(threading.Thread):
         self.trends = trends
         self.commit_interval_s = commit_interval_s
         self.batch = batch
-        self.writer = self.index.writer(heap_bytes, threads)
+        self.writer: tantivy.IndexWriter | None = self.index.writer(heap_bytes, threads)
         self.indexed_seq = opened.checkpoint_seq
         self.searchable_seq = opened.checkpoint_seq
         self.commits = 0
@@ -196,6 +196,12 @@ class Indexer(threading.Thread):
         self._halt.set()
         self._wake.set()
         self.join(timeout)
+        if not self.is_alive() and self.writer is not None:
+            writer, self.writer = self.writer, None
+            try:
+                writer.wait_merging_threads()  # finishes merges and releases the index lock
+            except Exception:
+                log.exception("while closing the index writer")
 
     def _apply(self, records: list[Record]) -> None:
         updates = [r for r in records if r.kind != KIND_POST]
@@ -206,6 +212,7 @@ class Indexer(threading.Thread):
             bodies = self.postlog.post_bodies(missing) if missing else {}
             bodies.update(in_batch)
         w = self.writer
+        assert w is not None
         for r in records:
             if r.kind == KIND_POST:
                 post = orjson.loads(r.body)
@@ -222,6 +229,7 @@ class Indexer(threading.Thread):
 
     def _commit(self) -> None:
         w = self.writer
+        assert w is not None
         w.delete_documents_by_term("kind", CHECKPOINT)
         w.add_json(
             orjson.dumps(

@@ -108,6 +108,9 @@ class GrokService:
             "searchable_seq": ix.searchable_seq,
             "lag": self.log.last_seq - ix.searchable_seq,
             "commits": ix.commits,
+            "index_docs": max(0, ix.index.searcher().num_docs - 1)
+            if ix.commits or ix.searchable_seq
+            else 0,
             "index_rebuilt": self.rebuilt,
             "indexer_error": None if ix.error is None else repr(ix.error),
             "uptime_s": round(time.time() - self.started, 1),

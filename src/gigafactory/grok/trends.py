@@ -240,18 +240,23 @@ class TrendCounter:
         with self._lock:
             win = [Counter(self._buckets[b]) for b in win_keys if b in self._buckets]
             base = [self._buckets[b] for b in base_keys if b in self._buckets]
+            oldest = min(self._buckets, default=last)
+        # baseline buckets since data began count, even the silent (absent) ones
+        n_base = sum(1 for b in base_keys if b >= oldest)
         now: Counter[str] = Counter()
         for c in win:
             now.update(c)
         before: Counter[str] = Counter()
         for c in base:
             before.update(c)
-        span = max(1, len(base)) / max(1, len(win))
+        # the newest bucket is only partly elapsed: compare like with like
+        covered = n_win - 1 + ((at_us % bsize) + 1) / bsize
+        scale = covered / max(1, n_base)
         out = []
         for term, count in now.items():
             if count < min_count:
                 continue
-            expected = before.get(term, 0) / span
+            expected = before.get(term, 0) * scale
             out.append(
                 Trend(
                     term,
