@@ -21,7 +21,16 @@ def test_param_count_equals_planner_small(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["grok-1", "llama3-8b", "mixtral-8x7b", "gpt3-175b", "gpt-oss-120b"]
+    "name",
+    [
+        "grok-1",
+        "llama3-8b",
+        "mixtral-8x7b",
+        "gpt3-175b",
+        "gpt-oss-120b",
+        "grok-1b-dense",
+        "grok-1b-moe",
+    ],
 )
 def test_param_count_equals_planner_meta(name):
     spec = load_model(name)
@@ -131,3 +140,20 @@ def test_grok_traits_are_built():
     assert out.aux_loss.item() > 0  # the MoE load-balancing loss is part of the objective
     dense = Transformer(load_model("grok-mini-dense"))
     assert dense(x, x).aux_loss.item() == 0
+
+
+def test_flex_softcap_path_equals_the_explicit_one():
+    """The GPU path (FlexAttention, run here in eager mode) computes the same attention."""
+    import warnings
+
+    from gigafactory.train.model import Attention, flex_capped_attention
+
+    torch.manual_seed(0)
+    spec = load_model("grok-mini").replace(attn_logit_softcap=2.0)
+    q, k, v = torch.randn(2, 8, 24, 32), torch.randn(2, 2, 24, 32), torch.randn(2, 2, 24, 32)
+    for window in (0, 5):
+        attn = Attention(spec, window=window)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # eager flex_attention warns it is not compiled
+            got = flex_capped_attention(q * 3, k * 3, v, 2.0, window)
+        torch.testing.assert_close(got, attn._capped_attention(q * 3, k * 3, v))

@@ -126,7 +126,9 @@ def register(app: typer.Typer) -> None:
         seq: int = typer.Option(0, help="Sequence length; 0 = the model's seq_len."),
         lr: float = typer.Option(3e-3, help="Peak learning rate (AdamW)."),
         warmup: int = typer.Option(-1, help="Warmup steps; -1 = 5% of --steps."),
-        out: Path = typer.Option(Path("runs/grok-mini"), help="Run folder (resumed if present)."),
+        out: Path | None = typer.Option(
+            None, help="Run folder, resumed if present; default runs/<model>."
+        ),
         data: Path | None = typer.Option(
             None, help="Text/JSONL/Parquet file or folder; default: generated posts."
         ),

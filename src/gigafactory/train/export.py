@@ -34,6 +34,10 @@ def export_model(
 ) -> Path:
     """Write ``model.safetensors``, ``config.json`` (the ModelSpec) and ``tokenizer.json`` into a
     temporary folder, then rename it to ``out_dir`` (replacing an older export)."""
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / CONFIG).is_file():
+        raise TrainConfigError(
+            f"{out_dir} exists and is not a model export; give --out a new folder"
+        )
     tmp = out_dir.with_name(f".tmp-{out_dir.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

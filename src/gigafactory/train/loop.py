@@ -51,7 +51,7 @@ class TrainConfig:
     """Everything a run needs. ``batch`` is the global batch in sequences (all ranks)."""
 
     model: str = "grok-mini"  # a catalog preset or a YAML path
-    out: Path = Path("runs/grok-mini")
+    out: Path | None = None  # None = runs/<model name>
     steps: int = 200
     batch: int = 16
     micro_batch: int = 0  # sequences per rank per forward; 0 = batch / dp
@@ -290,7 +290,7 @@ def _train(
     precision = resolve_precision(cfg.precision, runtime.device)
     if runtime.device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matmuls
-    out = cfg.out
+    out = cfg.out or Path("runs") / spec.name
 
     # data: rank 0 trains the tokenizer and writes the shards once; the others read them
     corpus = Corpus(cfg.data, cfg.posts, cfg.seed, cfg.text_field)

@@ -13,12 +13,15 @@ input/output embeddings.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from gigafactory.spec.model import ModelSpec
 from gigafactory.train.errors import UnsupportedModelError
@@ -98,8 +101,8 @@ class Attention(nn.Module):
     """Grouped-query attention (Ainslie et al. 2023) with RoPE and an optional logit soft-cap.
 
     Without a soft-cap it calls F.scaled_dot_product_attention (flash/efficient kernels). With
-    one (Grok-1: 30·tanh(x/30)) SDPA cannot fuse the cap, so the scores are computed
-    explicitly, capped and soft-maxed in fp32.
+    one (Grok-1: 30·tanh(x/30)) SDPA cannot fuse the cap: on CPU the scores are computed
+    explicitly, capped and soft-maxed in fp32; on GPU FlexAttention fuses the cap instead.
     """
 
     def __init__(self, spec: ModelSpec, window: int = 0):
@@ -121,7 +124,9 @@ class Attention(nn.Module):
         v = self.v(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         if self.rope:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if self.softcap:
+        if self.softcap and q.is_cuda:
+            y = flex_capped_attention(q, k, v, self.softcap, self.window)
+        elif self.softcap:
             y = self._capped_attention(q, k, v)
         elif self.window:
             mask = attention_mask(T, self.window, x.device)
@@ -140,6 +145,36 @@ class Attention(nn.Module):
         scores = scores.masked_fill(~attention_mask(T, self.window, q.device), float("-inf"))
         probs = scores.softmax(dim=-1).type_as(v)
         return probs @ v  # (B, H, T, D)
+
+
+@functools.cache
+def _block_mask(T: int, window: int, device: str) -> BlockMask:
+    def causal(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        allowed = q >= k
+        return allowed & (q - k < window) if window else allowed
+
+    return create_block_mask(causal, None, None, T, T, device=device)
+
+
+@functools.cache
+def _compiled_flex() -> Callable[..., torch.Tensor]:
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_capped_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cap: float, window: int = 0
+) -> torch.Tensor:
+    """Soft-capped causal attention with FlexAttention (PyTorch 2.5+, the Gemma-2 soft-cap
+    recipe): the cap is a score_mod on the already 1/√D-scaled scores and the causal or
+    sliding-window mask a block mask, so the (T, T) scores are never materialised.
+    q (B, H, T, D), k and v (B, K, T, D) → (B, H, T, D)."""
+
+    def softcap(score: torch.Tensor, b: Any, h: Any, qi: Any, ki: Any) -> torch.Tensor:
+        return cap * torch.tanh(score / cap)
+
+    mask = _block_mask(q.size(-2), window, str(q.device))
+    flex = _compiled_flex() if q.is_cuda else flex_attention
+    return flex(q, k, v, score_mod=softcap, block_mask=mask, enable_gqa=True)
 
 
 def activation(kind: str, x: torch.Tensor) -> torch.Tensor:
