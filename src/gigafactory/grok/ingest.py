@@ -60,9 +60,14 @@ def parse_batch(body: bytes, max_items: int) -> list[Any]:
             if not line.strip():
                 continue
             try:
-                items.append(orjson.loads(line))
+                item = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
                 raise BatchError(f"line {n} is not valid JSON: {exc}") from None
+            if not isinstance(item, dict):
+                raise BatchError(
+                    f"line {n} is not a JSON object; send one post object per line or a JSON array"
+                )
+            items.append(item)
             if len(items) > max_items:
                 break
     if len(items) > max_items:
