@@ -25,8 +25,7 @@ from pathlib import Path
 import orjson
 import tantivy
 
-from gigafactory.grok.log import KIND_POST, PostLog, Record
-from gigafactory.grok.trends import TrendCounter
+from gigafactory.grok.log import KIND_POST, PostLog, Record, with_counts
 
 log = logging.getLogger(__name__)
 
@@ -52,42 +51,9 @@ def build_schema() -> tantivy.Schema:
     sb.add_integer_field("likes", stored=True)
     sb.add_integer_field("reposts", stored=True)
     sb.add_integer_field("replies", stored=True)
-    sb.add_integer_field("seq", stored=True, indexed=True)
+    sb.add_integer_field("seq", stored=True, indexed=True)  # of the checkpoint document
     sb.add_integer_field("version", stored=True)
     return sb.build()
-
-
-def post_doc_json(post: dict, counts: dict | None = None) -> str:
-    """The index document (as JSON for ``IndexWriter.add_json``) of a logged post body,
-    with the engagement ``counts`` of its latest update if any."""
-    c = counts or post
-    likes, reposts, replies = c.get("likes", 0), c.get("reposts", 0), c.get("replies", 0)
-    created = post["created_at"]
-    doc = {
-        "kind": POST,
-        "id": post["id"],
-        "author": post["author"],
-        "lang": post.get("lang", "und"),
-        "text": post["text"],
-        "created_us": iso_to_us(created),
-        "engagement": likes + reposts + replies,
-        "likes": likes,
-        "reposts": reposts,
-        "replies": replies,
-    }
-    if post.get("reply_to"):
-        doc["reply_to"] = post["reply_to"]
-    if post.get("quote_of"):
-        doc["quote_of"] = post["quote_of"]
-    return orjson.dumps(doc).decode()
-
-
-def iso_to_us(text: str) -> int:
-    """An ISO-8601 UTC timestamp as written by pydantic (``2025-01-01T00:00:00.5Z``) ->
-    microseconds since the epoch."""
-    from datetime import datetime
-
-    return int(datetime.fromisoformat(text).timestamp() * 1_000_000)
 
 
 class IndexCorrupt(Exception):
@@ -161,7 +127,6 @@ class Indexer(threading.Thread):
         self,
         opened: OpenedIndex,
         postlog: PostLog,
-        trends: TrendCounter | None = None,
         commit_interval_s: float = 0.1,
         batch: int = 20_000,
         heap_bytes: int = 256_000_000,
@@ -170,7 +135,6 @@ class Indexer(threading.Thread):
         super().__init__(name="grok-indexer", daemon=True)
         self.index = opened.index
         self.postlog = postlog
-        self.trends = trends
         self.commit_interval_s = commit_interval_s
         self.batch = batch
         self.writer: tantivy.IndexWriter | None = self.index.writer(heap_bytes, threads)
@@ -205,7 +169,7 @@ class Indexer(threading.Thread):
 
     def _apply(self, records: list[Record]) -> None:
         updates = [r for r in records if r.kind != KIND_POST]
-        bodies = {}
+        bodies: dict[str, str] = {}
         if updates:
             in_batch = {r.post_id: r.body for r in records if r.kind == KIND_POST}
             missing = [r.post_id for r in updates if r.post_id not in in_batch]
@@ -215,17 +179,14 @@ class Indexer(threading.Thread):
         assert w is not None
         for r in records:
             if r.kind == KIND_POST:
-                post = orjson.loads(r.body)
-                w.add_json(post_doc_json(post))
-                if self.trends is not None:
-                    self.trends.add(iso_to_us(post["created_at"]), post["text"])
+                w.add_json(r.body)  # the logged body is already the index document
             else:
                 body = bodies.get(r.post_id)
                 if body is None:  # cannot happen: the log refuses updates of unknown posts
                     log.error("engagement update for unknown post %s skipped", r.post_id)
                     continue
                 w.delete_documents_by_term("id", r.post_id)
-                w.add_json(post_doc_json(orjson.loads(body), orjson.loads(r.body)))
+                w.add_json(with_counts(body, r.body))
 
     def _commit(self) -> None:
         w = self.writer

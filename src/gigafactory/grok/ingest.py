@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gigafactory.errors import GigafactoryError
 from gigafactory.grok.post import EngagementUpdate, Post
@@ -89,6 +89,24 @@ def _reason(exc: ValidationError) -> tuple[str, str]:
     return "malformed", message
 
 
+_ADAPTERS: dict[type, TypeAdapter] = {}
+
+
+def _list_adapter(model: type[M]) -> TypeAdapter:
+    if model not in _ADAPTERS:
+        _ADAPTERS[model] = TypeAdapter(list[model])  # type: ignore[valid-type]
+    return _ADAPTERS[model]
+
+
+def _future(i: int, pid: str | None, stamp: datetime, max_future_s: float) -> Refusal:
+    return Refusal(
+        i,
+        pid,
+        "future",
+        f"created_at {stamp.isoformat()} is more than {max_future_s:g}s ahead of the server clock",
+    )
+
+
 def validate_items(
     items: Sequence[Any],
     model: type[M],
@@ -99,6 +117,18 @@ def validate_items(
     horizon = (now or datetime.now(UTC)) + timedelta(seconds=max_future_s)
     ok: list[tuple[int, M]] = []
     refused: list[Refusal] = []
+    try:  # fast path: the whole batch is valid (one call into pydantic-core)
+        objs = _list_adapter(model).validate_python(items)
+    except ValidationError:
+        objs = None
+    if objs is not None:
+        for i, obj in enumerate(objs):
+            stamp = getattr(obj, "created_at", None) or getattr(obj, "at", None)
+            if stamp is not None and stamp > horizon:
+                refused.append(_future(i, obj.id, stamp, max_future_s))
+            else:
+                ok.append((i, obj))
+        return ok, refused
     for i, item in enumerate(items):
         pid = item.get("id") if isinstance(item, dict) else None
         pid = pid if isinstance(pid, str) else None

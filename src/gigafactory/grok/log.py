@@ -19,6 +19,9 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from gigafactory.errors import GigafactoryError
 from gigafactory.grok.post import EngagementUpdate, Post
@@ -33,11 +36,45 @@ CREATE TABLE IF NOT EXISTS log(
     seq INTEGER PRIMARY KEY,
     kind INTEGER NOT NULL,
     post_id TEXT NOT NULL,
-    body BLOB NOT NULL,
+    body TEXT NOT NULL,
     ingested_us INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS posts(id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 """
+
+
+def post_body(post: Post) -> str:
+    """The logged JSON of a post: its fields (``None`` ones left out) plus what the index
+    derives from them -- ``kind``, ``created_us`` (µs since the epoch) and ``engagement``
+    (likes + reposts + replies) -- so the indexer can hand it to tantivy unparsed."""
+    d: dict[str, Any] = {
+        "kind": "post",
+        "id": post.id,
+        "author": post.author,
+        "text": post.text,
+        "created_at": post.created_at,
+        "lang": post.lang,
+        "likes": post.likes,
+        "reposts": post.reposts,
+        "replies": post.replies,
+        "created_us": int(post.created_at.timestamp() * 1_000_000),
+        "engagement": post.total,
+    }
+    if post.reply_to is not None:
+        d["reply_to"] = post.reply_to
+    if post.quote_of is not None:
+        d["quote_of"] = post.quote_of
+    return orjson.dumps(d).decode()
+
+
+def with_counts(body: str, update: str) -> str:
+    """A logged post body with the counts of a logged engagement update applied."""
+    d = orjson.loads(body)
+    u = orjson.loads(update)
+    for k in ("likes", "reposts", "replies"):
+        d[k] = u.get(k, 0)
+    d["engagement"] = d["likes"] + d["reposts"] + d["replies"]
+    return orjson.dumps(d).decode()
 
 
 class LogError(GigafactoryError):
@@ -51,7 +88,7 @@ class Record:
     seq: int
     kind: int
     post_id: str
-    body: bytes
+    body: str
     ingested_us: int
 
 
@@ -136,9 +173,9 @@ class PostLog:
                 yield Record(*row)
             top = rows[-1][0] - 1
 
-    def post_bodies(self, ids: Sequence[str]) -> dict[str, bytes]:
+    def post_bodies(self, ids: Sequence[str]) -> dict[str, str]:
         """The logged body of each post in ``ids`` that exists."""
-        out: dict[str, bytes] = {}
+        out: dict[str, str] = {}
         con = self._reader()
         for i in range(0, len(ids), _CHUNK):
             chunk = list(ids[i : i + _CHUNK])
@@ -196,8 +233,9 @@ class PostLog:
                     else:
                         refused[i] = "unknown: no post with this id is in the log"
                 seq0 = self._last_seq
+                dump = post_body if kind == KIND_POST else EngagementUpdate.model_dump_json
                 rows = [
-                    (seq0 + n + 1, kind, ids[i], items[i].model_dump_json().encode(), now_us)
+                    (seq0 + n + 1, kind, ids[i], dump(items[i]), now_us)  # type: ignore[arg-type]
                     for n, i in enumerate(accepted)
                 ]
                 con.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", rows)

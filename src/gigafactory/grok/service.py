@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from gigafactory.grok.index import Indexer, iso_to_us, open_index
+from gigafactory.grok.index import Indexer, open_index
 from gigafactory.grok.ingest import Refusal, validate_posts, validate_updates
 from gigafactory.grok.log import KIND_POST, PostLog
 from gigafactory.grok.search import Hit, SearchQuery, search
@@ -40,11 +40,10 @@ class GrokService:
         opened = open_index(d / "index", self.log)
         self.rebuilt = opened.rebuilt
         self.trends = TrendCounter(settings.trend_bucket_s, settings.trend_retention_s)
-        self.trend_history = self._load_trends(opened.checkpoint_seq)
+        self.trend_history = self._load_trends(self.log.last_seq)
         self.indexer = Indexer(
             opened,
             self.log,
-            self.trends,
             settings.commit_interval_s,
             heap_bytes=settings.indexer_heap_mb * 1_000_000,
             threads=settings.indexer_threads,
@@ -53,16 +52,21 @@ class GrokService:
         self.indexer.start()
 
     def _load_trends(self, upto_seq: int) -> int:
-        """Count, for trends, the posts already indexed and ingested within the retention
-        period (newer ones are counted by the indexer as it catches up)."""
+        """Count, for trends, the logged posts ingested within the retention period (new
+        posts are counted as they are ingested)."""
         since_us = time.time_ns() // 1000 - self.settings.trend_retention_s * 1_000_000
+        batch: list[tuple[int, str]] = []
         n = 0
         for r in self.log.iter_back(upto_seq, since_us):
             if r.kind == KIND_POST:
                 post = orjson.loads(r.body)
-                self.trends.add(iso_to_us(post["created_at"]), post["text"])
-                n += 1
-        return n
+                batch.append((post["created_us"], post["text"]))
+                if len(batch) == 10_000:
+                    self.trends.add_many(batch)
+                    n += len(batch)
+                    batch = []
+        self.trends.add_many(batch)
+        return n + len(batch)
 
     def _ingest(self, items: list[Any], updates: bool) -> IngestResult:
         now = datetime.now(UTC)
@@ -72,6 +76,13 @@ class GrokService:
         res = self.log.append_updates(objs) if updates else self.log.append_posts(objs)
         if res.accepted:
             self.indexer.notify()
+            if not updates:
+                self.trends.add_many(
+                    [
+                        (int(objs[p].created_at.timestamp() * 1_000_000), objs[p].text)  # type: ignore[union-attr]
+                        for p in res.accepted
+                    ]
+                )
         for pos, why in res.refused.items():
             i, obj = ok[pos]
             reason, _, message = why.partition(": ")

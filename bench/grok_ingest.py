@@ -1,0 +1,181 @@
+"""Benchmark: sustained ingest rate and ack -> searchable latency of `gigafactory serve`.
+
+Starts the server as a subprocess on loopback with a fresh data dir, pre-generates posts and
+serialises them into batches, then for ``--duration`` seconds ``--clients`` threads post
+batches as fast as the server acknowledges them while a probe thread, every 100 ms, posts one
+post carrying a unique word and polls ``/v1/search`` for it until it shows up.
+
+    .venv/bin/python bench/grok_ingest.py [--duration 20] [--batch 2000] [--clients 2]
+        [--sync FULL] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from gigafactory.grok.generator import generate_posts
+
+KEY = {"x-api-key": "bench", "content-type": "application/json"}
+
+
+def pct(xs: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of ``xs``."""
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--batch", type=int, default=2000)
+    ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--posts", type=int, default=600_000, help="posts pre-generated (cap)")
+    ap.add_argument("--sync", default="FULL")
+    ap.add_argument("--commit-interval", type=float, default=0.1)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    console = Console(stderr=args.json)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    tmp = Path(tempfile.mkdtemp(prefix="grok-bench-"))
+    console.print(f"pre-generating {args.posts:,} posts ...")
+    start = datetime.now(UTC)
+    batches = []
+    chunk: list[dict] = []
+    for p in generate_posts(args.posts, seed=int(time.time()), start=start, rate=20_000):
+        d = p.model_dump(mode="json")
+        d["created_at"] = start.isoformat()  # never "future" however fast we replay
+        chunk.append(d)
+        if len(chunk) == args.batch:
+            batches.append((len(chunk), orjson.dumps(chunk)))
+            chunk = []
+    env_cmd = [
+        sys.executable,
+        "-c",
+        "from gigafactory.cli import main; main()",
+        "serve",
+        "--data-dir",
+        str(tmp / "data"),
+        "--port",
+        str(port),
+        "--api-key",
+        "bench",
+        "--synchronous",
+        args.sync,
+        "--commit-interval",
+        str(args.commit_interval),
+    ]
+    server = subprocess.Popen(env_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(f"{url}/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        next_batch = iter(batches)
+        lock = threading.Lock()
+        stop = threading.Event()
+        acked = [0]
+        ack_ms: list[float] = []
+        vis_ms: list[float] = []
+
+        def client() -> None:
+            with httpx.Client(headers=KEY, timeout=60) as c:
+                while not stop.is_set():
+                    with lock:
+                        item = next(next_batch, None)
+                    if item is None:
+                        return
+                    _n, body = item
+                    t0 = time.perf_counter()
+                    r = c.post(f"{url}/v1/posts", content=body)
+                    r.raise_for_status()
+                    with lock:
+                        acked[0] += r.json()["accepted"]
+                        ack_ms.append((time.perf_counter() - t0) * 1000)
+
+        def probe() -> None:
+            with httpx.Client(headers=KEY, timeout=60) as c:
+                i = 0
+                while not stop.is_set():
+                    word = f"probe{i}z{port}"
+                    item = {
+                        "id": f"probe-{i}",
+                        "author": "probe",
+                        "text": f"{word} here",
+                        "created_at": datetime.now(UTC).isoformat(),
+                    }
+                    c.post(f"{url}/v1/posts", content=orjson.dumps([item])).raise_for_status()
+                    t_ack = time.perf_counter()
+                    while not stop.is_set():
+                        hits = c.get(f"{url}/v1/search", params={"q": word, "limit": 1})
+                        if hits.json()["hits"]:
+                            vis_ms.append((time.perf_counter() - t_ack) * 1000)
+                            break
+                        time.sleep(0.005)
+                    i += 1
+                    time.sleep(0.1)
+
+        threads = [threading.Thread(target=client) for _ in range(args.clients)]
+        threads.append(threading.Thread(target=probe))
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        stop.wait(args.duration)
+        stop.set()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - t0
+        health = httpx.get(f"{url}/healthz").json()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+    result = {
+        "posts_acked": acked[0],
+        "seconds": round(elapsed, 2),
+        "posts_per_s": round(acked[0] / elapsed),
+        "batch": args.batch,
+        "clients": args.clients,
+        "synchronous": args.sync,
+        "ack_p50_ms": round(pct(ack_ms, 50), 1),
+        "ack_p99_ms": round(pct(ack_ms, 99), 1),
+        "ack_to_searchable_n": len(vis_ms),
+        "ack_to_searchable_p50_ms": round(pct(vis_ms, 50), 1),
+        "ack_to_searchable_p99_ms": round(pct(vis_ms, 99), 1),
+        "ack_to_searchable_max_ms": round(max(vis_ms, default=float("nan")), 1),
+        "index_lag_at_end": health["lag"],
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    table = Table(title="grok ingest (loopback, one server process)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result.items():
+        table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
