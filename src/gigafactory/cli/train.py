@@ -80,7 +80,8 @@ class TrainView:
             self.progress.console.print(f"[{style}]{prefix}{event.message}[/]", highlight=False)
 
     def close(self) -> None:
-        self.progress.stop()
+        if self.task is not None:  # started by RunStarted; an early error never started it
+            self.progress.stop()
 
 
 def _summary(result: object, console: Console) -> None:

@@ -33,6 +33,7 @@ MANIFEST = "manifest.json"
 PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
 FORMAT = 1
+DESCRIPTIVE = ("name", "source", "tokenizer")  # spec fields that do not change the weights
 
 
 @contextlib.contextmanager
@@ -114,7 +115,11 @@ def verify(folder: Path) -> tuple[dict[str, Any] | None, str]:
 def identity_mismatch(manifest: dict[str, Any], identity: dict[str, Any]) -> str:
     """'' if the checkpoint belongs to this run's model and data, else what differs."""
     theirs, ours = manifest.get("model", {}), identity["model"]
-    diffs = [f"{k}: {theirs.get(k)!r} ≠ {ours.get(k)!r}" for k in ours if theirs.get(k) != ours[k]]
+    diffs = [
+        f"{k}: {theirs.get(k)!r} ≠ {ours.get(k)!r}"
+        for k in ours
+        if k not in DESCRIPTIVE and theirs.get(k) != ours[k]
+    ]
     if diffs:
         return (
             f"was written for model '{theirs.get('name')}' ({'; '.join(diffs[:3])}); resume "
