@@ -6,7 +6,7 @@ batches as fast as the server acknowledges them while a probe thread, every 100 
 post carrying a unique word and polls ``/v1/search`` for it until it shows up.
 
     .venv/bin/python bench/grok_ingest.py [--duration 20] [--batch 2000] [--clients 2]
-        [--sync FULL] [--json]
+        [--rate POSTS_PER_S] [--sync FULL] [--json]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--batch", type=int, default=2000)
     ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--rate", type=float, default=0.0, help="offered posts/s (0 = flat out)")
     ap.add_argument("--posts", type=int, default=600_000, help="posts pre-generated (cap)")
     ap.add_argument("--sync", default="FULL")
     ap.add_argument("--commit-interval", type=float, default=0.1)
@@ -93,7 +94,7 @@ def main() -> None:
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        next_batch = iter(batches)
+        next_batch = iter(enumerate(batches))
         lock = threading.Lock()
         stop = threading.Event()
         acked = [0]
@@ -107,13 +108,17 @@ def main() -> None:
                         item = next(next_batch, None)
                     if item is None:
                         return
-                    _n, body = item
-                    t0 = time.perf_counter()
+                    k, (_n, body) = item
+                    if args.rate > 0:  # pace: batch k leaves at k * batch / rate
+                        delay = t0 + k * args.batch / args.rate - time.perf_counter()
+                        if delay > 0:
+                            time.sleep(delay)
+                    t_send = time.perf_counter()
                     r = c.post(f"{url}/v1/posts", content=body)
                     r.raise_for_status()
                     with lock:
                         acked[0] += r.json()["accepted"]
-                        ack_ms.append((time.perf_counter() - t0) * 1000)
+                        ack_ms.append((time.perf_counter() - t_send) * 1000)
 
         def probe() -> None:
             with httpx.Client(headers=KEY, timeout=60) as c:
@@ -155,6 +160,7 @@ def main() -> None:
         "posts_acked": acked[0],
         "seconds": round(elapsed, 2),
         "posts_per_s": round(acked[0] / elapsed),
+        "offered_rate": args.rate or "max",
         "batch": args.batch,
         "clients": args.clients,
         "synchronous": args.sync,
