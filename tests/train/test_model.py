@@ -157,3 +157,15 @@ def test_flex_softcap_path_equals_the_explicit_one():
             warnings.simplefilter("ignore")  # eager flex_attention warns it is not compiled
             got = flex_capped_attention(q * 3, k * 3, v, 2.0, window)
         torch.testing.assert_close(got, attn._capped_attention(q * 3, k * 3, v))
+
+
+@pytest.mark.parametrize("name", ["grok-mini", "grok-mini-dense"])
+def test_bf16_autocast_trains_with_fp32_router_and_loss(name):
+    spec = load_model(name).replace(layers=2)
+    model = Transformer(spec)
+    x = torch.randint(0, spec.vocab, (2, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, x)
+    assert out.logits.dtype == torch.bfloat16 and out.loss.dtype == torch.float32
+    (out.loss + out.aux_loss).backward()
+    assert all(p.grad is not None for p in model.parameters())

@@ -107,10 +107,9 @@ def _summary(result: object, console: Console) -> None:
     if result.export_dir:
         console.print(f"model: {result.export_dir}", highlight=False)
     if result.metrics_path:
-        console.print(
-            f"logs: {result.metrics_path}, TensorBoard: {result.out / 'tensorboard'}",
-            highlight=False,
-        )
+        tb = result.out / "tensorboard"
+        board = f", TensorBoard: {tb}" if tb.is_dir() else ""
+        console.print(f"logs: {result.metrics_path}{board}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -237,7 +237,7 @@ class Experts(nn.Module):
         counts = torch.bincount(idx.flatten(), minlength=self.w_up.size(0)).tolist()
         chunks = x[token].split(counts)  # one (n_e, C) chunk per expert
         y = torch.cat([self.expert(e, c) for e, c in enumerate(chunks)])  # (N·k, C)
-        y = y * gates.flatten()[order, None].to(y.dtype)
+        y = (y * gates.flatten()[order, None].to(y.dtype)).to(x.dtype)
         return torch.zeros_like(x).index_add_(0, token, y)  # (N, C)
 
 
