@@ -279,7 +279,9 @@ def create_app(settings: GrokSettings, service: GrokService | None = None) -> Fa
         trends = s.top_trends(window_s, baseline, limit_, min_count)
         newest = s.trends.newest_us
         at = datetime.fromtimestamp(newest / 1e6, UTC) if newest else None
-        return TrendsOut(window_s=window_s, at=at, trends=[TrendOut(**t.__dict__) for t in trends])
+        bucket = s.settings.trend_bucket_s
+        whole = max(1, round(window_s / bucket)) * bucket  # windows are whole buckets
+        return TrendsOut(window_s=whole, at=at, trends=[TrendOut(**t.__dict__) for t in trends])
 
     @app.get("/healthz", tags=["ops"])
     def healthz(s: Svc) -> JSONResponse:
