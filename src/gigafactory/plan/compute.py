@@ -65,11 +65,21 @@ class Software:
     2022) the scores go through HBM and the full square is multiplied. ``tp_overlap``: TP
     collectives overlap the neighbouring GEMMs (Megatron-Core/Transformer Engine userbuffers,
     Wang et al. 2022), leaving ``TP_OVERLAP_RESIDUAL`` of their time as contention.
+
+    ``fused_sink_attention``: the fused kernel also accepts attention sinks (a learned softmax
+    offset per head, ``ModelSpec.attention_sinks``). FlashAttention 2/3 never do; Transformer
+    Engine's cuDNN FusedAttention does from cuDNN 9.13.1 (BSHD/SBHD) and 9.18 (packed THD)
+    and otherwise falls back to ``UnfusedDotProductAttention`` (TransformerEngine issues
+    #2318 and #2483, PR #2568; Megatron-LM issue #2566). Megatron-Bridge 25.11's GPT-OSS runs
+    use BSHD mock data and the same container on B200 and GB200, so their sink attention is
+    fused: with it unfused (every layer materialising the s×s scores) the planner predicts the
+    GB200 row 65% below its published throughput (the B200 row, s = 4096, would match).
     """
 
     name: str = "megatron-core"
     flash_attention: bool = True
     tp_overlap: bool = True
+    fused_sink_attention: bool = True
 
 
 MODERN = Software()
@@ -176,10 +186,13 @@ def _gemm_precision(layout: LayoutSpec) -> str:
 def attention_ops(
     model: ModelSpec, layout: LayoutSpec, tokens: float, local: bool, sw: Software = MODERN
 ) -> list[Op]:
-    """Projections and the fused attention core of one layer for ``tokens`` tokens.
+    """Projections and the attention core of one layer for ``tokens`` tokens.
 
-    The core executes the causal lower triangle (flash kernels skip masked tiles), with the
-    keys of the whole sequence (context-parallel ranks exchange them).
+    A fused core executes the causal lower triangle, or the window band (flash kernels skip
+    masked tiles), with the keys of the whole sequence (context-parallel ranks exchange
+    them). An unfused core (no flash kernel, or sinks the fused kernel refuses; see
+    ``Software``) multiplies the whole s×s square, masks the causal half and any window on
+    the materialised scores, and moves them through HBM.
     """
     t, h, a = layout.tp, model.hidden, model.heads
     p = _gemm_precision(layout)
@@ -200,12 +213,13 @@ def attention_ops(
         ops.append(gemm("qkv_proj", tokens, (a * d + 2 * k * d) / t, h, p))
         o_in = a * d / t
     s = model.seq_len
-    window = model.sliding_window if local else 0
-    span = attention_span(s, window, causal=sw.flash_attention)
+    fused = sw.flash_attention and (sw.fused_sink_attention or not model.attention_sinks)
+    window = model.sliding_window if local and fused else 0
+    span = attention_span(s, window, causal=fused)
     d_qk, d_v = attention_head_dims(model)
     core_flops = 2.0 * tokens * (a / t) * span * (d_qk + d_v)
     core_bytes = tokens * (a / t) * (2 * d_qk + 2 * d_v) * 2.0
-    if sw.flash_attention:
+    if fused:
         ops.append(Op("attention_core", "attention", core_flops, core_bytes))
     else:  # batched GEMMs over the full square, scores through HBM
         sq = layout.micro_batch * a / t

@@ -20,8 +20,10 @@ def attention_params(model: ModelSpec) -> int:
     GQA (Ainslie et al. 2023): Q and O are h·a·d, K and V are h·k·d for k KV heads.
     MLA (DeepSeek-V2 Sec. 2.1): a low-rank query (W_DQ, norm, W_UQ), a joint compressed KV
     (W_DKV with the decoupled RoPE key, norm, W_UK|W_UV) and W_O.
+    Attention sinks (GPT-OSS model card, 2025) add one learned logit per head.
     """
     h, a = model.hidden, model.heads
+    sinks = a if model.attention_sinks else 0
     if model.attention == "mla":
         qk = model.qk_nope_head_dim + model.qk_rope_head_dim
         if model.q_lora_rank:
@@ -34,12 +36,11 @@ def attention_params(model: ModelSpec) -> int:
             + model.kv_lora_rank * a * (model.qk_nope_head_dim + model.v_head_dim)
         )
         o = a * model.v_head_dim * h
-        bias = 0
-        return q + kv + o + bias
+        return q + kv + o + sinks
     d, k = model.dim_head, model.n_kv_heads
     weights = 2 * h * a * d + 2 * h * k * d
     bias = (a * d + 2 * k * d + h) if model.bias else 0
-    return weights + bias
+    return weights + bias + sinks
 
 
 def mlp_params(model: ModelSpec, width: int) -> int:

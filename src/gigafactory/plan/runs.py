@@ -2,7 +2,7 @@
 
 Each row carries a model shape, a cluster slice and the layout it ran with, plus what the
 source measured. Extra columns beyond the shared schema (``tied_embeddings``, ``position``,
-``bias``, ``norm``, MLA ranks, ``sliding_window``) describe architecture details the
+``bias``, ``norm``, MLA ranks, ``sliding_window``, ``attention_sinks``) describe architecture details the
 parameter and FLOP counts need.
 """
 
@@ -86,6 +86,7 @@ class PublishedRun:
             qk_rope_head_dim=self._int("qk_rope_head_dim"),
             v_head_dim=self._int("v_head_dim"),
             sliding_window=self._int("sliding_window"),
+            attention_sinks=self._bool("attention_sinks", False),
             tied_embeddings=self._bool("tied_embeddings", False),
             position=(self.row.get("position") or "rope").strip(),
             bias=self._bool("bias", False),

@@ -55,6 +55,9 @@ class ModelSpec:
     sliding_window: int = 0  # tokens; 0 = full causal attention everywhere
     sliding_window_every: int = 2  # every n-th layer (starting with the first) is local
     attn_logit_softcap: float = 0.0  # 0 = none; Grok-1: 30 (30 * tanh(x / 30))
+    # a learned logit per head joins every softmax row as an extra "sink" column that takes
+    # probability mass but no value (GPT-OSS model card, 2025; Xiao et al. 2024)
+    attention_sinks: bool = False
     # positions, norms, biases
     position: str = "rope"
     rope_theta: float = 10_000.0
@@ -91,6 +94,10 @@ class ModelSpec:
         positive_float(s, "rope_theta", self.rope_theta)
         positive_float(s, "norm_eps", self.norm_eps)
         positive_float(s, "attn_logit_softcap", self.attn_logit_softcap, allow_zero=True)
+        if not isinstance(self.attention_sinks, bool):
+            raise SpecError(
+                s, "attention_sinks", f"must be true or false, got {self.attention_sinks!r}"
+            )
         positive_float(s, "embedding_multiplier", self.embedding_multiplier)
         positive_float(s, "output_multiplier", self.output_multiplier)
         positive_float(s, "router_aux_loss_coef", self.router_aux_loss_coef, allow_zero=True)
