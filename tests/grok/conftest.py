@@ -38,8 +38,7 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., GrokService]]:
 
     yield make
     for svc in opened:
-        if svc.indexer.is_alive():
-            svc.close()
+        svc.close()
 
 
 def ingest_and_wait(svc: GrokService, items: list[dict[str, Any]]) -> int:

@@ -61,7 +61,7 @@ def test_index_catches_up_from_log_after_restart(make_service):
     lg.close()
     svc2 = make_service()
     assert svc2.rebuilt is None
-    assert svc2.indexer.searchable_seq == 50  # resumed from its checkpoint
+    assert svc2.indexer.start_seq == 50  # resumed from its checkpoint
     assert svc2.indexer.wait_searchable(80, 30)
     assert len(_ids(svc2, "common")) == 80
     assert svc2.health()["index_docs"] == 80

@@ -1,9 +1,10 @@
-"""The real-time tantivy index and the indexer that tails the log into it.
+"""The real-time tantivy index and the feeder that tails the log into it.
 
-One long-lived ``IndexWriter`` is owned by the ``Indexer`` thread. The thread reads log events
-after the last indexed sequence number, adds them to the writer and, at most every
-``commit_interval_s``, commits and reloads the searcher, so a post becomes searchable about one
-interval after it was acknowledged.
+One long-lived ``IndexWriter`` is owned by the ``IndexFeeder``, which runs in its own process
+(``gigafactory.grok.indexer``). It reads log events after the last indexed sequence number,
+adds them to the writer and, at most every ``commit_interval_s``, commits, so a post becomes
+searchable about one interval after it was acknowledged. The API process opens the same index
+read-only and reloads its searcher after each commit.
 
 The last indexed log sequence is stored *inside* each commit as a checkpoint document
 (``kind=checkpoint``, replaced at every commit): tantivy commits are atomic, so the documents
@@ -19,13 +20,14 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import tantivy
 
-from gigafactory.grok.log import KIND_POST, PostLog, Record, with_counts
+from gigafactory.grok.log import KIND_POST, LogReader, Record, with_counts
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ class OpenedIndex:
     rebuilt: str | None
 
 
-def open_index(path: Path, postlog: PostLog) -> OpenedIndex:
+def open_index(path: Path, postlog: LogReader) -> OpenedIndex:
     """Open the index at ``path``, or create/rebuild it when it is missing, unreadable or
     inconsistent with ``postlog`` (the reason is returned in ``rebuilt``)."""
     path = Path(path)
@@ -120,52 +122,46 @@ def open_index(path: Path, postlog: PostLog) -> OpenedIndex:
     return OpenedIndex(tantivy.Index(schema, str(path), reuse=False), 0, reason)
 
 
-class Indexer(threading.Thread):
-    """The one writer: tails ``postlog`` into ``index`` and commits every interval."""
+def take_writer(
+    index: tantivy.Index, heap_bytes: int, threads: int, wait_s: float = 15.0
+) -> tantivy.IndexWriter:
+    """The index's one ``IndexWriter``. Its lock file may still be held for a moment by a
+    writer process that is dying (its parent was killed), so a busy lock is retried for up to
+    ``wait_s`` seconds before giving up."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return index.writer(heap_bytes, threads)
+        except ValueError as exc:
+            if "LockBusy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+class IndexFeeder:
+    """The one writer: tails ``postlog`` into ``index``, committing at most every
+    ``commit_interval_s`` with the covered log sequence in the commit (checkpoint document).
+    It runs in the indexer process (``gigafactory.grok.indexer``)."""
 
     def __init__(
         self,
         opened: OpenedIndex,
-        postlog: PostLog,
+        postlog: LogReader,
         commit_interval_s: float = 0.1,
         batch: int = 20_000,
         heap_bytes: int = 256_000_000,
         threads: int = 1,
+        poll_s: float = 0.005,
     ):
-        super().__init__(name="grok-indexer", daemon=True)
         self.index = opened.index
         self.postlog = postlog
         self.commit_interval_s = commit_interval_s
         self.batch = batch
-        self.writer: tantivy.IndexWriter | None = self.index.writer(heap_bytes, threads)
+        self.poll_s = poll_s
+        self.writer: tantivy.IndexWriter | None = take_writer(self.index, heap_bytes, threads)
         self.indexed_seq = opened.checkpoint_seq
         self.searchable_seq = opened.checkpoint_seq
         self.commits = 0
-        self.error: BaseException | None = None
-        self._wake = threading.Event()
-        self._halt = threading.Event()
-        self._visible = threading.Condition()
-
-    def notify(self) -> None:
-        """Tell the indexer new events are in the log (called after each append)."""
-        self._wake.set()
-
-    def wait_searchable(self, seq: int, timeout: float = 10.0) -> bool:
-        """Block until events up to ``seq`` are searchable (or ``timeout`` seconds pass)."""
-        with self._visible:
-            return self._visible.wait_for(lambda: self.searchable_seq >= seq, timeout)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Index what is left, commit, and end the thread."""
-        self._halt.set()
-        self._wake.set()
-        self.join(timeout)
-        if not self.is_alive() and self.writer is not None:
-            writer, self.writer = self.writer, None
-            try:
-                writer.wait_merging_threads()  # finishes merges and releases the index lock
-            except Exception:
-                log.exception("while closing the index writer")
 
     def _apply(self, records: list[Record]) -> None:
         updates = [r for r in records if r.kind != KIND_POST]
@@ -203,34 +199,38 @@ class Indexer(threading.Thread):
             ).decode()
         )
         w.commit()
-        self.index.reload()
         self.commits += 1
-        with self._visible:
-            self.searchable_seq = self.indexed_seq
-            self._visible.notify_all()
+        self.searchable_seq = self.indexed_seq
 
-    def run(self) -> None:
+    def run(self, halt: threading.Event, on_commit: Callable[[int], None]) -> None:
+        """Tail the log until ``halt`` is set, then index what is left, commit and release
+        the writer. ``on_commit(seq)`` is called after every commit."""
         last_commit = 0.0
-        try:
-            while True:
-                stopping = self._halt.is_set()
-                records = self.postlog.read_after(self.indexed_seq, self.batch)
-                if records:
-                    self._apply(records)
-                    self.indexed_seq = records[-1].seq
-                dirty = self.indexed_seq > self.searchable_seq
-                now = time.monotonic()
-                if dirty and (now - last_commit >= self.commit_interval_s or stopping):
-                    self._commit()
-                    last_commit = now
-                    continue
-                if stopping and not records:
-                    return
-                if len(records) == self.batch:
-                    continue
-                wait = max(0.0, self.commit_interval_s - (now - last_commit)) if dirty else 1.0
-                self._wake.wait(wait)
-                self._wake.clear()
-        except BaseException as exc:  # keep the service up; /healthz reports the failure
-            self.error = exc
-            log.exception("indexer stopped")
+        while True:
+            stopping = halt.is_set()
+            records = self.postlog.read_after(self.indexed_seq, self.batch)
+            if records:
+                self._apply(records)
+                self.indexed_seq = records[-1].seq
+            dirty = self.indexed_seq > self.searchable_seq
+            now = time.monotonic()
+            if dirty and (now - last_commit >= self.commit_interval_s or stopping):
+                self._commit()
+                on_commit(self.searchable_seq)
+                last_commit = now
+                continue
+            if stopping and not records:
+                break
+            if len(records) == self.batch:
+                continue
+            wait = self.poll_s
+            if dirty:
+                wait = min(wait, max(0.0, self.commit_interval_s - (now - last_commit)))
+            halt.wait(wait)
+        self.close()
+
+    def close(self) -> None:
+        """Finish merges and release the index lock."""
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            writer.wait_merging_threads()

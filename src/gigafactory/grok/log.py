@@ -109,41 +109,29 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     return con
 
 
-class PostLog:
-    """The log in ``data_dir/log.sqlite3``. Appends are serialised by one lock; reads use one
-    connection per thread (WAL readers never block the writer)."""
+class LogReader:
+    """Read access to the log at ``path``: one connection per thread (WAL readers never block
+    the writer, nor each other). The indexer process tails the log through one of these."""
 
     def __init__(self, path: Path, synchronous: str = "FULL"):
-        synchronous = synchronous.upper()
-        if synchronous not in SYNC_MODES:
-            raise LogError(f"synchronous={synchronous!r}: use one of {', '.join(SYNC_MODES)}")
         self.path = Path(path)
         self.synchronous = synchronous
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._w = _connect(self.path, synchronous)
-            self._w.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise LogError(
-                f"cannot open the post log {self.path}: {exc}; "
-                "check the data dir is writable and not a corrupt file"
-            ) from exc
-        self._lock = threading.Lock()
         self._local = threading.local()
-        self._last_seq = self._w.execute("SELECT coalesce(max(seq), 0) FROM log").fetchone()[0]
 
-    # -- reading ---------------------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
         if con is None:
-            con = _connect(self.path, self.synchronous)
+            try:
+                con = _connect(self.path, self.synchronous)
+            except sqlite3.Error as exc:
+                raise LogError(f"cannot read the post log {self.path}: {exc}") from exc
             self._local.con = con
         return con
 
     @property
     def last_seq(self) -> int:
         """Sequence number of the last committed event (0 for an empty log)."""
-        return self._last_seq
+        return self._reader().execute("SELECT coalesce(max(seq), 0) FROM log").fetchone()[0]
 
     def read_after(self, seq: int, limit: int = 5000) -> list[Record]:
         """Up to ``limit`` events with sequence numbers above ``seq``, in order."""
@@ -197,6 +185,33 @@ class PostLog:
             "SELECT count(*) FROM log WHERE seq <= ? AND kind = ?", (upto_seq, KIND_POST)
         ).fetchone()[0]
 
+
+class PostLog(LogReader):
+    """The log in ``data_dir/log.sqlite3``: ``LogReader`` plus appends, serialised by one lock
+    on one writer connection."""
+
+    def __init__(self, path: Path, synchronous: str = "FULL"):
+        synchronous = synchronous.upper()
+        if synchronous not in SYNC_MODES:
+            raise LogError(f"synchronous={synchronous!r}: use one of {', '.join(SYNC_MODES)}")
+        super().__init__(path, synchronous)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._w = _connect(self.path, synchronous)
+            self._w.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise LogError(
+                f"cannot open the post log {self.path}: {exc}; "
+                "check the data dir is writable and not a corrupt file"
+            ) from exc
+        self._lock = threading.Lock()
+        self._last_seq = self._w.execute("SELECT coalesce(max(seq), 0) FROM log").fetchone()[0]
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last committed event (0 for an empty log)."""
+        return self._last_seq
+
     def _existing(self, con: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
         found: set[str] = set()
         for i in range(0, len(ids), _CHUNK):
@@ -208,54 +223,77 @@ class PostLog:
         return found
 
     # -- writing ---------------------------------------------------------------------------
-    def _append(self, kind: int, items: Sequence[Post | EngagementUpdate]) -> AppendResult:
-        ids = [it.id for it in items]
+    def append(self, kind: int, ids: Sequence[str], bodies: Sequence[str]) -> AppendResult:
+        """Append events of one ``kind`` (already serialised ``bodies``) in one transaction:
+        a post whose id is already logged or repeated in the batch is refused as a
+        duplicate, an engagement update of an unlogged post as unknown. Returns once the
+        transaction has committed (durable per ``synchronous``)."""
         now_us = time.time_ns() // 1000
         with self._lock:
-            con = self._w
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                existing = self._existing(con, ids)
-                refused: dict[int, str] = {}
-                accepted: list[int] = []
-                seen: set[str] = set()
-                for i, pid in enumerate(ids):
-                    if kind == KIND_POST:
-                        if pid in existing:
-                            refused[i] = "duplicate: a post with this id is already in the log"
-                        elif pid in seen:
-                            refused[i] = "duplicate: this id appears earlier in the batch"
-                        else:
-                            seen.add(pid)
-                            accepted.append(i)
-                    elif pid in existing:
+            if kind == KIND_POST:  # optimistic: a batch of new, distinct ids in one go
+                done = self._write(kind, ids, bodies, list(range(len(ids))), now_us, True)
+                if done is not None:
+                    return AppendResult(done, {}, self._last_seq)
+            existing = self._existing(self._w, ids)
+            refused: dict[int, str] = {}
+            accepted: list[int] = []
+            seen: set[str] = set()
+            for i, pid in enumerate(ids):
+                if kind != KIND_POST:
+                    if pid in existing:
                         accepted.append(i)
                     else:
                         refused[i] = "unknown: no post with this id is in the log"
-                seq0 = self._last_seq
-                dump = post_body if kind == KIND_POST else EngagementUpdate.model_dump_json
-                rows = [
-                    (seq0 + n + 1, kind, ids[i], dump(items[i]), now_us)  # type: ignore[arg-type]
-                    for n, i in enumerate(accepted)
-                ]
-                con.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", rows)
-                if kind == KIND_POST:
-                    con.executemany("INSERT INTO posts VALUES (?, ?)", [(r[2], r[0]) for r in rows])
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            self._last_seq = seq0 + len(rows)
+                elif pid in existing:
+                    refused[i] = "duplicate: a post with this id is already in the log"
+                elif pid in seen:
+                    refused[i] = "duplicate: this id appears earlier in the batch"
+                else:
+                    seen.add(pid)
+                    accepted.append(i)
+            self._write(kind, ids, bodies, accepted, now_us, False)
             return AppendResult(accepted, refused, self._last_seq)
 
+    def _write(
+        self,
+        kind: int,
+        ids: Sequence[str],
+        bodies: Sequence[str],
+        accepted: list[int],
+        now_us: int,
+        optimistic: bool,
+    ) -> list[int] | None:
+        """Insert the ``accepted`` events in one transaction (caller holds the lock). With
+        ``optimistic``, a duplicate post id rolls the transaction back and returns None."""
+        con = self._w
+        seq0 = self._last_seq
+        rows = [(seq0 + n + 1, kind, ids[i], bodies[i], now_us) for n, i in enumerate(accepted)]
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", rows)
+            if kind == KIND_POST:
+                con.executemany("INSERT INTO posts VALUES (?, ?)", [(r[2], r[0]) for r in rows])
+            con.execute("COMMIT")
+        except sqlite3.IntegrityError:
+            con.execute("ROLLBACK")
+            if optimistic:
+                return None
+            raise
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        self._last_seq = seq0 + len(rows)
+        return accepted
+
     def append_posts(self, posts: Sequence[Post]) -> AppendResult:
-        """Append new posts in one transaction; ids already logged are refused. Returns once
-        the transaction has committed (durable per ``synchronous``)."""
-        return self._append(KIND_POST, posts)
+        """Append new posts in one transaction (see ``append``)."""
+        return self.append(KIND_POST, [p.id for p in posts], [post_body(p) for p in posts])
 
     def append_updates(self, updates: Sequence[EngagementUpdate]) -> AppendResult:
-        """Append engagement updates in one transaction; unknown post ids are refused."""
-        return self._append(KIND_ENGAGEMENT, updates)
+        """Append engagement updates in one transaction (see ``append``)."""
+        return self.append(
+            KIND_ENGAGEMENT, [u.id for u in updates], [u.model_dump_json() for u in updates]
+        )
 
     def close(self) -> None:
         """Close the writer connection (readers close with their threads)."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from gigafactory.grok.index import Indexer, open_index
+from gigafactory.grok.indexer import IndexerProcess
 from gigafactory.grok.ingest import Refusal, validate_posts, validate_updates
 from gigafactory.grok.log import KIND_POST, PostLog
 from gigafactory.grok.search import Hit, SearchQuery, search
@@ -31,25 +31,25 @@ class IngestResult:
 
 
 class GrokService:
-    """Opens (or rebuilds) everything under ``settings.data_dir`` and starts the indexer."""
+    """Opens the log under ``settings.data_dir`` and starts the indexer process, which opens
+    (or rebuilds) the index; searches read the same index from this process."""
 
     def __init__(self, settings: GrokSettings):
         self.settings = settings
         d = settings.data_dir
         self.log = PostLog(d / "log.sqlite3", settings.synchronous)
-        opened = open_index(d / "index", self.log)
-        self.rebuilt = opened.rebuilt
-        self.trends = TrendCounter(settings.trend_bucket_s, settings.trend_retention_s)
-        self.trend_history = self._load_trends(self.log.last_seq)
-        self.indexer = Indexer(
-            opened,
-            self.log,
+        self.indexer = IndexerProcess(
+            d,
+            settings.synchronous,
             settings.commit_interval_s,
-            heap_bytes=settings.indexer_heap_mb * 1_000_000,
+            heap_mb=settings.indexer_heap_mb,
             threads=settings.indexer_threads,
         )
+        self.rebuilt = self.indexer.rebuilt
+        self.trends = TrendCounter(settings.trend_bucket_s, settings.trend_retention_s)
+        self.trend_history = self._load_trends(self.log.last_seq)
         self.started = time.time()
-        self.indexer.start()
+        self._closed = False
 
     def _load_trends(self, upto_seq: int) -> int:
         """Count, for trends, the logged posts ingested within the retention period (new
@@ -74,15 +74,13 @@ class GrokService:
         ok, refused = check(items, now, self.settings.max_future_s)
         objs = [o for _i, o in ok]
         res = self.log.append_updates(objs) if updates else self.log.append_posts(objs)
-        if res.accepted:
-            self.indexer.notify()
-            if not updates:
-                self.trends.add_many(
-                    [
-                        (int(objs[p].created_at.timestamp() * 1_000_000), objs[p].text)  # type: ignore[union-attr]
-                        for p in res.accepted
-                    ]
-                )
+        if res.accepted and not updates:
+            self.trends.add_many(
+                [
+                    (int(objs[p].created_at.timestamp() * 1_000_000), objs[p].text)  # type: ignore[union-attr]
+                    for p in res.accepted
+                ]
+            )
         for pos, why in res.refused.items():
             i, obj = ok[pos]
             reason, _, message = why.partition(": ")
@@ -109,25 +107,28 @@ class GrokService:
         return self.trends.top(window_s, None, baseline, limit, min_count)
 
     def health(self) -> dict[str, Any]:
-        """Log and index positions, and whether the indexer is alive."""
+        """Log and index positions, and whether the indexer process is alive."""
         ix = self.indexer
         ok = ix.is_alive() and ix.error is None
+        docs = ix.index.searcher().num_docs if ix.index is not None else 0
         return {
             "status": "ok" if ok else "degraded",
             "log_seq": self.log.last_seq,
-            "indexed_seq": ix.indexed_seq,
             "searchable_seq": ix.searchable_seq,
             "lag": self.log.last_seq - ix.searchable_seq,
             "commits": ix.commits,
-            "index_docs": max(0, ix.index.searcher().num_docs - 1)
-            if ix.commits or ix.searchable_seq
-            else 0,
+            "index_docs": max(0, docs - 1),  # less the checkpoint document
             "index_rebuilt": self.rebuilt,
-            "indexer_error": None if ix.error is None else repr(ix.error),
+            "indexer_pid": ix.pid,
+            "indexer_restarts": ix.restarts,
+            "indexer_error": ix.error,
             "uptime_s": round(time.time() - self.started, 1),
         }
 
     def close(self) -> None:
-        """Index what is left, commit, and close the log."""
+        """Have the indexer index what is left and commit, then close the log (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         self.indexer.stop()
         self.log.close()
