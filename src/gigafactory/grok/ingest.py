@@ -14,8 +14,9 @@ Semantics of a batch (``POST /v1/posts``):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -23,7 +24,8 @@ import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gigafactory.errors import GigafactoryError
-from gigafactory.grok.post import EngagementUpdate, Post
+from gigafactory.grok.log import created_us, post_body, post_document
+from gigafactory.grok.post import MAX_TEXT_CHARS, EngagementUpdate, Post, strip_controls
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -169,3 +171,107 @@ def validate_updates(
 ) -> tuple[list[tuple[int, EngagementUpdate]], list[Refusal]]:
     """``validate_items`` for engagement updates."""
     return validate_items(items, EngagementUpdate, now, max_future_s)
+
+
+# -- the hot path: posts straight to log documents ---------------------------------------------
+_POST_FIELDS = frozenset(Post.model_fields)
+_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_HANDLE = re.compile(r"[A-Za-z0-9_]{1,32}")
+_LANG = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})?")
+_ISO = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})?"
+)
+_MAX_COUNT = 10**12
+
+
+def fast_post(item: Any) -> tuple[str, str, datetime, str] | None:
+    """(id, text, created_at, log document) of an item in the plain shape feeds send --
+    exactly what ``Post`` + ``post_body`` make of it -- or None for anything else (unknown
+    or missing fields, other types, unusual time formats, text to refuse), which then goes
+    through the ``Post`` model for its verdict and message. Checks the same rules as ``Post``
+    with plain ``re`` and ``datetime.fromisoformat``, without building a model
+    (``tests/grok/test_fast_path.py`` holds the two to each other)."""
+    if type(item) is not dict or not _POST_FIELDS.issuperset(item):
+        return None
+    get = item.get
+    pid, author, text, stamp = get("id"), get("author"), get("text"), get("created_at")
+    lang, likes, reposts, replies = (
+        get("lang", "und"),
+        get("likes", 0),
+        get("reposts", 0),
+        get("replies", 0),
+    )
+    reply_to, quote_of = get("reply_to"), get("quote_of")
+    if not (
+        type(pid) is str
+        and type(author) is str
+        and type(text) is str
+        and type(stamp) is str
+        and type(lang) is str
+        and type(likes) is int
+        and type(reposts) is int
+        and type(replies) is int
+        and 0 <= likes <= _MAX_COUNT
+        and 0 <= reposts <= _MAX_COUNT
+        and 0 <= replies <= _MAX_COUNT
+        and _ID.fullmatch(pid)
+        and _HANDLE.fullmatch(author)
+        and _ISO.fullmatch(stamp)
+        and _LANG.fullmatch(lang)
+        and (reply_to is None or (type(reply_to) is str and _ID.fullmatch(reply_to)))
+        and (quote_of is None or (type(quote_of) is str and _ID.fullmatch(quote_of)))
+    ):
+        return None
+    text = strip_controls(text)
+    if len(text) > MAX_TEXT_CHARS or not text.strip():
+        return None
+    try:
+        t = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    doc = post_document(pid, author, text, t, lang, likes, reposts, replies, reply_to, quote_of)
+    return pid, text, t, doc
+
+
+@dataclass
+class LoggablePosts:
+    """Validated posts of a batch, as columns: position in the batch, id, log document,
+    creation time (µs since the epoch) and cleaned text."""
+
+    positions: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    bodies: list[str] = field(default_factory=list)
+    created_us: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+
+def prepare_posts(
+    items: Sequence[Any], now: datetime | None = None, max_future_s: float = 300.0
+) -> tuple[LoggablePosts, list[Refusal]]:
+    """``validate_posts`` + ``post_body`` for a batch, with the same verdicts, messages and
+    documents, at a fraction of the cost: ``fast_post`` first, the ``Post`` model for the
+    items it declines."""
+    horizon = (now or datetime.now(UTC)) + timedelta(seconds=max_future_s)
+    out = LoggablePosts()
+    refused: list[Refusal] = []
+    for i, item in enumerate(items):
+        fast = fast_post(item)
+        if fast is not None:
+            pid, text, t, doc = fast
+        else:
+            ok, why = validate_posts([item], now, max_future_s)
+            if why:
+                refused.append(Refusal(i, why[0].id, why[0].reason, why[0].message))
+                continue
+            p = ok[0][1]
+            pid, text, t, doc = p.id, p.text, p.created_at, post_body(p)
+        if t > horizon:
+            refused.append(_future(i, pid, t, max_future_s))
+            continue
+        out.positions.append(i)
+        out.ids.append(pid)
+        out.bodies.append(doc)
+        out.created_us.append(created_us(t))
+        out.texts.append(text)
+    return out, refused

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,28 +44,62 @@ CREATE TABLE IF NOT EXISTS posts(id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITH
 """
 
 
-def post_body(post: Post) -> str:
+def post_document(
+    pid: str,
+    author: str,
+    text: str,
+    created_at: datetime,
+    lang: str = "und",
+    likes: int = 0,
+    reposts: int = 0,
+    replies: int = 0,
+    reply_to: str | None = None,
+    quote_of: str | None = None,
+) -> str:
     """The logged JSON of a post: its fields (``None`` ones left out) plus what the index
     derives from them -- ``kind``, ``created_us`` (µs since the epoch) and ``engagement``
-    (likes + reposts + replies) -- so the indexer can hand it to tantivy unparsed."""
+    (likes + reposts + replies) -- so the indexer can hand it to tantivy unparsed.
+    ``created_at`` must be aware (UTC)."""
     d: dict[str, Any] = {
         "kind": "post",
-        "id": post.id,
-        "author": post.author,
-        "text": post.text,
-        "created_at": post.created_at,
-        "lang": post.lang,
-        "likes": post.likes,
-        "reposts": post.reposts,
-        "replies": post.replies,
-        "created_us": int(post.created_at.timestamp() * 1_000_000),
-        "engagement": post.total,
+        "id": pid,
+        "author": author,
+        "text": text,
+        "created_at": created_at,
+        "lang": lang,
+        "likes": likes,
+        "reposts": reposts,
+        "replies": replies,
+        "created_us": created_us(created_at),
+        "engagement": likes + reposts + replies,
     }
-    if post.reply_to is not None:
-        d["reply_to"] = post.reply_to
-    if post.quote_of is not None:
-        d["quote_of"] = post.quote_of
+    if reply_to is not None:
+        d["reply_to"] = reply_to
+    if quote_of is not None:
+        d["quote_of"] = quote_of
     return orjson.dumps(d).decode()
+
+
+def created_us(t: datetime) -> int:
+    """An aware datetime as integer microseconds since the Unix epoch (as the index stores
+    time: ``int(timestamp * 1e6)``, truncated)."""
+    return int(t.timestamp() * 1_000_000)
+
+
+def post_body(post: Post) -> str:
+    """``post_document`` of a validated ``Post``."""
+    return post_document(
+        post.id,
+        post.author,
+        post.text,
+        post.created_at,
+        post.lang,
+        post.likes,
+        post.reposts,
+        post.replies,
+        post.reply_to,
+        post.quote_of,
+    )
 
 
 def with_counts(body: str, update: str) -> str:

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 
 from gigafactory.grok.indexer import IndexerProcess
-from gigafactory.grok.ingest import Refusal, validate_posts, validate_updates
-from gigafactory.grok.log import KIND_POST, PostLog
+from gigafactory.grok.ingest import Refusal, prepare_posts, validate_updates
+from gigafactory.grok.log import KIND_POST, AppendResult, PostLog
 from gigafactory.grok.search import Hit, SearchQuery, search
 from gigafactory.grok.settings import GrokSettings
 from gigafactory.grok.trends import Trend, TrendCounter
@@ -68,33 +68,31 @@ class GrokService:
         self.trends.add_many(batch)
         return n + len(batch)
 
-    def _ingest(self, items: list[Any], updates: bool) -> IngestResult:
-        now = datetime.now(UTC)
-        check = validate_updates if updates else validate_posts
-        ok, refused = check(items, now, self.settings.max_future_s)
-        objs = [o for _i, o in ok]
-        res = self.log.append_updates(objs) if updates else self.log.append_posts(objs)
-        if res.accepted and not updates:
-            self.trends.add_many(
-                [
-                    (int(objs[p].created_at.timestamp() * 1_000_000), objs[p].text)  # type: ignore[union-attr]
-                    for p in res.accepted
-                ]
-            )
-        for pos, why in res.refused.items():
-            i, obj = ok[pos]
-            reason, _, message = why.partition(": ")
-            refused.append(Refusal(i, obj.id, reason, message))
-        refused.sort(key=lambda r: r.index)
-        return IngestResult(len(res.accepted), refused, res.last_seq)
-
     def ingest_posts(self, items: list[Any]) -> IngestResult:
         """Validate and durably log posts; see ``gigafactory.grok.ingest`` for semantics."""
-        return self._ingest(items, updates=False)
+        ready, refused = prepare_posts(items, datetime.now(UTC), self.settings.max_future_s)
+        res = self.log.append(KIND_POST, ready.ids, ready.bodies)
+        if res.accepted:
+            cu, texts = ready.created_us, ready.texts
+            self.trends.add_many([(cu[p], texts[p]) for p in res.accepted])
+        return self._result(res, ready.positions, ready.ids, refused)
 
     def ingest_updates(self, items: list[Any]) -> IngestResult:
         """Validate and durably log engagement updates of already logged posts."""
-        return self._ingest(items, updates=True)
+        ok, refused = validate_updates(items, datetime.now(UTC), self.settings.max_future_s)
+        res = self.log.append_updates([u for _i, u in ok])
+        return self._result(res, [i for i, _u in ok], [u.id for _i, u in ok], refused)
+
+    @staticmethod
+    def _result(
+        res: AppendResult, positions: list[int], ids: list[str], refused: list[Refusal]
+    ) -> IngestResult:
+        """Merge the log's refusals (by position in what it was given) with validation's."""
+        for pos, why in res.refused.items():
+            reason, _, message = why.partition(": ")
+            refused.append(Refusal(positions[pos], ids[pos], reason, message))
+        refused.sort(key=lambda r: r.index)
+        return IngestResult(len(res.accepted), refused, res.last_seq)
 
     def search(self, sq: SearchQuery) -> list[Hit]:
         """Ranked posts for ``sq``."""
