@@ -1,5 +1,5 @@
-"""The real thing: a server process SIGKILLed during sustained ingest loses no acknowledged
-post and duplicates none after it restarts."""
+"""The real thing: a server process SIGKILLed during sustained ingest takes its indexer process
+with it, loses no acknowledged post and duplicates none after it restarts."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from .conftest import post
+from .test_indexer_process import _gone, _wait_until
 
 KEY = {"x-api-key": "k"}
 
@@ -83,12 +84,14 @@ def test_sigkill_during_ingest_keeps_every_acknowledged_post_once(tmp_path):
                 b += 1
 
     try:
-        _healthy(url, proc)
+        indexer_pid = _healthy(url, proc)["indexer_pid"]
         t = threading.Thread(target=ingest)
         t.start()
         time.sleep(2.0)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+        # the indexer process dies with the server: no orphan keeps the index lock
+        assert _wait_until(lambda: _gone(indexer_pid), 10), "indexer outlived the server"
         stop.set()
         t.join(20)
         assert len(acked) >= 500, "too little was ingested before the kill to test anything"

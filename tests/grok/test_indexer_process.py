@@ -1,0 +1,84 @@
+"""The indexer in its own process: restarted when it dies alone, gone when its parent goes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import pytest
+
+from gigafactory.grok.log import PostLog
+from gigafactory.grok.search import SearchQuery
+
+from .conftest import ingest_and_wait, post
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie nobody reaped counts as exited)."""
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in state
+
+
+def _wait_until(cond, timeout: float) -> bool:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_api_process_has_its_own_indexer_process(make_service):
+    svc = make_service()
+    h = svc.health()
+    assert h["status"] == "ok" and h["indexer_pid"] not in (None, os.getpid())
+    assert not _gone(h["indexer_pid"])
+
+
+def test_killed_indexer_is_reported_restarted_and_catches_up(make_service):
+    svc = make_service()
+    ingest_and_wait(svc, [post(f"a{i}", f"before{i} shared") for i in range(50)])
+    pid = svc.indexer.kill_child()
+    assert pid is not None
+    seen: list[dict] = []
+    assert _wait_until(lambda: seen.append(svc.health()) or seen[-1]["status"] == "degraded", 5)
+    assert "exited" in seen[-1]["indexer_error"]
+    # ingest goes on while the indexer is down: the log is the source of truth
+    res = svc.ingest_posts([post(f"b{i}", f"during{i} shared") for i in range(30)])
+    assert res.accepted == 30
+    assert svc.indexer.wait_searchable(res.last_seq, 60)
+    h = svc.health()
+    assert h["status"] == "ok" and h["indexer_restarts"] == 1 and h["indexer_pid"] != pid
+    assert h["index_docs"] == 80  # nothing lost, nothing indexed twice
+    assert len(svc.search(SearchQuery(q="shared", limit=100))) == 80
+    assert _gone(pid)
+
+
+def test_indexer_exits_when_its_parent_end_closes(tmp_path):
+    """The portable half of dying with the parent (Linux also has PR_SET_PDEATHSIG): the
+    child watches its socket and exits at EOF, releasing the index lock."""
+    PostLog(tmp_path / "log.sqlite3").close()
+    ours, theirs = socket.socketpair()
+    cmd = [sys.executable, "-m", "gigafactory.grok.indexer", "--data-dir", str(tmp_path)]
+    cmd += ["--fd", str(theirs.fileno()), "--parent-pid", str(os.getpid())]
+    proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),))
+    theirs.close()
+    conn = Connection(ours.detach())
+    try:
+        assert conn.poll(60), "the indexer process did not report ready"
+        msg = conn.recv()
+        assert msg[0] == "ready" and msg[3] == proc.pid
+        conn.close()  # as if the parent died
+        assert proc.wait(10) == 4
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            pytest.fail("the indexer outlived its parent's end of the socket")
