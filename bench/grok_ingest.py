@@ -2,11 +2,13 @@
 
 Starts the server as a subprocess on loopback with a fresh data dir, pre-generates posts and
 serialises them into batches, then for ``--duration`` seconds ``--clients`` threads post
-batches as fast as the server acknowledges them while a probe thread, every 100 ms, posts one
-post carrying a unique word and polls ``/v1/search`` for it until it shows up.
+batches as fast as the server acknowledges them (or paced at ``--rate``) while ``--probes``
+probe threads each, again and again, post one post carrying a unique word and poll
+``/v1/search`` for it every ``--poll-ms`` until it shows up (ack -> searchable; the poll
+interval is included, so the figure errs high by up to one interval).
 
     .venv/bin/python bench/grok_ingest.py [--duration 20] [--batch 2000] [--clients 2]
-        [--rate POSTS_PER_S] [--sync FULL] [--json]
+        [--rate POSTS_PER_S] [--probes 2] [--poll-ms 10] [--sync FULL] [--json]
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--rate", type=float, default=0.0, help="offered posts/s (0 = flat out)")
     ap.add_argument("--posts", type=int, default=600_000, help="posts pre-generated (cap)")
+    ap.add_argument("--probes", type=int, default=2, help="probe threads")
+    ap.add_argument("--poll-ms", type=float, default=10.0, help="search poll interval")
     ap.add_argument("--sync", default="FULL")
     ap.add_argument("--commit-interval", type=float, default=0.1)
     ap.add_argument("--json", action="store_true")
@@ -120,13 +124,13 @@ def main() -> None:
                         acked[0] += r.json()["accepted"]
                         ack_ms.append((time.perf_counter() - t_send) * 1000)
 
-        def probe() -> None:
+        def probe(n: int) -> None:
             with httpx.Client(headers=KEY, timeout=60) as c:
                 i = 0
                 while not stop.is_set():
-                    word = f"probe{i}z{port}"
+                    word = f"probe{n}x{i}z{port}"
                     item = {
-                        "id": f"probe-{i}",
+                        "id": f"probe-{n}-{i}",
                         "author": "probe",
                         "text": f"{word} here",
                         "created_at": datetime.now(UTC).isoformat(),
@@ -138,12 +142,12 @@ def main() -> None:
                         if hits.json()["hits"]:
                             vis_ms.append((time.perf_counter() - t_ack) * 1000)
                             break
-                        time.sleep(0.005)
+                        time.sleep(args.poll_ms / 1000)
                     i += 1
-                    time.sleep(0.1)
+                    time.sleep(0.05)
 
         threads = [threading.Thread(target=client) for _ in range(args.clients)]
-        threads.append(threading.Thread(target=probe))
+        threads += [threading.Thread(target=probe, args=(n,)) for n in range(args.probes)]
         t0 = time.perf_counter()
         for t in threads:
             t.start()
@@ -171,11 +175,12 @@ def main() -> None:
         "ack_to_searchable_p99_ms": round(pct(vis_ms, 99), 1),
         "ack_to_searchable_max_ms": round(max(vis_ms, default=float("nan")), 1),
         "index_lag_at_end": health["lag"],
+        "indexer_restarts": health.get("indexer_restarts"),
     }
     if args.json:
         print(json.dumps(result))
         return
-    table = Table(title="grok ingest (loopback, one server process)")
+    table = Table(title="grok ingest (loopback: API process + indexer process)")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in result.items():

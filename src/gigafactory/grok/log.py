@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -116,9 +116,8 @@ class LogError(GigafactoryError):
     """The post log cannot be opened or used."""
 
 
-@dataclass(frozen=True)
-class Record:
-    """One event of the log."""
+class Record(NamedTuple):
+    """One event of the log (a named tuple: the indexer reads tens of thousands a second)."""
 
     seq: int
     kind: int
@@ -175,7 +174,7 @@ class LogReader:
             "ORDER BY seq LIMIT ?",
             (seq, limit),
         )
-        return [Record(*row) for row in rows]
+        return list(map(Record._make, rows))
 
     def iter_back(self, upto_seq: int, since_us: int, batch: int = 5000) -> Iterator[Record]:
         """Events with ``seq <= upto_seq`` ingested at or after ``since_us``, newest first
