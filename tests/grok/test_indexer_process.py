@@ -82,3 +82,16 @@ def test_indexer_exits_when_its_parent_end_closes(tmp_path):
         if proc.poll() is None:
             proc.kill()
             pytest.fail("the indexer outlived its parent's end of the socket")
+
+
+def test_indexer_that_cannot_start_is_a_typed_error(tmp_path):
+    from gigafactory.grok.indexer import IndexerError
+    from gigafactory.grok.service import GrokService
+    from gigafactory.grok.settings import GrokSettings
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "index").write_text("not a directory")
+    settings = GrokSettings.load({}, data_dir=data, api_keys="k")
+    with pytest.raises(IndexerError, match=r"did not start.*exited with code 1"):
+        GrokService(settings)

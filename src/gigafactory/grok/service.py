@@ -38,13 +38,17 @@ class GrokService:
         self.settings = settings
         d = settings.data_dir
         self.log = PostLog(d / "log.sqlite3", settings.synchronous)
-        self.indexer = IndexerProcess(
-            d,
-            settings.synchronous,
-            settings.commit_interval_s,
-            heap_mb=settings.indexer_heap_mb,
-            threads=settings.indexer_threads,
-        )
+        try:
+            self.indexer = IndexerProcess(
+                d,
+                settings.synchronous,
+                settings.commit_interval_s,
+                heap_mb=settings.indexer_heap_mb,
+                threads=settings.indexer_threads,
+            )
+        except BaseException:
+            self.log.close()
+            raise
         self.rebuilt = self.indexer.rebuilt
         self.trends = TrendCounter(settings.trend_bucket_s, settings.trend_retention_s)
         self.trend_history = self._load_trends(self.log.last_seq)
