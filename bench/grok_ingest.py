@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -160,6 +161,7 @@ def main() -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
+        shutil.rmtree(tmp, ignore_errors=True)
     result = {
         "posts_acked": acked[0],
         "seconds": round(elapsed, 2),
