@@ -14,7 +14,6 @@ interval is included, so the figure errs high by up to one interval).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import signal
 import socket
@@ -29,19 +28,11 @@ from pathlib import Path
 import httpx
 import orjson
 from rich.console import Console
-from rich.table import Table
 
+from _report import emit, pct
 from gigafactory.grok.generator import generate_posts
 
 KEY = {"x-api-key": "bench", "content-type": "application/json"}
-
-
-def pct(xs: list[float], p: float) -> float:
-    """The p-th percentile (nearest rank) of ``xs``."""
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 def main() -> None:
@@ -179,15 +170,7 @@ def main() -> None:
         "index_lag_at_end": health["lag"],
         "indexer_restarts": health.get("indexer_restarts"),
     }
-    if args.json:
-        print(json.dumps(result))
-        return
-    table = Table(title="grok ingest (loopback: API process + indexer process)")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in result.items():
-        table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
-    console.print(table)
+    emit(result, "grok ingest (loopback: API process + indexer process)", args.json, console)
 
 
 if __name__ == "__main__":

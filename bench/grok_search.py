@@ -12,26 +12,20 @@ filters (time window, language, author, minimum engagement), ranked as the API r
 from __future__ import annotations
 
 import argparse
-import json
 import random
+import shutil
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
+from _report import emit, pct
 from gigafactory.grok.generator import LANGS, TOPICS, generate_posts
 from gigafactory.grok.search import SearchQuery
 from gigafactory.grok.service import GrokService
 from gigafactory.grok.settings import GrokSettings
-
-
-def pct(xs: list[float], p: float) -> float:
-    """The p-th percentile (nearest rank) of ``xs``."""
-    s = sorted(xs)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 def build(svc: GrokService, n: int, console: Console) -> float:
@@ -83,7 +77,12 @@ def queries(n: int, authors: list[str]) -> list[SearchQuery]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--posts", type=int, default=1_000_000)
-    ap.add_argument("--data-dir", type=Path, default=None, help="reuse/keep the index here")
+    ap.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="reuse/keep the index here (default: a temporary dir, removed)",
+    )
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -110,6 +109,8 @@ def main() -> None:
             found += bool(hits)
     finally:
         svc.close()
+        if args.data_dir is None:  # a temporary index is not left behind
+            shutil.rmtree(data, ignore_errors=True)
     result = {
         "index_docs": docs,
         "build_s": None if build_s is None else round(build_s, 1),
@@ -119,17 +120,9 @@ def main() -> None:
         "p90_ms": round(pct(lat, 90), 2),
         "p99_ms": round(pct(lat, 99), 2),
         "max_ms": round(max(lat), 2),
-        "data_dir": str(data),
+        "data_dir": str(data) if args.data_dir else "(temporary, removed)",
     }
-    if args.json:
-        print(json.dumps(result))
-        return
-    table = Table(title="grok search latency (in process, ranked, 20 hits)")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in result.items():
-        table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
-    console.print(table)
+    emit(result, "grok search latency (in process, ranked, 20 hits)", args.json, console)
 
 
 if __name__ == "__main__":
