@@ -146,7 +146,7 @@ def test_flex_softcap_path_equals_the_explicit_one():
     """The GPU path (FlexAttention, run here in eager mode) computes the same attention."""
     import warnings
 
-    from gigafactory.train.model import Attention, flex_capped_attention
+    from gigafactory.train.model import Attention, attention_mask, flex_capped_attention
 
     torch.manual_seed(0)
     spec = load_model("grok-mini").replace(attn_logit_softcap=2.0)
@@ -156,7 +156,8 @@ def test_flex_softcap_path_equals_the_explicit_one():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # eager flex_attention warns it is not compiled
             got = flex_capped_attention(q * 3, k * 3, v, 2.0, window)
-        torch.testing.assert_close(got, attn._capped_attention(q * 3, k * 3, v))
+        mask = attention_mask(24, window, q.device)
+        torch.testing.assert_close(got, attn._capped_attention(q * 3, k * 3, v, mask))
 
 
 @pytest.mark.parametrize("name", ["grok-mini", "grok-mini-dense"])
@@ -169,3 +170,29 @@ def test_bf16_autocast_trains_with_fp32_router_and_loss(name):
     assert out.logits.dtype == torch.bfloat16 and out.loss.dtype == torch.float32
     (out.loss + out.aux_loss).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("variant", ["moe", "dense", "window", "learned"])
+def test_kv_cache_decoding_equals_the_full_forward(variant):
+    """Prefill 7 tokens, then feed the rest one at a time through the cache: every position's
+    logits equal those of one forward pass over the whole sequence."""
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    spec = load_model(str(here / ("tiny-moe.yaml" if variant == "moe" else "tiny-dense.yaml")))
+    if variant == "window":  # every other layer local, 4-token window, soft-capped
+        spec = spec.replace(sliding_window=4, attn_logit_softcap=20.0)
+    if variant == "learned":
+        spec = spec.replace(position="learned")
+    torch.manual_seed(0)
+    model = Transformer(spec).eval()
+    idx = torch.randint(0, spec.vocab, (2, 20))
+    with torch.no_grad():
+        full = model(idx).logits  # (2, 20, V)
+        cache = model.new_cache()
+        steps = [model(idx[:, :7], cache=cache).logits]
+        steps += [model(idx[:, t : t + 1], cache=cache).logits for t in range(7, 20)]
+    assert cache.length == 20
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="longer than seq_len"):
+        model(torch.zeros(1, spec.seq_len - 19, dtype=torch.long), cache=cache)

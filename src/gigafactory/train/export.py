@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 from gigafactory.spec.model import ModelSpec
 from gigafactory.train.checkpoint import PREFIX, quiet_single_process, verify
 from gigafactory.train.errors import CheckpointError, TrainConfigError
-from gigafactory.train.model import Transformer
+from gigafactory.train.model import KVCache, Transformer
 from gigafactory.train.tokenizer import EOT, load_tokenizer
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
@@ -117,7 +117,10 @@ def generate(
     top_p: float = 0.95,
     seed: int = 0,
 ) -> Iterator[str]:
-    """Yield the continuation of ``prompt`` piece by piece; stops at ``<|endoftext|>``."""
+    """Yield the continuation of ``prompt`` piece by piece; stops at ``<|endoftext|>``.
+
+    Decodes through a KV cache (one position per new token); when the context reaches the
+    model's ``seq_len`` the newest half is kept and re-encoded."""
     if temperature < 0:
         raise TrainConfigError(f"--temperature must be >= 0, got {temperature}")
     if not 0 < top_p <= 1:
@@ -128,9 +131,15 @@ def generate(
     gen = torch.Generator().manual_seed(seed)
     ids = tok.encode(prompt).ids or [tok.token_to_id(EOT)]
     eot, new, printed = tok.token_to_id(EOT), [], ""
+    window = model.spec.seq_len
+
+    def prefill(context: list[int]) -> tuple[KVCache, torch.Tensor]:
+        cache = model.new_cache()
+        logits = model(torch.tensor([context], device=device), cache=cache).logits  # (1, T, V)
+        return cache, logits[0, -1].cpu()
+
+    cache, logits = prefill(ids[-window:])
     for _ in range(max_tokens):
-        context = torch.tensor([ids[-model.spec.seq_len :]], device=device)  # (1, T)
-        logits = model(context).logits[0, -1].cpu()  # (V,)
         token = sample_next(logits, temperature, top_p, gen)
         if token == eot:
             break
@@ -140,3 +149,8 @@ def generate(
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
             yield text[len(printed) :]
             printed = text
+        if cache.length < window:  # one position through the KV cache
+            step = torch.tensor([[token]], device=device)  # (1, 1)
+            logits = model(step, cache=cache).logits[0, -1].cpu()
+        else:  # context full: keep the newest half and re-encode it
+            cache, logits = prefill(ids[-max(1, window // 2) :])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -87,14 +88,44 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x.float() * cos[:T] + rotated.float() * sin[:T]).type_as(x)
 
 
-def attention_mask(T: int, window: int, device: torch.device) -> torch.Tensor:
-    """Boolean (T, T) mask, True where query i may attend key j: j ≤ i, and i − j < window."""
-    i = torch.arange(T, device=device)[:, None]
-    j = torch.arange(T, device=device)[None, :]
+def attention_mask(
+    T: int, window: int, device: torch.device, offset: int = 0, keys: int | None = None
+) -> torch.Tensor:
+    """Boolean (T, S) mask, True where query i may attend key j: j ≤ i, and i − j < window.
+
+    Queries sit at positions ``offset`` … ``offset + T − 1`` and keys at 0 … S − 1
+    (S = ``keys``, default T): with a KV cache the new queries follow the cached keys."""
+    i = offset + torch.arange(T, device=device)[:, None]
+    j = torch.arange(T if keys is None else keys, device=device)[None, :]
     allowed = j <= i
     if window:
         allowed = allowed & (i - j < window)
     return allowed
+
+
+@dataclass
+class LayerKV:
+    """One layer's cached keys and values (B, K, S, D) for incremental decoding."""
+
+    k: torch.Tensor | None = None
+    v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.size(2)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens decoded so far (``Transformer.forward``
+    with ``cache=`` appends to it), so each new token costs one position, not the sequence."""
+
+    def __init__(self, layers: int):
+        self.layers = [LayerKV() for _ in range(layers)]
+
+    @property
+    def length(self) -> int:
+        """Tokens cached (the position of the next one)."""
+        return self.layers[0].length
 
 
 class Attention(nn.Module):
@@ -103,6 +134,7 @@ class Attention(nn.Module):
     Without a soft-cap it calls F.scaled_dot_product_attention (flash/efficient kernels). With
     one (Grok-1: 30·tanh(x/30)) SDPA cannot fuse the cap: on CPU the scores are computed
     explicitly, capped and soft-maxed in fp32; on GPU FlexAttention fuses the cap instead.
+    With a ``LayerKV`` the new tokens attend to the cached keys too (decoding).
     """
 
     def __init__(self, spec: ModelSpec, window: int = 0):
@@ -117,17 +149,29 @@ class Attention(nn.Module):
         self.v = nn.Linear(h, kv_dim, bias=spec.bias)
         self.o = nn.Linear(q_dim, h, bias=spec.bias)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: LayerKV | None = None
+    ) -> torch.Tensor:
         B, T, _ = x.shape
+        pos = 0 if kv is None else kv.length
         q = self.q(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         v = self.v(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         if self.rope:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if self.softcap and q.is_cuda:
+            q, k = apply_rope(q, cos[pos:], sin[pos:]), apply_rope(k, cos[pos:], sin[pos:])
+        if kv is not None:
+            if kv.k is not None:
+                k, v = torch.cat((kv.k, k), dim=2), torch.cat((kv.v, v), dim=2)  # (B, K, S, D)
+            kv.k, kv.v = k, v
+            mask = attention_mask(T, self.window, x.device, offset=pos, keys=k.size(2))
+            if self.softcap:
+                y = self._capped_attention(q, k, v, mask)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        elif self.softcap and q.is_cuda:
             y = flex_capped_attention(q, k, v, self.softcap, self.window)
         elif self.softcap:
-            y = self._capped_attention(q, k, v)
+            y = self._capped_attention(q, k, v, attention_mask(T, self.window, q.device))
         elif self.window:
             mask = attention_mask(T, self.window, x.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
@@ -136,13 +180,17 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, self.heads * self.head_dim)  # (B, T, H·D)
         return self.o(y)  # (B, T, C)
 
-    def _capped_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        T, groups = q.size(-2), self.heads // self.kv_heads
-        k = k.repeat_interleave(groups, dim=1)  # (B, H, T, D)
-        v = v.repeat_interleave(groups, dim=1)  # (B, H, T, D)
-        scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(self.head_dim)  # (B, H, T, T)
+    def _capped_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Soft-capped attention with explicit fp32 scores; ``mask`` (T, S) from
+        ``attention_mask``. q (B, H, T, D), k and v (B, K, S, D) → (B, H, T, D)."""
+        groups = self.heads // self.kv_heads
+        k = k.repeat_interleave(groups, dim=1)  # (B, H, S, D)
+        v = v.repeat_interleave(groups, dim=1)  # (B, H, S, D)
+        scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(self.head_dim)  # (B, H, T, S)
         scores = self.softcap * torch.tanh(scores / self.softcap)
-        scores = scores.masked_fill(~attention_mask(T, self.window, q.device), float("-inf"))
+        scores = scores.masked_fill(~mask, float("-inf"))
         probs = scores.softmax(dim=-1).type_as(v)
         return probs @ v  # (B, H, T, D)
 
@@ -299,9 +347,9 @@ class Block(nn.Module):
         self.mlp_post_norm = make_norm(spec) if sandwich else nn.Identity()
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv: LayerKV | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x + self.attn_post_norm(self.attn(self.attn_norm(x), cos, sin))  # (B, T, C)
+        x = x + self.attn_post_norm(self.attn(self.attn_norm(x), cos, sin, kv))  # (B, T, C)
         if self.is_moe:
             h, aux = self.mlp(self.mlp_norm(x))
         else:
@@ -354,18 +402,33 @@ class Transformer(nn.Module):
         """Distinct parameters (a tied embedding counts once), as ``plan.params.total_params``."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
+    def new_cache(self) -> KVCache:
+        """An empty KV cache for ``forward(..., cache=)``."""
+        return KVCache(len(self.blocks))
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> ModelOutput:
+        """Logits (B, T, V) of ``idx`` (B, T); the mean cross-entropy against ``targets``.
+
+        With ``cache`` the tokens continue the cached ones (positions cache.length …) and
+        their keys and values are appended to it."""
         B, T = idx.shape
-        if idx.size(1) > self.spec.seq_len:
+        pos = 0 if cache is None else cache.length
+        if pos + T > self.spec.seq_len:
             raise ValueError(
-                f"sequence of {idx.size(1)} tokens is longer than seq_len={self.spec.seq_len}"
+                f"sequence of {pos + T} tokens is longer than seq_len={self.spec.seq_len}"
             )
         x = self.tok_emb(idx) * self.spec.embedding_multiplier  # (B, T, C)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(T, device=idx.device))
+            x = x + self.pos_emb(torch.arange(pos, pos + T, device=idx.device))
         aux = x.new_zeros((), dtype=torch.float32)
-        for block in self.blocks:
-            x, block_aux = block(x, self.rope_cos, self.rope_sin)
+        kvs = [None] * len(self.blocks) if cache is None else cache.layers
+        for block, kv in zip(self.blocks, kvs, strict=True):
+            x, block_aux = block(x, self.rope_cos, self.rope_sin, kv)
             aux = aux + block_aux
         x = self.norm(x)
         weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
