@@ -74,12 +74,22 @@ class Software:
     use BSHD mock data and the same container on B200 and GB200, so their sink attention is
     fused: with it unfused (every layer materialising the s×s scores) the planner predicts the
     GB200 row 65% below its published throughput (the B200 row, s = 4096, would match).
+
+    ``default_sharding``: how a run of this stack shards optimizer state when its layout does
+    not say (a published row with a blank ``fsdp`` column). Megatron-Bridge recipes build
+    their optimizer with ``distributed_fused_adam_with_cosine_annealing``
+    (``recipes/utils/optimizer_utils.py``: ``OptimizerConfig(use_distributed_optimizer=True)``)
+    and DDP with ``overlap_grad_reduce`` and ``overlap_param_gather``, i.e. Megatron's
+    distributed optimizer (``zero1``: gradient reduce-scatter, parameter all-gather, Adam
+    state sharded over the data-parallel group). Stacks whose default is not documented keep
+    ``none``.
     """
 
     name: str = "megatron-core"
     flash_attention: bool = True
     tp_overlap: bool = True
     fused_sink_attention: bool = True
+    default_sharding: str = "none"
 
 
 MODERN = Software()
@@ -88,7 +98,7 @@ FRAMEWORKS = {
     "megatron-lm-2021": Software("megatron-lm-2021", flash_attention=False, tp_overlap=False),
     "megatron-deepspeed": Software("megatron-deepspeed", flash_attention=False, tp_overlap=False),
     "megatron-core": MODERN,
-    "megatron-bridge": Software("megatron-bridge"),
+    "megatron-bridge": Software("megatron-bridge", default_sharding="zero1"),
     "nemo": Software("nemo"),
 }
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gigafactory.errors import SpecError
+from gigafactory.plan.compute import software_for
 from gigafactory.spec.layout import LayoutSpec
 from gigafactory.spec.model import ModelSpec
 
@@ -94,7 +95,11 @@ class PublishedRun:
         )
 
     def layout(self) -> LayoutSpec:
+        """The row's layout. A blank ``fsdp`` column means the framework's default optimizer
+        sharding (``compute.Software.default_sharding``; Megatron-Bridge: ``zero1``)."""
         fsdp = (self.row.get("fsdp") or "").strip()
+        if fsdp not in ("fsdp", "zero1", "none"):
+            fsdp = software_for(self.row.get("framework", "") or "").default_sharding
         return LayoutSpec(
             tp=self._int("tp", 1),
             pp=self._int("pp", 1),
@@ -102,7 +107,7 @@ class PublishedRun:
             cp=self._int("cp", 1),
             ep=self._int("ep", 1),
             dp=self._int("dp", 1),
-            sharding=fsdp if fsdp in ("fsdp", "zero1") else "none",
+            sharding=fsdp,
             micro_batch=self._int("micro_batch", 1),
             global_batch=self._int("global_batch", 1),
             recompute=(self.row.get("recompute") or "none").strip() or "none",
