@@ -39,14 +39,16 @@ DEFAULT_FABRIC_EFFICIENCY = 0.9
 #: Model families the planner cannot yet be held to. Their rows are still predicted and
 #: shown, flagged, but neither the calibration nor the accuracy bounds use them.
 #: GPT-OSS on Blackwell (Megatron-Bridge 25.11): compared in the source's own FLOP count
-#: (above) the planner is still 77% (B200) and 48% (GB200) too fast, and no documented
+#: (above) the planner is still 104% (B200) and 47% (GB200) too fast, and no documented
 #: mechanism closes both. Its sinks, clamped activation and biases are in the model: the
 #: sink attention is fused in that stack (unfused would fit B200 but put GB200 65% too
 #: slow), the clamped quick-GELU GLU with its bias and routing weight is one fused kernel
-#: (Megatron-Core ``weighted_bias_quick_geglu_impl``), and the same model on DGX-H100
-#: (same table) is predicted 16% fast. See docs/plan.md.
+#: (Megatron-Core ``weighted_bias_quick_geglu_impl``), the rows run Megatron-Bridge's
+#: distributed optimizer with bf16 gradient reduction (its GPT-OSS perf configs set
+#: ``grad_reduce_in_fp32 = False``), and the same model on DGX-H100 (same table) is
+#: predicted 16% fast. docs/plan.md lists every mechanism tried, with its effect.
 OUT_OF_SCOPE_MODELS = {
-    "gpt-oss": "Blackwell GPT-OSS steps take 1.5-1.8x the modelled time, cause undocumented"
+    "gpt-oss": "Blackwell GPT-OSS steps take 1.5-2x the modelled time, cause undocumented"
 }
 CAUSAL_FRAMEWORKS = ("nemo", "megatron-bridge")
 
