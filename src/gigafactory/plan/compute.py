@@ -83,6 +83,33 @@ class Software:
     distributed optimizer (``zero1``: gradient reduce-scatter, parameter all-gather, Adam
     state sharded over the data-parallel group). Stacks whose default is not documented keep
     ``none``.
+
+    ``grad_reduce_in_fp32``: bf16 training (fp8 too: its parameters are bf16) accumulates the
+    gradients of the micro-batches in an fp32 buffer and reduces that buffer in fp32 over the
+    data-parallel group, so the buffer (memory) and the reduce-scatter/all-reduce
+    (communication) are both 4 B/param; otherwise both are the parameters' 2 B
+    (``memory.grad_bytes_per_param`` reads it for both). Sources per stack:
+
+    * Megatron-LM, every version (the 2021 code and Megatron-Core trained through it):
+      ``megatron/training/arguments.py`` (``megatron/arguments.py`` in 2021) sets
+      ``accumulate_allreduce_grads_in_fp32 = True`` for ``--bf16`` unless
+      ``--grad-reduce-in-bf16`` is given ("accumulate and all-reduce gradients in fp32 for
+      bfloat16 data type."); Megatron-Core's ``param_and_grad_buffer.py`` then makes the
+      gradient buffer ``torch.float`` (``grad_dtype = torch.float if
+      ddp_config.grad_reduce_in_fp32 else param.dtype``), as the 2021 local DDP did
+      (``_get_buffer_type``). For ``--fp16`` the flag keeps its default, off
+      (``action='store_true'``): fp16 buffers and fp16 all-reduce. The Megatron-LM 2021
+      GPT-3 example (``examples/pretrain_gpt3_175B.sh``) passes ``--fp16`` without it.
+    * Megatron-DeepSpeed bf16 (BLOOM): DeepSpeed's ``BF16_Optimizer`` adds each bf16 gradient
+      into fp32 accumulators, and the pipeline engine reduces those
+      (``PipelineEngine._bf16_reduce_grads`` → ``optimizer.get_grads_for_reduction()`` =
+      ``fp32_groups_gradients_flat``).
+    * Megatron-Bridge: the ``bf16_mixed`` recipe (and the fp8 recipes built on it) sets
+      ``MixedPrecisionConfig.grad_reduce_in_fp32 = True``; ``fp16_mixed`` sets False. Its
+      performance scripts override it per model (a published row's ``grad_reduce`` column).
+    * NeMo 2: ``MegatronMixedPrecision(grad_reduce_in_fp32=True)`` by default.
+
+    fp16 runs reduce in fp16 in every stack above (``FP16_GRADS_IN_FP32``).
     """
 
     name: str = "megatron-core"
@@ -90,7 +117,13 @@ class Software:
     tp_overlap: bool = True
     fused_sink_attention: bool = True
     default_sharding: str = "none"
+    grad_reduce_in_fp32: bool = True
 
+
+#: fp16 training keeps fp16 gradient buffers and reduces them in fp16: Megatron-LM only turns
+#: ``accumulate_allreduce_grads_in_fp32`` on for bf16, Megatron-Bridge's ``fp16_mixed`` sets
+#: ``grad_reduce_in_fp32=False``.
+FP16_GRADS_IN_FP32 = False
 
 MODERN = Software()
 #: Known frameworks of the published runs; anything else is treated as modern.

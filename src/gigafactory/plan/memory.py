@@ -1,7 +1,9 @@
 """Memory per GPU: weights, gradients, optimizer states and activations, and whether it fits.
 
 Mixed-precision Adam (Micikevicius et al. 2018; Rajbhandari et al. 2020, ZeRO Sec. 3): bf16
-weights (2 bytes/param), fp32 main gradients (4 bytes/param, Megatron's ``main_grad``), an fp32
+weights (2 bytes/param), gradients accumulated over micro-batches in the framework's gradient
+buffer (Megatron's ``main_grad``: fp32, 4 bytes/param, for bf16 training in Megatron-LM; 2 bytes
+where the framework or the run reduces in bf16/fp16, ``grad_bytes_per_param``), an fp32
 master copy and two fp32 moments (12 bytes/param). ZeRO-1 (Megatron's distributed optimizer)
 shards the 12 bytes over the data-parallel group; FSDP (ZeRO-3) also shards weights and
 gradients, keeping about two layers unsharded in flight (prefetch).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gigafactory.plan.compute import FP16_GRADS_IN_FP32, MODERN, Software
 from gigafactory.plan.shard import ParamSplit, params_per_gpu
 from gigafactory.spec.hardware import HardwareSpec
 from gigafactory.spec.layout import LayoutSpec
@@ -35,9 +38,16 @@ def weight_bytes_per_param(precision: str) -> float:
     return 4.0 if precision == "fp8" else (4.0 if precision == "fp32" else 2.0)
 
 
-def grad_bytes_per_param() -> float:
-    """fp32 main gradients accumulated over micro-batches (Megatron ``main_grad``): 4 bytes."""
-    return 4.0
+def grad_bytes_per_param(precision: str = "bf16", software: Software = MODERN) -> float:
+    """Bytes per parameter of the gradient buffer, which is also what the data-parallel
+    reduction moves (the buffer is what is reduced): 4 when the stack accumulates and
+    reduces in fp32 (``Software.grad_reduce_in_fp32``; fp16 runs: ``FP16_GRADS_IN_FP32``;
+    fp32 training always), else the 2 bytes of the bf16/fp16 parameters (fp8 training keeps
+    bf16 parameters)."""
+    if precision == "fp32":
+        return 4.0
+    fp32 = FP16_GRADS_IN_FP32 if precision == "fp16" else software.grad_reduce_in_fp32
+    return 4.0 if fp32 else 2.0
 
 
 def optimizer_bytes_per_param() -> float:
@@ -164,13 +174,17 @@ class MemoryBreakdown:
         return self.usable_bytes - self.total_bytes
 
 
-def state_bytes(split: ParamSplit, layout: LayoutSpec, layer_params: float) -> tuple[float, ...]:
+def state_bytes(
+    split: ParamSplit, layout: LayoutSpec, layer_params: float, software: Software = MODERN
+) -> tuple[float, ...]:
     """(weights, gradients, optimizer) bytes per GPU for a parameter split under the sharding.
 
     none: everything replicated. zero1: optimizer / data-parallel group. fsdp: weights,
     gradients and optimizer / group, plus ``FSDP_LAYERS_IN_FLIGHT`` unsharded layers.
+    Gradients take ``grad_bytes_per_param`` of ``software``.
     """
-    wb, gb, ob = weight_bytes_per_param(layout.precision), grad_bytes_per_param(), 12.0
+    wb, ob = weight_bytes_per_param(layout.precision), optimizer_bytes_per_param()
+    gb = grad_bytes_per_param(layout.precision, software)
     dense_g, exp_g = split.dense_dp_group, split.expert_dp_group
     if layout.sharding == "none":
         return split.total * wb, split.total * gb, split.total * ob
@@ -180,7 +194,7 @@ def state_bytes(split: ParamSplit, layout: LayoutSpec, layer_params: float) -> t
     sharded = split.dense / dense_g + split.expert / exp_g
     gathered = min(split.total, FSDP_LAYERS_IN_FLIGHT * layer_params)
     weights = min(split.total, sharded + gathered) * wb
-    grads = min(split.total * gb, sharded * gb + gathered * 2.0)
+    grads = min(split.total * gb, (sharded + gathered) * gb)
     return weights, grads, optimizer
 
 
@@ -208,12 +222,16 @@ def activation_bytes(model: ModelSpec, layout: LayoutSpec, seq_len: int | None =
 
 
 def memory_per_gpu(
-    model: ModelSpec, layout: LayoutSpec, hardware: HardwareSpec, seq_len: int | None = None
+    model: ModelSpec,
+    layout: LayoutSpec,
+    hardware: HardwareSpec,
+    seq_len: int | None = None,
+    software: Software = MODERN,
 ) -> MemoryBreakdown:
     """Every part of the first stage's memory and the HBM it has to fit in."""
     split = params_per_gpu(model, layout)
     layer_params = split.total / max(1.0, model.layers / layout.pp)
-    weights, grads, optim = state_bytes(split, layout, layer_params)
+    weights, grads, optim = state_bytes(split, layout, layer_params, software)
     cap = hardware.memory_bytes
     return MemoryBreakdown(
         weights_bytes=weights,

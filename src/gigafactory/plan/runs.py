@@ -3,19 +3,21 @@
 Each row carries a model shape, a cluster slice and the layout it ran with, plus what the
 source measured. Extra columns beyond the shared schema (``tied_embeddings``, ``position``,
 ``bias``, ``norm``, MLA ranks, ``sliding_window``, ``attention_sinks``) describe architecture details the
-parameter and FLOP counts need.
+parameter and FLOP counts need; ``grad_reduce`` says in which dtype a run reduced its
+gradients where its configuration overrode its framework's default.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from gigafactory.errors import SpecError
-from gigafactory.plan.compute import software_for
+from gigafactory.plan.compute import Software, software_for
 from gigafactory.spec.layout import LayoutSpec
 from gigafactory.spec.model import ModelSpec
 
@@ -113,6 +115,19 @@ class PublishedRun:
             recompute=(self.row.get("recompute") or "none").strip() or "none",
             precision=self.row["precision"].strip(),
         )
+
+    def software(self) -> Software:
+        """The row's framework (``compute.software_for``), with the gradient-reduction dtype
+        of the ``grad_reduce`` column when it is filled (``fp32``, or ``bf16``/``fp16``)."""
+        sw = software_for(self.row.get("framework", "") or "")
+        value = (self.row.get("grad_reduce") or "").strip().lower()
+        if not value:
+            return sw
+        if value not in ("fp32", "bf16", "fp16"):
+            raise SpecError(
+                "run", "grad_reduce", f"row {self.id}: '{value}' is not fp32, bf16 or fp16"
+            )
+        return dataclasses.replace(sw, grad_reduce_in_fp32=value == "fp32")
 
     @property
     def gpu(self) -> str:

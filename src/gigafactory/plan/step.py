@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from gigafactory.plan import comms
 from gigafactory.plan.compute import MODERN, Software, optimizer_step_s, stage_pass_times
 from gigafactory.plan.flops import hardware_flops_per_token, training_flops_per_token
-from gigafactory.plan.memory import MemoryBreakdown, memory_per_gpu
+from gigafactory.plan.memory import MemoryBreakdown, grad_bytes_per_param, memory_per_gpu
 from gigafactory.plan.shard import check_layout, params_per_gpu
 from gigafactory.spec.hardware import ClusterSpec, HardwareSpec
 from gigafactory.spec.layout import LayoutSpec
 from gigafactory.spec.model import ModelSpec
 
-#: Gradients are reduced in bf16 (Megatron-Core DDP default ``grad_reduce_in_fp32=False``);
-#: parameters are all-gathered in bf16.
-GRAD_REDUCE_BYTES = 2.0
+#: Parameters are all-gathered in bf16. Gradients are reduced in the dtype of the gradient
+#: buffer, the same bytes the memory model holds (``memory.grad_bytes_per_param``: fp32 for
+#: bf16 training in Megatron-LM, bf16 where the stack or the run says so).
 PARAM_GATHER_BYTES = 2.0
 #: Share of overlapped TP communication that still costs time (SM and HBM contention
 #: between the collective and the GEMM it hides behind; Wang et al. 2022 report 60–80%
@@ -228,6 +228,7 @@ def estimate_step(
     ep_mb = _ep_comm_per_mb_s(model, layout, tokens, net)
 
     split = params_per_gpu(model, layout)
+    grad_bytes = grad_bytes_per_param(layout.precision, software)
     dense_n, dense_stride = split.dense_dp_group, layout.tp
     exp_n, exp_stride = split.expert_dp_group, layout.tp * layout.cp * layout.ep
     fsdp_mb = 0.0
@@ -240,18 +241,16 @@ def estimate_step(
             "allgather", split.expert * PARAM_GATHER_BYTES, exp_n, exp_stride, net
         )
         scatter = comms.group_collective_s(
-            "allgather", split.dense * GRAD_REDUCE_BYTES, dense_n, dense_stride, net
-        ) + comms.group_collective_s(
-            "allgather", split.expert * GRAD_REDUCE_BYTES, exp_n, exp_stride, net
-        )
+            "allgather", split.dense * grad_bytes, dense_n, dense_stride, net
+        ) + comms.group_collective_s("allgather", split.expert * grad_bytes, exp_n, exp_stride, net)
         raw_mb = 2 * gather + scatter
         dp_raw = m * raw_mb
         fsdp_mb = comms.exposed_after_overlap_s(raw_mb, passes.total_s)
     else:
         kind = "allreduce" if layout.sharding == "none" else "allgather"
         rs = comms.group_collective_s(
-            kind, split.dense * GRAD_REDUCE_BYTES, dense_n, dense_stride, net
-        ) + comms.group_collective_s(kind, split.expert * GRAD_REDUCE_BYTES, exp_n, exp_stride, net)
+            kind, split.dense * grad_bytes, dense_n, dense_stride, net
+        ) + comms.group_collective_s(kind, split.expert * grad_bytes, exp_n, exp_stride, net)
         ag = 0.0
         if layout.sharding == "zero1":
             ag = comms.group_collective_s(
@@ -299,7 +298,7 @@ def estimate_step(
         gpus=gpus,
         layout=layout,
         seq_len=s,
-        memory=memory_per_gpu(model, layout, hardware, s),
+        memory=memory_per_gpu(model, layout, hardware, s, software),
         time=step,
         model_flops_per_step=training_flops_per_token(model, s, causal=causal_flops) * tokens_step,
         hardware_flops_per_step=hardware_flops_per_token(

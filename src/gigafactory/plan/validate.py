@@ -29,7 +29,6 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from gigafactory.plan.compute import software_for
 from gigafactory.plan.runs import PublishedRun, read_runs
 from gigafactory.plan.step import StepEstimate, estimate_step
 from gigafactory.spec.catalog import load_hardware
@@ -115,7 +114,7 @@ def predict_run(run: PublishedRun, hardware: HardwareSpec | None = None) -> Step
         generic_cluster(hw, run.gpus),
         causal_flops=counts_causal_half(framework),
         check=False,
-        software=software_for(framework),
+        software=run.software(),
     )
 
 
