@@ -30,7 +30,7 @@ import orjson
 from rich.console import Console
 
 from _report import emit, pct
-from gigafactory.grok.generator import generate_posts
+from gigafactory.grok.memory.generator import generate_posts
 
 KEY = {"x-api-key": "bench", "content-type": "application/json"}
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from rich.console import Console
 
 from _report import emit, pct
-from gigafactory.grok.generator import LANGS, TOPICS, generate_posts
-from gigafactory.grok.search import SearchQuery
-from gigafactory.grok.service import GrokService
+from gigafactory.grok.memory.generator import LANGS, TOPICS, generate_posts
+from gigafactory.grok.memory.search import SearchQuery
+from gigafactory.grok.memory.service import GrokService
 from gigafactory.grok.settings import GrokSettings
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gigafactory.grok.service import GrokService
+from gigafactory.grok.memory.service import GrokService
 from gigafactory.grok.settings import GrokSettings
 
 NOW = datetime.now(UTC).replace(microsecond=0)

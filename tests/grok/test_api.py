@@ -6,7 +6,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from gigafactory.grok.api import create_app
+from gigafactory.grok.api.app import create_app
 from gigafactory.grok.settings import GrokSettings, SettingsError
 
 from .conftest import post

@@ -9,9 +9,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gigafactory.grok.generator import generate_posts
-from gigafactory.grok.ingest import fast_post, prepare_posts, validate_posts
-from gigafactory.grok.log import created_us, post_body
+from gigafactory.grok.memory.generator import generate_posts
+from gigafactory.grok.memory.ingest import fast_post, prepare_posts, validate_posts
+from gigafactory.grok.memory.log import created_us, post_body
 
 NOW = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gigafactory.grok.log import PostLog
-from gigafactory.grok.search import SearchQuery
+from gigafactory.grok.memory.log import PostLog
+from gigafactory.grok.memory.search import SearchQuery
 
 from .conftest import ingest_and_wait, post
 
@@ -67,7 +67,7 @@ def test_indexer_exits_when_its_parent_end_closes(tmp_path):
     child watches its socket and exits at EOF, releasing the index lock."""
     PostLog(tmp_path / "log.sqlite3").close()
     ours, theirs = socket.socketpair()
-    cmd = [sys.executable, "-m", "gigafactory.grok.indexer", "--data-dir", str(tmp_path)]
+    cmd = [sys.executable, "-m", "gigafactory.grok.memory.indexer", "--data-dir", str(tmp_path)]
     cmd += ["--fd", str(theirs.fileno()), "--parent-pid", str(os.getpid())]
     proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),))
     theirs.close()
@@ -85,8 +85,8 @@ def test_indexer_exits_when_its_parent_end_closes(tmp_path):
 
 
 def test_indexer_that_cannot_start_is_a_typed_error(tmp_path):
-    from gigafactory.grok.indexer import IndexerError
-    from gigafactory.grok.service import GrokService
+    from gigafactory.grok.memory.indexer import IndexerError
+    from gigafactory.grok.memory.service import GrokService
     from gigafactory.grok.settings import GrokSettings
 
     data = tmp_path / "data"

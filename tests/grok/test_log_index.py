@@ -7,10 +7,10 @@ import sqlite3
 
 import pytest
 
-from gigafactory.grok.generator import generate_posts
-from gigafactory.grok.log import LogError, PostLog
-from gigafactory.grok.post import EngagementUpdate, Post
-from gigafactory.grok.search import SearchQuery
+from gigafactory.grok.memory.generator import generate_posts
+from gigafactory.grok.memory.log import LogError, PostLog
+from gigafactory.grok.memory.post import EngagementUpdate, Post
+from gigafactory.grok.memory.search import SearchQuery
 
 from .conftest import ingest_and_wait, post
 

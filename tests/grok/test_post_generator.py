@@ -12,15 +12,15 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gigafactory.grok import MAX_TEXT_CHARS, EngagementUpdate, Post
-from gigafactory.grok.generator import (
+from gigafactory.grok.memory.generator import (
     burst_weight,
     engagement_at,
     generate_events,
     generate_posts,
     post_texts,
 )
-from gigafactory.grok.ingest import BatchError, BatchTooLarge, parse_batch, validate_posts
-from gigafactory.grok.post import hashtags, mentions, strip_controls, words
+from gigafactory.grok.memory.ingest import BatchError, BatchTooLarge, parse_batch, validate_posts
+from gigafactory.grok.memory.post import hashtags, mentions, strip_controls, words
 
 from .conftest import NOW, post
 

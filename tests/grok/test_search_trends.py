@@ -6,9 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gigafactory.grok.rank import RankWeights, combined_score, engagement_score, recency_score
-from gigafactory.grok.search import SearchQuery, build_query, query_terms, search
-from gigafactory.grok.trends import TrendCounter, parse_window, trend_score, trend_terms
+from gigafactory.grok.memory.rank import (
+    RankWeights,
+    combined_score,
+    engagement_score,
+    recency_score,
+)
+from gigafactory.grok.memory.search import SearchQuery, build_query, query_terms, search
+from gigafactory.grok.memory.trends import TrendCounter, parse_window, trend_score, trend_terms
 
 from .conftest import NOW, ingest_and_wait, post
 
@@ -74,7 +79,7 @@ def test_query_syntax_is_data(svc, q):
 def test_any_query_text_builds_a_query(q):
     import tantivy
 
-    from gigafactory.grok.index import build_schema
+    from gigafactory.grok.memory.index import build_schema
 
     schema = build_schema()
     build_query(schema, SearchQuery(q=q, author=q[:10] or None))

@@ -41,7 +41,7 @@ def serve(
     """Run the Grok memory service: POST /v1/posts, GET /v1/search, /v1/trends, /docs."""
     import uvicorn
 
-    from gigafactory.grok.api import create_app
+    from gigafactory.grok.api.app import create_app
     from gigafactory.grok.settings import GrokSettings
 
     settings = GrokSettings.load(
@@ -89,7 +89,7 @@ def feed(
     """Stream generated posts (or replay a JSONL file) into a running service."""
     import time
 
-    from gigafactory.grok.feed import FeedClient, generated, replayed, run_feed, write_jsonl
+    from gigafactory.grok.memory.feed import FeedClient, generated, replayed, run_feed, write_jsonl
 
     if rate <= 0:
         raise GigafactoryError(f"--rate {rate}: give a positive number of posts per second")

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gigafactory.errors import GigafactoryError
-from gigafactory.grok.rank import RankWeights
+from gigafactory.grok.memory.rank import RankWeights
 
 
 class SettingsError(GigafactoryError, ValueError):
@@ -40,7 +40,7 @@ class GrokSettings(BaseModel):
     commit_interval_s: float = Field(0.1, gt=0, le=10)
     indexer_threads: int = Field(1, ge=1, le=16)
     indexer_heap_mb: int = Field(256, ge=16)
-    # ranking (see gigafactory.grok.rank)
+    # ranking (see gigafactory.grok.memory.rank)
     rank_text: float = Field(1.0, ge=0)
     rank_recency: float = Field(0.5, ge=0)
     rank_engagement: float = Field(0.3, ge=0)

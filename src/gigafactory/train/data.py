@@ -1,7 +1,7 @@
 """Training data: a corpus, prepared once into memory-mapped token shards, read by a loader
 whose position is part of the checkpoint.
 
-* ``Corpus``: the generated social posts of ``gigafactory.grok.generator`` (the default, made
+* ``Corpus``: the generated social posts of ``gigafactory.grok.memory.generator`` (the default, made
   locally from a seed, nothing downloaded) or the user's ``.txt``/``.md``, ``.jsonl`` and
   ``.parquet`` files (a file or a folder of them).
 * ``prepare``: trains the byte-level BPE (``tokenizer.py``) and writes ``shard_NNNNN.bin``
@@ -102,10 +102,10 @@ class Corpus:
 
 def _generated_posts(n: int, seed: int) -> Iterator[str]:
     try:
-        from gigafactory.grok.generator import post_texts
+        from gigafactory.grok.memory.generator import post_texts
     except ImportError as exc:  # the feed part provides the generator
         raise DataError(
-            "the default corpus needs gigafactory.grok.generator, which is not installed; "
+            "the default corpus needs gigafactory.grok.memory.generator, which is not installed; "
             "pass --data PATH with your own text"
         ) from exc
     yield from post_texts(n, seed=seed)

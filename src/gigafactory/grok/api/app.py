@@ -21,12 +21,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from gigafactory.grok.ingest import BatchError, BatchTooLarge, parse_batch
-from gigafactory.grok.ratelimit import RateLimiter
-from gigafactory.grok.search import MAX_LIMIT, SearchQuery
-from gigafactory.grok.service import GrokService, IngestResult
+from gigafactory.grok.api.ratelimit import RateLimiter
+from gigafactory.grok.memory.ingest import BatchError, BatchTooLarge, parse_batch
+from gigafactory.grok.memory.search import MAX_LIMIT, SearchQuery
+from gigafactory.grok.memory.service import GrokService, IngestResult
+from gigafactory.grok.memory.trends import parse_window
 from gigafactory.grok.settings import GrokSettings
-from gigafactory.grok.trends import parse_window
 
 log = logging.getLogger(__name__)
 

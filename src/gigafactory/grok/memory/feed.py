@@ -14,8 +14,8 @@ import httpx
 import orjson
 
 from gigafactory.errors import GigafactoryError
-from gigafactory.grok.generator import generate_events
-from gigafactory.grok.post import Post
+from gigafactory.grok.memory.generator import generate_events
+from gigafactory.grok.memory.post import Post
 
 
 class FeedError(GigafactoryError):

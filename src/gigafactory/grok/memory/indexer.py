@@ -20,7 +20,7 @@ a busy lock for a while (``index.take_writer``). If the child dies alone, the su
 reports it (``/healthz`` turns ``degraded``) and starts a new one, which catches up from the
 last commit's checkpoint.
 
-Run by hand: ``python -m gigafactory.grok.indexer --data-dir D --fd N --parent-pid P``.
+Run by hand: ``python -m gigafactory.grok.memory.indexer --data-dir D --fd N --parent-pid P``.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from typing import Any
 import tantivy
 
 from gigafactory.errors import GigafactoryError
-from gigafactory.grok.index import IndexFeeder, open_index
-from gigafactory.grok.log import LogReader
+from gigafactory.grok.memory.index import IndexFeeder, open_index
+from gigafactory.grok.memory.log import LogReader
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _watch_parent(conn: Connection, halt: threading.Event) -> None:
 
 def child_main(argv: list[str] | None = None) -> int:
     """Entry point of the indexer process."""
-    ap = argparse.ArgumentParser(prog="python -m gigafactory.grok.indexer")
+    ap = argparse.ArgumentParser(prog="python -m gigafactory.grok.memory.indexer")
     ap.add_argument("--data-dir", type=Path, required=True)
     ap.add_argument("--fd", type=int, required=True, help="socket to the parent")
     ap.add_argument("--parent-pid", type=int, required=True)
@@ -180,7 +180,7 @@ class IndexerProcess:
     def _spawn(self) -> tuple[subprocess.Popen, Connection]:
         parent_sock, child_sock = socket.socketpair()
         fd = child_sock.fileno()
-        cmd = [sys.executable, "-m", "gigafactory.grok.indexer", "--fd", str(fd)]
+        cmd = [sys.executable, "-m", "gigafactory.grok.memory.indexer", "--fd", str(fd)]
         cmd += ["--parent-pid", str(os.getpid()), *self.args]
         try:
             proc = subprocess.Popen(cmd, pass_fds=(fd,), stdin=subprocess.DEVNULL)

@@ -24,8 +24,8 @@ import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gigafactory.errors import GigafactoryError
-from gigafactory.grok.log import created_us, post_body, post_document
-from gigafactory.grok.post import MAX_TEXT_CHARS, EngagementUpdate, Post, strip_controls
+from gigafactory.grok.memory.log import created_us, post_body, post_document
+from gigafactory.grok.memory.post import MAX_TEXT_CHARS, EngagementUpdate, Post, strip_controls
 
 M = TypeVar("M", bound=BaseModel)
 

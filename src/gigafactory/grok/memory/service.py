@@ -11,12 +11,12 @@ from typing import Any
 
 import orjson
 
-from gigafactory.grok.indexer import IndexerProcess
-from gigafactory.grok.ingest import Refusal, prepare_posts, validate_updates
-from gigafactory.grok.log import KIND_POST, AppendResult, PostLog
-from gigafactory.grok.search import Hit, SearchQuery, search
+from gigafactory.grok.memory.indexer import IndexerProcess
+from gigafactory.grok.memory.ingest import Refusal, prepare_posts, validate_updates
+from gigafactory.grok.memory.log import KIND_POST, AppendResult, PostLog
+from gigafactory.grok.memory.search import Hit, SearchQuery, search
+from gigafactory.grok.memory.trends import Trend, TrendCounter
 from gigafactory.grok.settings import GrokSettings
-from gigafactory.grok.trends import Trend, TrendCounter
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class GrokService:
         return n + len(batch)
 
     def ingest_posts(self, items: list[Any]) -> IngestResult:
-        """Validate and durably log posts; see ``gigafactory.grok.ingest`` for semantics."""
+        """Validate and durably log posts; see ``gigafactory.grok.memory.ingest`` for semantics."""
         ready, refused = prepare_posts(items, datetime.now(UTC), self.settings.max_future_s)
         res = self.log.append(KIND_POST, ready.ids, ready.bodies)
         if res.accepted:

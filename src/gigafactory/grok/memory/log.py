@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from gigafactory.errors import GigafactoryError
-from gigafactory.grok.post import EngagementUpdate, Post
+from gigafactory.grok.memory.post import EngagementUpdate, Post
 
 KIND_POST = 1
 KIND_ENGAGEMENT = 2

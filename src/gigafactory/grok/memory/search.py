@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import tantivy
 
-from gigafactory.grok.index import POST
-from gigafactory.grok.post import words
-from gigafactory.grok.rank import RankWeights, combined_score
+from gigafactory.grok.memory.index import POST
+from gigafactory.grok.memory.post import words
+from gigafactory.grok.memory.rank import RankWeights, combined_score
 
 MAX_TERMS = 32
 MAX_TERM_BYTES = 39  # tantivy's default tokenizer drops tokens of 40 bytes or more

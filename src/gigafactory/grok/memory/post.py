@@ -2,7 +2,7 @@
 
 A post is refused (with a reason) when it is malformed (wrong types, unknown fields, a bad id
 or handle), oversized (text longer than ``MAX_TEXT_CHARS``), or -- at ingest time, see
-``gigafactory.grok.ingest`` -- future-dated or a duplicate of an id already in the log.
+``gigafactory.grok.memory.ingest`` -- future-dated or a duplicate of an id already in the log.
 Control characters other than tab and newline are removed from the text: they carry no meaning
 and break terminals, logs and tokenizers downstream.
 """

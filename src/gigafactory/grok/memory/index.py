@@ -1,7 +1,7 @@
 """The real-time tantivy index and the feeder that tails the log into it.
 
 One long-lived ``IndexWriter`` is owned by the ``IndexFeeder``, which runs in its own process
-(``gigafactory.grok.indexer``). It reads log events after the last indexed sequence number,
+(``gigafactory.grok.memory.indexer``). It reads log events after the last indexed sequence number,
 adds them to the writer and, at most every ``commit_interval_s``, commits, so a post becomes
 searchable about one interval after it was acknowledged. The API process opens the same index
 read-only and reloads its searcher after each commit.
@@ -27,7 +27,7 @@ from pathlib import Path
 import orjson
 import tantivy
 
-from gigafactory.grok.log import KIND_POST, LogReader, Record, with_counts
+from gigafactory.grok.memory.log import KIND_POST, LogReader, Record, with_counts
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def take_writer(
 class IndexFeeder:
     """The one writer: tails ``postlog`` into ``index``, committing at most every
     ``commit_interval_s`` with the covered log sequence in the commit (checkpoint document).
-    It runs in the indexer process (``gigafactory.grok.indexer``)."""
+    It runs in the indexer process (``gigafactory.grok.memory.indexer``)."""
 
     def __init__(
         self,

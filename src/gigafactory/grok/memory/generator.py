@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import accumulate
 
-from gigafactory.grok.post import EngagementUpdate, Post
+from gigafactory.grok.memory.post import EngagementUpdate, Post
 
 N_AUTHORS = 20_000
 ZIPF_S = 1.0

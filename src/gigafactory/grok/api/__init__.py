@@ -1,0 +1,1 @@
+"""Grok's HTTP API: the FastAPI app (``app.create_app``), its rate limiter and static files."""
