@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: run test install install-dev lint bench clean
+.PHONY: run test install install-dev system lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -15,8 +15,12 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(PIP) -e .
 
-install-dev: $(BIN)/python
+install-dev: $(BIN)/python system
 	$(PIP) -e '.[dev]'
+
+# Debian packages the tests start for real (chromium, nats-server, slurm, munge); idempotent.
+system:
+	bash scripts/install-system.sh
 
 run: install
 	$(BIN)/gigafactory plan
