@@ -106,14 +106,7 @@ def test_answer_counts_groups_and_cites(client):
     assert body["search"]["cited"] == [1, 2] and body["choices"][0]["finish_reason"] == "stop"
     c = body["citations"][0]
     assert c["url"].endswith("/ana/status/s1") and c["created_at"].endswith("Z")
-    assert (
-        ask(client, "What are people saying about the static fire in the last hour?")
-        == {
-            **body,
-            "id": body["id"],
-        }
-        or True
-    )  # ids differ per answer; the text is deterministic:
+    # the text is deterministic (ids differ per answer)
     again = ask(client, "What are people saying about the static fire in the last hour?")
     assert again["choices"][0]["message"]["content"] == text
 
@@ -125,7 +118,7 @@ def test_follow_up_uses_earlier_turns(client):
         {"role": "user", "content": "and in Berlin?"},
     ]
     body = ask(client, turns)
-    assert [c["id"] for c in body["citations"]][0] == "w1"
+    assert body["citations"][0]["id"] == "w1"
     assert body["search"]["keywords"] == ["berlin", "heatwave"]
 
 
