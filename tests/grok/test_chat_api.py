@@ -11,6 +11,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from gigafactory.cli import main
 from gigafactory.grok.api.app import create_app
 from gigafactory.grok.memory.generator import INJECTIONS
 from gigafactory.grok.settings import GrokSettings
@@ -249,3 +250,23 @@ def test_backend_timeout_is_504_and_failure_502(client, silent):
     r = client.post("/v1/chat/completions", headers=KEY, json=body)
     assert r.status_code == 502 and "answered 503: overload" in r.json()["detail"]
     assert client.get("/v1/chat/metrics", headers=KEY).json()["backend_errors"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--backend", "gpt"], "answer_backend"),
+        (["--backend", "remote"], "needs remote_url"),
+        (["--backend", "checkpoint"], "needs checkpoint"),
+        (["--checkpoint", "/no/such/run"], "is not a folder"),
+        (["--remote-url", "ftp://host/v1"], "remote_url"),
+        (["--remote-model", ""], "remote_model"),
+        (["--remote-key", "k", "--remote-timeout", "0"], "remote_timeout_s"),
+    ],
+)
+def test_serve_refuses_bad_answer_options(args, needle, capsys):
+    """Each answer option of ``gigafactory serve``, refused with a bad value before the
+    server starts: one red line, exit status 2."""
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--api-key", "k", *args])
+    assert exc.value.code == 2 and needle in capsys.readouterr().err
