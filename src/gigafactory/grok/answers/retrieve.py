@@ -10,6 +10,7 @@ informative (distinct words, no injected instructions) and more engaged.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections import Counter
@@ -22,18 +23,18 @@ from gigafactory.grok.answers.guard import is_instruction
 from gigafactory.grok.answers.question import QUESTION_WORDS, Question
 from gigafactory.grok.answers.spotlight import Source
 from gigafactory.grok.memory.post import words
-from gigafactory.grok.memory.rank import engagement_score
 from gigafactory.grok.memory.search import Hit, SearchQuery, build_query, query_terms
 from gigafactory.grok.memory.service import GrokService
 from gigafactory.grok.memory.trends import STOPWORDS, Trend
 
 NEAR_DUP_JACCARD = 0.6
 CANDIDATES = 60
-INFORMATIVE_WORDS = 12
-INSTRUCTION_PENALTY = 2.0  # posts carrying instructions come last
-_NAME = re.compile(
-    r"(?<![\w#])#[^\W_]\w{1,63}|\b[A-Z][^\W\d_]{2,}\b"
-)  # distinct words at which a post counts as fully informative
+ENGAGED_CANDIDATES = 20
+ENGAGED_ROUNDS = 6
+INFORMATIVE_WORDS = 12  # distinct words at which a post counts as fully informative
+ENGAGEMENT_WEIGHT = 2.0  # tenfold engagement (+0.67) outweighs a terse post (<= 1)
+INSTRUCTION_PENALTY = 10.0  # posts carrying instructions come last
+_NAME = re.compile(r"(?<![\w#])#[^\W_]\w{1,63}|\b[A-Z][a-z]{2,}(?![^\W_])")
 
 
 @dataclass(frozen=True)
@@ -119,9 +120,17 @@ def engagement(hit: Hit) -> int:
     return hit.likes + hit.reposts + hit.replies
 
 
+def popularity(total: int) -> float:
+    """``log(1 + total) / log(1 + 1000)``: ``rank.engagement_score`` without its cap, so
+    that among very engaged posts the more engaged still wins."""
+    return math.log1p(max(total, 0)) / math.log1p(1000)
+
+
 def select(hits: list[Hit], keywords: tuple[str, ...], k: int) -> tuple[list[Hit], list[int]]:
     """The ``k`` best posts, one per near-duplicate group (its most engaged member), and
-    the group sizes less one. Only posts with the best keyword coverage are kept."""
+    the group sizes less one. Only posts with the best keyword coverage are kept; among
+    them the value is informativeness + ``ENGAGEMENT_WEIGHT`` x popularity, ties broken by
+    the search's rank."""
     if not hits:
         return [], []
     best = max(coverage(h, keywords) for h in hits)
@@ -129,7 +138,7 @@ def select(hits: list[Hit], keywords: tuple[str, ...], k: int) -> tuple[list[Hit
     scored = []
     for order, group in enumerate(group_near_duplicates(kept)):
         rep = max(group, key=lambda h: (engagement(h), h.created_us))
-        value = informativeness(rep) + engagement_score(engagement(rep), 1000) + rep.score
+        value = informativeness(rep) + ENGAGEMENT_WEIGHT * popularity(engagement(rep))
         if is_instruction(rep.text):
             value -= INSTRUCTION_PENALTY
         scored.append((-value, order, rep, len(group) - 1))
@@ -170,11 +179,31 @@ def count_matches(index: tantivy.Index, keywords: tuple[str, ...], base: SearchQ
     return index.searcher().search(Q.boolean_query(must), 1, count=True).count
 
 
+def _engaged(svc: GrokService, sq: SearchQuery, above: int) -> list[Hit]:
+    """Posts matching ``sq`` more engaged than ``above``, up to the most engaged: each
+    round asks for posts above the best engagement seen so far, until a round returns
+    fewer than ``ENGAGED_CANDIDATES`` (then it held every post above its threshold)."""
+    out: list[Hit] = []
+    for _round in range(ENGAGED_ROUNDS):
+        batch = svc.search(replace(sq, min_engagement=above + 1, limit=ENGAGED_CANDIDATES))
+        out += batch
+        if len(batch) < ENGAGED_CANDIDATES:
+            break
+        above = max(engagement(h) for h in batch)
+    return out
+
+
 def _search_all(svc: GrokService, q: str, base: SearchQuery, authors: tuple[str, ...]) -> list[Hit]:
-    """Search once per author (or once), merged by id, best first."""
+    """Search once per author (or once), merged by id, best first; plus the most engaged
+    matching posts (``_engaged``: the ranked search weighs engagement only lightly, and the
+    most engaged posts are the ones an answer should not miss)."""
     seen: dict[str, Hit] = {}
     for author in authors or (None,):
-        for h in svc.search(replace(base, q=q, author=author)):
+        sq = replace(base, q=q, author=author)
+        hits = svc.search(sq)
+        if len(hits) == base.limit:  # there may be more engaged ones beyond the first page
+            hits += _engaged(svc, sq, max(engagement(h) for h in hits))
+        for h in hits:
             seen.setdefault(h.id, h)
     return sorted(seen.values(), key=lambda h: h.score, reverse=True)
 
