@@ -7,11 +7,11 @@ generated posts at ``--rate`` posts/s (with their engagement updates) for ``--wa
 last ``--duration`` seconds it asks, one after another, streamed (``stream: true``):
 
 - topic: "what are people saying about TERM in the last 60 seconds?" for the generator's
-  burst term (``TOPICS[*].events``) sent most often in the last minute; a citation is
+  burst term (``TOPICS[*].events``) sent most often in the last 5,000 posts; a citation is
   precise when its post contains TERM and was created inside the window; recall = share
   of the TERM posts most engaged (latest update sent) among the citations;
 - author: "what did @NAME post in the last 60 seconds?" for the busiest author of the last
-  minute; precise when the cited post is NAME's and inside the window;
+  5,000 posts; precise when the cited post is NAME's and inside the window;
 - overview: "what is happening right now?";
 - freshness: a post with a unique word is sent, and once acknowledged, ``--fresh-s`` later,
   "any news about WORD?" asks for it: fresh when it is cited;
@@ -89,10 +89,11 @@ class Truth:
             ]
         return sorted(found, key=lambda x: x[1], reverse=True)
 
-    def last_minute(self) -> list[tuple[float, str, str, str]]:
-        """(created, id, author, text) of the posts sent in the last minute."""
+    def latest(self, n: int = 5000) -> list[tuple[float, str, str, str]]:
+        """(created, id, author, text) of the last ``n`` posts sent."""
         with self.lock:
-            return [(self.posts[i][0], i, *self.posts[i][1:]) for _s, i in self.recent]
+            ids = [i for _s, i in list(self.recent)[-n:]]
+            return [(self.posts[i][0], i, *self.posts[i][1:]) for i in ids]
 
 
 def burst_term(recent) -> str | None:
@@ -168,7 +169,7 @@ def main() -> None:
         t_end = time.monotonic() + args.duration
         turn = 0
         while time.monotonic() < t_end and feeder.is_alive():
-            recent = truth.last_minute()
+            recent = truth.latest()
             kind = ("topic", "author", "overview", "fresh")[turn % 4]
             turn += 1
             term = burst_term(recent)

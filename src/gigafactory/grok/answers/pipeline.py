@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain
 from typing import Any
 
 from gigafactory.grok.answers.backends import Backend, Compose, words_of
@@ -114,31 +115,39 @@ class Answer:
         self.finish_reason = "stop"
         self.completion_tokens = 0
 
-    def _checked(self) -> Iterator[str]:
+    def _checked(self) -> Iterator[list[str]]:
+        """The backend's pieces through the guard, as words; stops at ``max_tokens`` words
+        (``finish_reason`` "length") or raises ``BackendTimeout`` past the deadline."""
         pieces = self.backend.compose(self.req)
+        limit = self.req.max_tokens
         try:
-            for piece in pieces:
+            for piece in chain(pieces, [None]):  # None: the end, flush what the guard holds
                 if time.monotonic() > self.deadline:
                     raise BackendTimeout(
                         f"{self.backend.name} did not finish within {self.deadline_s:g} s"
                     )
-                yield self.guard.feed(piece)
-                self.completion_tokens += 1
-                if self.req.max_tokens and self.completion_tokens >= self.req.max_tokens:
+                safe = self.guard.flush() if piece is None else self.guard.feed(piece)
+                words = list(words_of(safe))
+                if limit is not None and len(words) > limit - self.completion_tokens:
+                    words = words[: limit - self.completion_tokens]
                     self.finish_reason = "length"
+                self.completion_tokens += len(words)
+                if words:
+                    yield words
+                if self.finish_reason == "length":
                     break
-            yield self.guard.flush()
         finally:
             close = getattr(pieces, "close", None)
             if close is not None:
                 close()
 
-    def pieces(self) -> Iterator[str]:
-        """The checked answer, one word (with its trailing space) at a time. Raises
-        ``BackendError``/``BackendTimeout`` with the reason when the backend fails."""
+    def batches(self) -> Iterator[list[str]]:
+        """The checked answer as lists of words (each with its trailing space): one list per
+        piece the backend wrote, so a consumer in another thread hops once per piece, not
+        once per word. Raises ``BackendError``/``BackendTimeout`` with the reason when the
+        backend fails."""
         try:
-            for safe in self._checked():
-                yield from words_of(safe)
+            yield from self._checked()
         except BackendTimeout:
             self.metrics.add(backend_timeouts=1)
             raise
@@ -153,6 +162,11 @@ class Answer:
             removed_markers=self.guard.removed_markers,
             removed_canaries=self.guard.removed_canaries,
         )
+
+    def pieces(self) -> Iterator[str]:
+        """The checked answer one word at a time (see ``batches``)."""
+        for words in self.batches():
+            yield from words
 
     def citations(self) -> list[dict[str, Any]]:
         """The context posts, in marker order ([1] is the first); canaries redacted."""

@@ -95,17 +95,20 @@ async def stream_events(answer: Answer, model: str) -> AsyncIterator[bytes]:
             )
         )
 
-    pieces = iterate_in_threadpool(answer.pieces())
+    batches = iterate_in_threadpool(answer.batches())
     try:
-        first = await anext(pieces, None)
+        first = await anext(batches, [""])
     except (AnswerError, BackendError) as exc:
         raise http_error(exc) from None
 
     async def events() -> AsyncIterator[bytes]:
-        yield chunk(Delta(role="assistant", content=first or ""))
+        yield chunk(Delta(role="assistant", content=first[0]))
         try:
-            async for piece in pieces:
-                yield chunk(Delta(content=piece))
+            for word in first[1:]:
+                yield chunk(Delta(content=word))
+            async for words in batches:
+                for word in words:
+                    yield chunk(Delta(content=word))
             yield chunk(Delta(), answer.finish_reason, last=True)
         except BackendError as exc:
             yield sse({"error": {"message": str(exc), "type": "backend", "code": exc.status}})
@@ -152,7 +155,7 @@ async def chat_completions(body: ChatRequest, key: Key, pipeline: Pipeline):
             headers={"cache-control": "no-cache"},
         )
     try:
-        text = "".join([p async for p in iterate_in_threadpool(answer.pieces())])
+        text = "".join([w async for ws in iterate_in_threadpool(answer.batches()) for w in ws])
     except BackendError as exc:
         raise http_error(exc) from None
     prompt = sum(len(c.split()) for _r, c in inp.turns)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from gigafactory.grok.answers.backends import Compose, words_of
+from gigafactory.grok.answers.backends import Compose
 from gigafactory.grok.answers.retrieve import Context, engagement
 
 QUOTE_WORDS = 25
@@ -63,18 +63,24 @@ def line(n: int, ctx: Context) -> str:
     return f"@{h.author}{extra}: “{quote(h.text)}” [{n}]"
 
 
+def sentences(ctx: Context) -> list[str]:
+    """The answer's sentences: the headline, then one per quoted post."""
+    return [headline(ctx)] + [line(n, ctx) for n in range(1, len(ctx.posts) + 1)]
+
+
 def answer_text(ctx: Context) -> str:
     """The whole answer (see the module docstring)."""
-    parts = [headline(ctx)]
-    parts += [line(n, ctx) for n in range(1, len(ctx.posts) + 1)]
-    return " ".join(parts)
+    return " ".join(sentences(ctx))
 
 
 class ExtractiveBackend:
-    """Backend ``offline``."""
+    """Backend ``offline``: yields the answer a sentence at a time; ``max_tokens`` counts
+    words (the pipeline splits the sentences)."""
 
     name = "grok-offline"
     description = "extractive answers from the retrieved posts (no model weights)"
 
     def compose(self, req: Compose) -> Iterator[str]:
-        yield from words_of(answer_text(req.context))
+        parts = sentences(req.context)
+        for i, sentence in enumerate(parts):
+            yield sentence + (" " if i + 1 < len(parts) else "")
