@@ -193,8 +193,15 @@ def _engaged(svc: GrokService, sq: SearchQuery, above: int) -> list[Hit]:
     return out
 
 
-def _search_all(svc: GrokService, q: str, base: SearchQuery, authors: tuple[str, ...]) -> list[Hit]:
-    """Search once per author (or once), merged by id, best first; plus the most engaged
+def _search_all(
+    svc: GrokService,
+    q: str,
+    base: SearchQuery,
+    authors: tuple[str, ...],
+    excluded: tuple[str, ...] = (),
+) -> list[Hit]:
+    """Search once per author (or once), merged by id, best first, less the ``excluded``
+    authors; plus the most engaged
     matching posts (``_engaged``: the ranked search weighs engagement only lightly, and the
     most engaged posts are the ones an answer should not miss)."""
     seen: dict[str, Hit] = {}
@@ -204,8 +211,30 @@ def _search_all(svc: GrokService, q: str, base: SearchQuery, authors: tuple[str,
         if len(hits) == base.limit:  # there may be more engaged ones beyond the first page
             hits += _engaged(svc, sq, max(engagement(h) for h in hits))
         for h in hits:
-            seen.setdefault(h.id, h)
+            if h.author not in excluded:
+                seen.setdefault(h.id, h)
     return sorted(seen.values(), key=lambda h: h.score, reverse=True)
+
+
+def _per_trend(
+    svc: GrokService,
+    trends: list[Trend],
+    base: SearchQuery,
+    authors: tuple[str, ...],
+    params: SearchParams,
+) -> tuple[list[Hit], list[int]]:
+    """For an overview: the best posts of each trend in turn, each post once (trends that
+    share posts, like "flash" and "flood", give the next best ones)."""
+    per_trend = max(1, params.max_results // max(1, len(trends)))
+    hits: list[Hit] = []
+    similar: list[int] = []
+    for t in trends:
+        found = _search_all(svc, t.term, base, authors, params.excluded)
+        top, sim = select(found, tuple(query_terms(t.term)), per_trend + len(hits))
+        new = [(h, n) for h, n in zip(top, sim, strict=True) if h.id not in {x.id for x in hits}]
+        hits += [h for h, _n in new[:per_trend]]
+        similar += [n for _h, n in new[:per_trend]]
+    return hits, similar
 
 
 def retrieve(
@@ -227,22 +256,10 @@ def retrieve(
         window_s = (now_us - since) / 1e6 if since is not None else 900.0
         trends = svc.top_trends(max(window_s, 60.0), limit=5, min_count=3)
         keywords = ()
-        per_trend = max(1, params.max_results // max(1, min(3, len(trends))))
-        hits, similar = [], []
-        for t in trends[:3]:
-            found = [
-                h
-                for h in _search_all(svc, t.term, base, authors)
-                if h.author not in params.excluded
-            ]
-            top, sim = select(found, tuple(query_terms(t.term)), per_trend)
-            hits += [h for h in top if h not in hits]
-            similar += sim[: len(top)]
+        hits, similar = _per_trend(svc, trends[:3], base, authors, params)
         pool = hits
     else:
-        pool = [
-            h for h in _search_all(svc, q.query, base, authors) if h.author not in params.excluded
-        ]
+        pool = _search_all(svc, q.query, base, authors, params.excluded)
         hits, similar = select(pool, keywords, params.max_results)
     matched = sum(
         count_matches(index, keywords, replace(base, author=a)) for a in authors or (None,)

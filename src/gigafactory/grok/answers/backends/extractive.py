@@ -33,7 +33,7 @@ def headline(ctx: Context) -> str:
     about = f", mostly about {', '.join(ctx.topics)}" if ctx.topics else ""
     if ctx.trends:
         trends = ", ".join(f"{t.term} ({t.count:,} posts)" for t in ctx.trends[:3])
-        return f"Trending{window}: {trends}."
+        return f"{ctx.matched:,} posts{window}. Trending: {trends}."
     if q.keywords:
         what = " ".join(q.keywords)
         by = f" by {', '.join('@' + a for a in q.authors)}" if q.authors else ""
