@@ -285,6 +285,10 @@ def create_app(settings: GrokSettings, service: GrokService | None = None) -> Fa
         whole = max(1, round(window_s / bucket)) * bucket  # windows are whole buckets
         return TrendsOut(window_s=whole, at=at, trends=[TrendOut(**t.__dict__) for t in trends])
 
+    from gigafactory.grok.api.chat import router as chat_router  # chat.py imports this module
+
+    app.include_router(chat_router)
+
     @app.get("/healthz", tags=["ops"])
     def healthz(s: Svc) -> JSONResponse:
         """Log and index positions; 503 when the indexer has stopped."""
