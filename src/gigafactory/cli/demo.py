@@ -71,7 +71,7 @@ def demo(
     ] = 180.0,
     warmup: Annotated[
         float, typer.Option(help="seconds of posts before the first question")
-    ] = 12.0,
+    ] = 10.0,
     questions: Annotated[int, typer.Option(help="trending topics to ask Grok about (1-10)")] = 3,
     seed: Annotated[int, typer.Option(help="post generator seed")] = 0,
     port: Annotated[int, typer.Option(help="port on 127.0.0.1 (0 = any free port)")] = 0,
@@ -83,7 +83,7 @@ def demo(
     """The whole system in one go: start Grok's service on a temporary data directory, stream
     posts into it, ask Grok what is trending and show its cited answers, then plan the
     100,000-GPU run that would train it."""
-    from gigafactory.cli.plan import _layout_text, _render_step
+    from gigafactory.cli.plan import _render_step
     from gigafactory.grok.demo import (
         Answered,
         AnswerPiece,
@@ -142,8 +142,7 @@ def demo(
                 _render_answer(ev)
             elif isinstance(ev, Planned):
                 console.print(
-                    f"\n[bold]4. the run that would train Grok[/] (planned in {ev.took_s:.1f} s): "
-                    f"{_layout_text(ev.step.layout)}"
+                    f"\n[bold]4. the run that would train Grok[/] (planned in {ev.took_s:.1f} s)"
                 )
                 _render_step(ev.step, ev.run)
         s = d.feed_stats

@@ -28,6 +28,7 @@ import orjson
 
 from gigafactory.errors import GigafactoryError
 from gigafactory.grok.memory.feed import Event, FeedClient, FeedStats, generated, run_feed
+from gigafactory.grok.memory.post import words
 from gigafactory.grok.settings import GrokSettings
 
 MAX_QUESTIONS = 10
@@ -218,6 +219,11 @@ def question_about(term: str) -> str:
     return f"What is happening with {term} right now?"
 
 
+def is_covered(term: str, covered: set[str]) -> bool:
+    """Whether every word of ``term`` (a trend: a word or a hashtag) is in ``covered``."""
+    return set(words(term)) <= covered
+
+
 def plan_grok_run() -> Planned:
     """The planner's fastest layout of Grok-1 on the 100,000-GPU Colossus, and the run."""
     from gigafactory.plan.run import estimate_run
@@ -375,11 +381,12 @@ class Demo:
         return r.json()
 
     def trending(self) -> Trending:
-        """The terms rising most in ``options.trend_window`` (at least one, else DemoError)."""
+        """The terms rising most in ``options.trend_window``, three per question asked (at
+        least one, else DemoError)."""
         out = self._get(
             "/v1/trends",
             window=self.options.trend_window,
-            limit=self.options.questions,
+            limit=3 * self.options.questions,
             min_count=3,
         )
         if not out["trends"]:
@@ -414,6 +421,8 @@ class Demo:
                         f"{self.url}/v1/chat/completions answered {r.status_code}: {r.text[:300]}"
                     )
                 for chunk in sse_data(r.iter_lines()):
+                    if "error" in chunk:
+                        raise DemoError(f"Grok failed mid-answer: {chunk['error'].get('message')}")
                     for choice in chunk.get("choices") or []:
                         piece = (choice.get("delta") or {}).get("content")
                         if piece:
@@ -437,9 +446,19 @@ class Demo:
         trending = self.trending()
         yield trending
         model = self.model()
-        for t in trending.terms:
-            question = question_about(t["term"])
+        covered: set[str] = set()
+        asked = 0
+        for term in [t["term"] for t in trending.terms]:
+            if asked == self.options.questions:
+                break
+            if is_covered(term, covered):
+                continue  # an earlier answer already quotes it ("var" after "drama")
+            question = question_about(term)
+            asked += 1
             yield Asking(question, model)
-            yield from self.ask(question, model)
+            for ev in self.ask(question, model):
+                if isinstance(ev, Answered):
+                    covered.update(words(" ".join(c.get("text", "") for c in ev.citations)))
+                yield ev
             self.check()
         yield plan_grok_run()

@@ -260,10 +260,12 @@ async function ask(question) {
     await readEvents(res.body, (data) => {
       if (data === "[DONE]") return false;
       const chunk = JSON.parse(data);
+      if (chunk.error) throw new Error(chunk.error.message || "the answer failed");
       const piece = chunk.choices?.[0]?.delta?.content;
       if (piece) {
         text += piece;
         textEl.textContent = text;
+        msg.dataset.chunks = String(Number(msg.dataset.chunks || 0) + 1);
       }
       if (Array.isArray(chunk.citations)) cites = chunk.citations;
       return true;
