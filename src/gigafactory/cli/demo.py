@@ -124,6 +124,8 @@ def demo(
                 progress.update(task, visible=True)
             elif isinstance(ev, Feeding):
                 phase = "live" if ev.live else f"sending the last {ev.history_s:g} s"
+                if ev.index_lag:
+                    phase = f"indexing the last {ev.index_lag:,} records"
                 progress.update(
                     task,
                     completed=min(ev.stream_s, ev.target_s),

@@ -87,6 +87,7 @@ class Feeding:
     stream_s: float
     history_s: float
     target_s: float
+    index_lag: int = 0  # records logged before the questions and not yet searchable
 
     @property
     def live(self) -> bool:
@@ -147,32 +148,37 @@ DemoEvent = ServiceUp | Feeding | Trending | Asking | AnswerPiece | Answered | P
 # --- parts ---------------------------------------------------------------------------------
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def bind(port: int, host: str = "127.0.0.1") -> socket.socket:
+    """A listening-ready socket on ``host:port`` (0: a free port); DemoError if taken."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise DemoError(
+            f"cannot listen on {host}:{port} ({exc.strerror}): pass --port 0 for a free port"
+        ) from None
+    return sock
 
 
 class LocalServer:
-    """The Grok API served by uvicorn in a thread of this process, on 127.0.0.1."""
+    """The Grok API served by uvicorn in a thread of this process, on ``sock``."""
 
-    def __init__(self, settings: GrokSettings, startup_timeout_s: float = 60.0):
+    def __init__(
+        self, settings: GrokSettings, sock: socket.socket, startup_timeout_s: float = 60.0
+    ):
         import uvicorn
 
         from gigafactory.grok.api.app import create_app
 
-        self.settings = settings
-        self.url = f"http://{settings.host}:{settings.port}"
-        config = uvicorn.Config(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_level="warning",
-            access_log=False,
-        )
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        config = uvicorn.Config(create_app(settings), log_level="warning", access_log=False)
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="grok-api", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="grok-api", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + startup_timeout_s
         while not self._server.started:
@@ -274,15 +280,16 @@ class Demo:
 
     def __enter__(self) -> Demo:
         t0 = time.perf_counter()
+        sock = bind(self.options.port)
         settings = GrokSettings.load(
             {},
             data_dir=self.data_dir,
             api_keys=(self.key,),
-            port=self.options.port or free_port(),
+            port=sock.getsockname()[1],
             synchronous="NORMAL",  # a throw-away directory: no fsync per batch
         )
         try:
-            self.server = LocalServer(settings)
+            self.server = LocalServer(settings, sock)
             self.http = httpx.Client(
                 base_url=self.server.url,
                 headers={"x-api-key": self.key},
@@ -357,17 +364,34 @@ class Demo:
             raise DemoError(f"the feed stopped: {self._feed.error}")
 
     def warm_up(self, every_s: float = 0.25) -> Iterator[Feeding]:
-        """Send ``options.history_s`` seconds of past posts, then feed live posts for
-        ``options.warmup_s`` seconds; report progress every ``every_s``."""
+        """Send ``options.history_s`` seconds of past posts, feed live posts for
+        ``options.warmup_s`` seconds, then wait until the index has caught up with what was
+        logged by then (trends count posts at ingest; search sees them once indexed);
+        report progress every ``every_s``."""
         self.start_feed()
         opts, feed = self.options, self._feed
         target = opts.history_s + opts.warmup_s
+        goal: int | None = None  # the log position the index must reach
+        deadline = math.inf
         while True:
             self.check()
-            s = feed.stats
-            yield Feeding(s.accepted_posts, s.posts_per_s, feed.stream_s, opts.history_s, target)
+            lag = 0
             if feed.stream_s >= target:
+                health = self._get("/healthz")
+                goal = health["log_seq"] if goal is None else goal
+                lag = max(0, goal - health["searchable_seq"])
+                deadline = min(deadline, time.monotonic() + opts.timeout_s)
+            s = feed.stats
+            yield Feeding(
+                s.accepted_posts, s.posts_per_s, feed.stream_s, opts.history_s, target, lag
+            )
+            if goal is not None and lag == 0:
                 return
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"the index is still {lag} records behind the log after "
+                    f"{opts.timeout_s:g} s: lower --rate or --history"
+                )
             time.sleep(every_s)
 
     def _get(self, path: str, **params: Any) -> Any:
