@@ -4,11 +4,13 @@ included), and ``--serve`` keeping the page up until Ctrl-C."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -136,7 +138,8 @@ def test_demo_port_in_use_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_demo_serve_prints_the_page_url_and_stops_on_ctrl_c(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_cli_demo_serve_prints_the_page_url_and_stops_on_ctrl_c_or_term(stop):
     cmd = [sys.executable, "-c", "from gigafactory.cli import main; main()", "demo", "--serve"]
     cmd += ["--rate", "100", "--history", "30", "--warmup", "1", "--questions", "1"]
     cmd += ["--seed", "5"]
@@ -165,9 +168,11 @@ def test_cli_demo_serve_prints_the_page_url_and_stops_on_ctrl_c(tmp_path):
         assert httpx.get(base + "/healthz").json()["log_seq"] > before  # still streaming
         r = httpx.get(base + "/v1/trends", params={"window": "1m"}, headers={"x-api-key": key})
         assert r.status_code == 200 and r.json()["trends"]
-        proc.send_signal(signal.SIGINT)
+        data_dir = re.search(r"data in (\S+),", out).group(1)
+        assert Path(data_dir).is_dir()
+        proc.send_signal(stop)
         assert proc.wait(timeout=30) == 0
-        assert _closed(base)
+        assert _closed(base) and not Path(data_dir).exists()
     finally:
         if proc.poll() is None:
             proc.kill()

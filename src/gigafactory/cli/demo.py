@@ -3,6 +3,7 @@ events of ``gigafactory.grok.demo.Demo``."""
 
 from __future__ import annotations
 
+import signal
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -154,15 +155,28 @@ def demo(
         )
         if serve:
             console.print(
-                f"[bold green]page:[/] {d.url}/#key={d.key}&window={options.trend_window}  (API key {d.key}; "
-                f"posts keep streaming; Ctrl-C to stop)"
+                f"[bold green]page:[/] {d.url}/#key={d.key}&window={options.trend_window}  "
+                f"(API key {d.key}; posts keep streaming; Ctrl-C to stop)"
             )
-            try:
-                while True:
-                    time.sleep(1)
-                    d.check()
-            except KeyboardInterrupt:
-                console.print("stopping")
+            _serve_until_stopped(d)
+
+
+def _stop(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _serve_until_stopped(d: Any) -> None:
+    """Keep the demo up until Ctrl-C or SIGTERM (both end it cleanly: the service stops and
+    the temporary data directory is removed)."""
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        while True:
+            time.sleep(1)
+            d.check()
+    except KeyboardInterrupt:
+        console.print("stopping")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def register(app: typer.Typer) -> None:
