@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -84,6 +83,7 @@ def demo(
     """The whole system in one go: start Grok's service on a temporary data directory, stream
     posts into it, ask Grok what is trending and show its cited answers, then plan the
     100,000-GPU run that would train it."""
+    from gigafactory.cli.grok import feed_progress
     from gigafactory.cli.plan import _render_step
     from gigafactory.grok.demo import (
         Answered,
@@ -101,13 +101,7 @@ def demo(
         rate=rate, history_s=history, warmup_s=warmup, questions=questions, seed=seed, port=port
     )
     t0 = time.perf_counter()
-    progress = Progress(
-        TextColumn("[bold]feed[/]"),
-        BarColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    progress = feed_progress()
     with Demo(options) as d, progress:
         task = progress.add_task(
             "starting", total=options.history_s + options.warmup_s, visible=False
