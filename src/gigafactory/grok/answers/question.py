@@ -46,7 +46,7 @@ _QUESTION_WORDS = (
     "people person saying say says said talk talking posts post posting tweets tweet think "
     "thinking tell me us show find give list summary summarise summarize please anything "
     "something any some there latest last past recent recently happening going on trending "
-    "news headlines buzz hot x grok in of on a an to at by the about re up hour hours minute "
+    "news headlines buzz x grok in of on a an to at by the about re up hour hours minute "
     "minutes day days week today yesterday right now currently moment lot lots more much "
     "i you we my our it its that this these those can could would should with for from"
 )
