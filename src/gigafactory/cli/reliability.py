@@ -112,7 +112,10 @@ def register(app: typer.Typer) -> None:
         for name, value in sim.days.items():
             lost.add_row(name, f"{value:,.2f}", f"{value / sim.wall_days_mean:.1%}")
         console.print(lost)
-        causes = Table(title=f"Interruptions per day by root cause ({scenario.failures.source})")
+        causes = Table(
+            title="Interruptions per day by root cause",
+            caption=f"rates: {scenario.failures.source}",
+        )
         causes.add_column("cause")
         causes.add_column("category")
         causes.add_column("per day", justify="right")
