@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from gigafactory.cli.plan import Precision, _table
+from gigafactory.cli.plan import Precision, rows_table
 
 console = Console()
 
@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(out, default=str))
         else:
             title = f"{result.model}, {result.tokens:.3g} tokens, side by side"
-            console.print(_table(title, compare_columns(result), compare_rows(result)))
+            console.print(rows_table(title, compare_columns(result), compare_rows(result)))
             for p in result.plans:
                 if p.run.power_exceeds_budget:
                     console.print(
@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
                         highlight=False,
                         soft_wrap=True,
                     )
-            console.print(_table("scaling by GPU count", SCALING_COLUMNS, scaling_rows(result)))
+            console.print(rows_table("scaling by GPU count", SCALING_COLUMNS, scaling_rows(result)))
         if plot:
             save_figure(scaling_figure(result), plot)
         if report:

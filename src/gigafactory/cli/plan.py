@@ -41,7 +41,7 @@ def _step_dict(est: Any) -> dict[str, Any]:
     return out
 
 
-def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
+def rows_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
     t = Table(title=title)
     for i, col in enumerate(columns):
         t.add_column(col, justify="left" if i == 0 else "right")
@@ -58,9 +58,9 @@ def _render_step(est: Any, run: Any) -> None:
         f"[bold]{est.model}[/] on {est.gpus:,} × {est.hardware} ({est.cluster or 'no cluster'})"
         f" — {layout_text(est.layout)}"
     )
-    console.print(_table(f"memory per GPU ({status})", ("part", "GB"), memory_rows(est)))
-    console.print(_table(f"step time {est.step_s:,.3f} s", ("part", "s", "%"), step_rows(est)))
-    console.print(_table("throughput", ("metric", "value"), throughput_rows(est, run)))
+    console.print(rows_table(f"memory per GPU ({status})", ("part", "GB"), memory_rows(est)))
+    console.print(rows_table(f"step time {est.step_s:,.3f} s", ("part", "s", "%"), step_rows(est)))
+    console.print(rows_table("throughput", ("metric", "value"), throughput_rows(est, run)))
     _render_power(run)
 
 
@@ -174,7 +174,7 @@ def register(app: typer.Typer) -> None:
                     f"fastest layouts that fit ({searched.fitting} of "
                     f"{searched.considered} considered)"
                 )
-                console.print(_table(title, LAYOUT_COLUMNS, layout_rows(shown)))
+                console.print(rows_table(title, LAYOUT_COLUMNS, layout_rows(shown)))
             _render_step(best, run)
             if not best.fits:
                 console.print(
