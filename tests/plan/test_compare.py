@@ -12,6 +12,8 @@ from gigafactory.errors import LayoutError, SpecError
 from gigafactory.plan.compare import compare_clusters, plan_on_cluster, sweep_sizes
 from gigafactory.plan.run import estimate_run
 from gigafactory.plan.search import search_layouts
+from gigafactory.reliability import ReliabilityScenario
+from gigafactory.reliability.studies import load_study
 from gigafactory.spec import load_cluster, load_hardware, load_model
 
 CLUSTER_YAML = """\
@@ -97,6 +99,13 @@ def test_scaling_sweep_trades_days_for_goodput(small):
     assert meta[0].days == whole.run.days and meta[0].mfu == whole.step.mfu
 
 
+def test_fastest_swept_size_is_the_one_with_fewest_wall_days(small):
+    _, _, result = small
+    best = result.fastest_size("meta-24k")
+    assert best.wall_days == min(s.wall_days for s in result.scaling if s.cluster == "meta-24k")
+    assert best.gpus == 24_576
+
+
 def test_sweep_sizes_are_the_cluster_and_powers_of_two_below():
     assert sweep_sizes(load_cluster("colossus"), 4) == [100_000, 65_536, 32_768, 16_384]
     assert sweep_sizes(load_cluster("dgx-b200-1k"), 6) == [1024]
@@ -138,12 +147,32 @@ def test_cli_compare_table(capsys):
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert "side by side" in out and "goodput after failures" in out and "scaling" in out
+    assert "1,024 GPUs:" in out  # fastest GPU count swept
+
+
+def test_cli_compare_study_sets_the_failure_rates(capsys):
+    def goodput(*argv):
+        with pytest.raises(SystemExit):
+            main(["compare", "dgx-b200-1k", "--model", "llama3-8b", "--points", "1", "--json",
+                  "--tokens", "1e12", *argv])  # fmt: skip
+        return json.loads(capsys.readouterr().out)["plans"][0]["run"]["goodput"]
+
+    cluster = load_cluster("dgx-b200-1k")
+    model, hardware = load_model("llama3-8b"), load_hardware(cluster.gpu)
+    best = search_layouts(model, hardware, cluster, 1024, 4096, "bf16", 5).best[0]
+    for study in ("llama3", "rsc1"):
+        expected = estimate_run(
+            best, cluster, hardware, 1e12, ReliabilityScenario(failures=load_study(study))
+        )
+        assert goodput("--study", study) == pytest.approx(expected.goodput)
+    assert goodput("--study", "rsc1") != goodput("--study", "llama3")
 
 
 @pytest.mark.parametrize(
     ("argv", "named"),
     [
         (["--points", "0"], "compare.points"),
+        (["--study", "rsc3"], "reliability.study"),
         (["--tokens", "nan"], "plan.tokens"),
         (["--global-batch", "-1"], "plan.global_batch"),
         (["--checkpoint-s", "0"], "plan.checkpoint_s"),

@@ -30,6 +30,9 @@ def register(app: typer.Typer) -> None:
         checkpoint_s: float = typer.Option(10.0, help="Seconds each checkpoint stalls training."),
         restart_s: float = typer.Option(300.0, help="Seconds to restart after an interruption."),
         points: int = typer.Option(6, help="GPU counts per cluster in the scaling sweep."),
+        study: str = typer.Option(
+            "llama3", help="Failure rates for goodput: llama3, rsc1, rsc2, rsc-jobs."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
         plot: Path | None = typer.Option(None, help="Write the scaling sweep as a PNG."),
         report: Path | None = typer.Option(None, help="Write a self-contained HTML report."),
@@ -51,6 +54,7 @@ def register(app: typer.Typer) -> None:
         from gigafactory.plan.run import DEFAULT_TOKENS
         from gigafactory.plan.search import DEFAULT_GLOBAL_BATCH
         from gigafactory.reliability import ReliabilityScenario
+        from gigafactory.reliability.studies import load_study
         from gigafactory.spec import load_cluster, load_model
         from gigafactory.spec.options import PlanOptions
 
@@ -60,6 +64,7 @@ def register(app: typer.Typer) -> None:
         )  # fmt: skip
         check_output_path(plot)
         check_output_path(report)
+        failures = load_study(study)
         specs = [load_cluster(c) for c in clusters or DEFAULT_CLUSTERS]
         for c in specs:
             sweep_sizes(c, points)  # refuses a bad --points before any search
@@ -69,7 +74,7 @@ def register(app: typer.Typer) -> None:
             tokens or DEFAULT_TOKENS,
             global_batch or DEFAULT_GLOBAL_BATCH,
             precision.value,
-            ReliabilityScenario(checkpoint_s=checkpoint_s, restart_s=restart_s),
+            ReliabilityScenario(checkpoint_s=checkpoint_s, restart_s=restart_s, failures=failures),
             points,
         )
         if as_json:

@@ -58,6 +58,11 @@ class Comparison:
     plans: list[ClusterPlan]
     scaling: list[ScalePoint]
 
+    def fastest_size(self, cluster: str) -> ScalePoint:
+        """The swept GPU count of ``cluster`` with the fewest wall-clock days."""
+        fits = [s for s in self.scaling if s.cluster == cluster and s.fits]
+        return min(fits, key=lambda s: s.wall_days)
+
 
 def plan_on_cluster(
     model: ModelSpec,

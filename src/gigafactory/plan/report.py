@@ -138,8 +138,13 @@ def compare_rows(comparison: Any) -> Rows:
         ("facility MW", lambda p: power(p.run)),
         ("energy MWh", lambda p: f"{p.run.energy_mwh:,.0f}"),
         ("cost", lambda p: f"${p.run.cost_usd / 1e6:,.1f}M"),
+        ("fastest GPU count swept", lambda p: fastest(comparison.fastest_size(p.cluster))),
     )
     return [(name, *(get(p) for p in comparison.plans)) for name, get in quantities]
+
+
+def fastest(point: Any) -> str:
+    return f"{point.gpus:,} GPUs: {point.wall_days:,.1f} wall-clock days"
 
 
 SCALING_COLUMNS = ("cluster", "GPUs", "days", "wall days", "MFU", "goodput", "MW")
