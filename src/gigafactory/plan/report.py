@@ -12,7 +12,7 @@ import html
 import io
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from gigafactory.errors import OutputPathError
 
@@ -221,8 +221,8 @@ def scaling_figure(comparison: Any) -> Any:
     return fig
 
 
-def save_figure(fig: Any, path: Path) -> None:
-    """Write ``fig`` as a PNG and free it."""
+def save_figure(fig: Any, path: Path | IO[bytes]) -> None:
+    """Write ``fig`` as a PNG (to a file or a buffer) and free it."""
     fig.savefig(path, dpi=110)
     _pyplot().close(fig)
 
