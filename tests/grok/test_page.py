@@ -204,3 +204,24 @@ def test_a_wrong_key_is_refused_and_asked_for_again(server, browser):
     assert httpx.get(server + "/").status_code == 200
     assert httpx.get(server + "/static/app.js").status_code == 200
     assert httpx.get(server + "/v1/trends").status_code == 401
+
+
+def test_an_answer_the_api_refuses_shows_its_reason(server, browser):
+    from selenium.webdriver.common.by import By
+
+    d = browser
+    _fresh_page(d, server)
+    _enter_key(d, "k")
+    _wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#model option"), "no models listed")
+    # a model the server does not serve (say, listed before a restart) is refused with a 4xx
+    d.execute_script(
+        "const s = document.getElementById('model'); s.add(new Option('gone', 'gone'));"
+        "s.value = 'gone';"
+    )
+    d.find_element(By.ID, "question").send_keys("What is happening with the zeppelin?")
+    d.find_element(By.ID, "ask").click()
+    msg = _last_answer(d)
+    assert "failed" in msg.get_attribute("class")
+    err = d.find_element(By.ID, "error")
+    assert err.is_displayed()
+    assert re.match(r"Grok could not answer: 4\d\d: .*gone", err.text), err.text
