@@ -28,9 +28,9 @@ from gigafactory.grok.demo import (
     Planned,
     ServiceUp,
     Trending,
-    is_covered,
     question_about,
     sse_data,
+    worth_asking,
 )
 
 SHORT = DemoOptions(rate=200, history_s=60, warmup_s=2, questions=2, seed=3)
@@ -76,9 +76,10 @@ def test_demo_streams_posts_answers_about_trends_with_fresh_citations_and_plans(
 
 
 def test_demo_asks_about_terms_an_earlier_answer_has_not_covered():
-    assert is_covered("drama", {"var", "drama", "vardrama"})
-    assert is_covered("#VarDrama", {"vardrama"})
-    assert not is_covered("reasoning", {"var", "drama"})
+    assert not worth_asking("drama", {"var", "drama", "vardrama"})
+    assert not worth_asking("#VarDrama", {"vardrama"})
+    assert worth_asking("reasoning", {"var", "drama"})
+    assert not worth_asking("last", set())  # a question word: nothing to search for
 
 
 def test_sse_data_reads_payloads_until_done():

@@ -27,6 +27,7 @@ import httpx
 import orjson
 
 from gigafactory.errors import GigafactoryError
+from gigafactory.grok.answers.question import keywords
 from gigafactory.grok.memory.feed import Event, FeedClient, FeedStats, generated, run_feed
 from gigafactory.grok.memory.post import words
 from gigafactory.grok.settings import GrokSettings
@@ -225,9 +226,11 @@ def question_about(term: str) -> str:
     return f"What is happening with {term} right now?"
 
 
-def is_covered(term: str, covered: set[str]) -> bool:
-    """Whether every word of ``term`` (a trend: a word or a hashtag) is in ``covered``."""
-    return set(words(term)) <= covered
+def worth_asking(term: str, covered: set[str]) -> bool:
+    """Whether a question about ``term`` (a trend: a word or a hashtag) would search for a
+    keyword not in ``covered`` (the words of posts already quoted). A stop or question word
+    ("last" of "last minute winner") yields no keyword and is not worth asking about."""
+    return bool(set(keywords(term)) - covered)
 
 
 def plan_grok_run() -> Planned:
@@ -475,8 +478,8 @@ class Demo:
         for term in [t["term"] for t in trending.terms]:
             if asked == self.options.questions:
                 break
-            if is_covered(term, covered):
-                continue  # an earlier answer already quotes it ("var" after "drama")
+            if not worth_asking(term, covered):
+                continue  # e.g. an earlier answer already quotes it ("var" after "drama")
             question = question_about(term)
             asked += 1
             yield Asking(question, model)
