@@ -18,6 +18,7 @@ import pytest
 
 from gigafactory.cli import main
 from gigafactory.grok.demo import (
+    AckClock,
     Answered,
     AnswerPiece,
     Asking,
@@ -178,3 +179,23 @@ def test_cli_demo_serve_prints_the_page_url_and_stops_on_ctrl_c_or_term(stop):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_ack_clock_remembers_recent_acks_only(tmp_path):
+    from gigafactory.grok.memory.feed import FeedStats
+
+    from .conftest import post
+
+    with Demo(DemoOptions(), data_dir=tmp_path / "d") as demo:
+        clock = AckClock(demo.url, demo.key, keep_s=0.3)
+        try:
+            stats = FeedStats()
+            clock.send("posts", [post("old1", "first"), post("old2", "second")], stats)
+            assert set(clock.acked) == {"old1", "old2"}
+            time.sleep(0.5)
+            before = time.monotonic()
+            clock.send("posts", [post("new1", "third")], stats)
+            assert set(clock.acked) == {"new1"} and clock.acked["new1"] >= before
+            assert stats.accepted_posts == 3
+        finally:
+            clock.close()

@@ -17,6 +17,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -197,17 +198,26 @@ class LocalServer:
 
 
 class AckClock(FeedClient):
-    """A feed client that remembers when each post it sent was acknowledged."""
+    """A feed client that remembers when each post it sent in the last ``keep_s`` seconds
+    was acknowledged (``--serve`` feeds for hours: older acks are forgotten)."""
 
-    def __init__(self, url: str, key: str | None, timeout_s: float = 30.0):
+    def __init__(self, url: str, key: str | None, timeout_s: float = 30.0, keep_s: float = 900):
         super().__init__(url, key, timeout_s)
+        self.keep_s = keep_s
         self.acked: dict[str, float] = {}  # post id -> time.monotonic() of the ack
+        self._batches: deque[tuple[float, list[str]]] = deque()
 
     def send(self, kind: str, items: list[dict[str, Any]], stats: FeedStats) -> None:
         super().send(kind, items, stats)
-        if kind == "posts":
-            now = time.monotonic()
-            self.acked.update((item["id"], now) for item in items)
+        if kind != "posts":
+            return
+        now = time.monotonic()
+        ids = [item["id"] for item in items]
+        self.acked.update(dict.fromkeys(ids, now))
+        self._batches.append((now, ids))
+        while self._batches[0][0] < now - self.keep_s:
+            for pid in self._batches.popleft()[1]:
+                self.acked.pop(pid, None)
 
 
 def sse_data(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
