@@ -70,7 +70,7 @@ def demo(
         float, typer.Option(help="seconds of past posts sent first (the trends' baseline)")
     ] = 180.0,
     warmup: Annotated[
-        float, typer.Option(help="seconds of posts before the first question")
+        float, typer.Option(help="seconds of live posts before the first question")
     ] = 10.0,
     questions: Annotated[int, typer.Option(help="trending topics to ask Grok about (1-10)")] = 3,
     seed: Annotated[int, typer.Option(help="post generator seed")] = 0,
