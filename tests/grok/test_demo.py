@@ -58,7 +58,8 @@ def test_demo_streams_posts_answers_about_trends_with_fresh_citations_and_plans(
     assert trending.window_s == 60 and trending.terms
     asked = [e for e in events if isinstance(e, Asking)]
     answers = [e for e in events if isinstance(e, Answered)]
-    assert len(asked) == len(answers) == SHORT.questions
+    # distinct topics only: a trend whose words an earlier answer quoted is not asked again
+    assert 1 <= len(asked) == len(answers) <= SHORT.questions
     terms = [t["term"] for t in trending.terms]
     assert {a.question for a in asked} <= {question_about(t) for t in terms}
     for a in answers:
