@@ -72,7 +72,9 @@ def demo(
     warmup: Annotated[
         float, typer.Option(help="seconds of live posts before the first question")
     ] = 10.0,
-    questions: Annotated[int, typer.Option(help="trending topics to ask Grok about (1-10)")] = 3,
+    questions: Annotated[
+        int, typer.Option(help="at most this many trending topics to ask Grok about (1-10)")
+    ] = 3,
     seed: Annotated[int, typer.Option(help="post generator seed")] = 0,
     port: Annotated[int, typer.Option(help="port on 127.0.0.1 (0 = any free port)")] = 0,
     serve: Annotated[
