@@ -131,13 +131,15 @@ def test_cli_demo_seed_must_be_a_number(capsys):
     assert exc.value.code == 2 and "--seed" in capsys.readouterr().err
 
 
-def test_demo_port_in_use_is_refused(tmp_path):
+def test_demo_port_in_use_is_refused_and_leaves_nothing_behind():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        demo = Demo(DemoOptions(port=s.getsockname()[1]), data_dir=tmp_path / "d")
+        demo = Demo(DemoOptions(port=s.getsockname()[1]))
+        assert demo.data_dir.is_dir()
         with pytest.raises(DemoError, match="pass --port 0 for a free port"), demo:
             pass
+        assert not demo.data_dir.exists()
 
 
 @pytest.mark.slow

@@ -185,9 +185,11 @@ class LocalServer:
         deadline = time.monotonic() + startup_timeout_s
         while not self._server.started:
             if not self._thread.is_alive():
+                sock.close()
                 raise DemoError(f"the Grok service did not start on {self.url}; see the log")
             if time.monotonic() > deadline:
                 self.stop()
+                sock.close()
                 raise DemoError(f"the Grok service did not start in {startup_timeout_s:.0f} s")
             time.sleep(0.02)
 
@@ -293,15 +295,15 @@ class Demo:
 
     def __enter__(self) -> Demo:
         t0 = time.perf_counter()
-        sock = bind(self.options.port)
-        settings = GrokSettings.load(
-            {},
-            data_dir=self.data_dir,
-            api_keys=(self.key,),
-            port=sock.getsockname()[1],
-            synchronous="NORMAL",  # a throw-away directory: no fsync per batch
-        )
         try:
+            sock = bind(self.options.port)
+            settings = GrokSettings.load(
+                {},
+                data_dir=self.data_dir,
+                api_keys=(self.key,),
+                port=sock.getsockname()[1],
+                synchronous="NORMAL",  # a throw-away directory: no fsync per batch
+            )
             self.server = LocalServer(settings, sock)
             self.http = httpx.Client(
                 base_url=self.server.url,
