@@ -40,7 +40,7 @@ def _citations_table(ev: Any) -> Table:
     t.add_column("text", ratio=1, overflow="ellipsis", no_wrap=True)
     for n, (c, ack) in enumerate(zip(ev.citations, ev.ack_to_cited_s, strict=True), 1):
         t.add_row(
-            f"[{n}]",
+            Text(f"[{n}]"),
             Text("@" + str(c.get("author", "?"))),
             f"{_age_s(c['created_at']):.1f} s ago" if c.get("created_at") else "?",
             "-" if ack is None else f"{ack:.1f} s",
@@ -51,7 +51,8 @@ def _citations_table(ev: Any) -> Table:
 
 def _render_answer(ev: Any) -> None:
     console.print()
-    console.print(_citations_table(ev))
+    if ev.citations:
+        console.print(_citations_table(ev))
     fresh = ev.freshest_s
     freshness = (
         f"freshest cited post acknowledged {fresh:.1f} s before it was cited"
