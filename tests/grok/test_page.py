@@ -41,7 +41,7 @@ def _planted(now: datetime) -> list[dict]:
             "author": f"pilot{i}",
             "text": f"The zeppelin over the harbour just turned north, sighting {i} #Zeppelin",
             "created_at": (now - timedelta(seconds=5 + i)).isoformat(),
-            "likes": 100 * i,
+            "likes": 100_000 + i,  # far above any generated post: cited whenever matched
         }
         for i in range(8)
     ]
@@ -166,7 +166,10 @@ def test_ask_see_streamed_answer_and_cited_posts_then_click_a_trend(server, brow
     assert d.save_screenshot(str(artifacts / "grok-page.png"))
 
     # click a trend: the page asks about it, in the same conversation
-    trend = d.find_elements(By.CSS_SELECTOR, "#trends button.trend")[0]
+    trends = d.find_elements(By.CSS_SELECTOR, "#trends button.trend")
+    # a hashtag: one keyword, which the answerer would read as a follow-up of the zeppelin
+    trend = next((t for t in trends if t.get_attribute("data-term").startswith("#")), None)
+    assert trend is not None, "no hashtag among the trends"
     term = trend.get_attribute("data-term")
     trend.click()
     _wait(
@@ -179,6 +182,9 @@ def test_ask_see_streamed_answer_and_cited_posts_then_click_a_trend(server, brow
     msg = _last_answer(d)
     assert msg.find_element(By.CLASS_NAME, "answer-text").text.strip()
     assert "failed" not in msg.get_attribute("class")
+    # a trend is a new topic, not a follow-up: no planted zeppelin post is cited again
+    cited = [c.text.lower() for c in msg.find_elements(By.CLASS_NAME, "cite-text")]
+    assert cited and not any("zeppelin" in c for c in cited)
 
     # the key was entered once: a reload keeps it
     d.refresh()

@@ -121,7 +121,9 @@ function renderTrends(trends) {
     n.textContent = `${t.count.toLocaleString()} posts · ×${t.ratio}`;
     b.append(term, n);
     b.setAttribute("aria-label", `Ask about ${t.term}: ${t.count} posts, ${t.ratio} times usual`);
-    b.addEventListener("click", () => ask(`What is happening with ${t.term} right now?`));
+    // a trend is a new topic: asked on its own, not as a follow-up of the conversation
+    const q = `What is happening with ${t.term} right now?`;
+    b.addEventListener("click", () => ask(q, { fresh: true }));
     li.append(b);
     return li;
   });
@@ -229,7 +231,8 @@ function renderCitations(msg, cites, prefix) {
 
 let answers = 0;
 
-async function ask(question) {
+// Ask `question` (with the earlier turns, unless `fresh`) and stream the answer into the log.
+async function ask(question, { fresh = false } = {}) {
   question = question.trim();
   if (!question || state.busy) return;
   if (!state.key) {
@@ -248,7 +251,8 @@ async function ask(question) {
   const prefix = `a${++answers}`;
   let text = "";
   let cites = [];
-  const messages = [...state.messages, { role: "user", content: question }];
+  const earlier = fresh ? [] : state.messages;
+  const messages = [...earlier, { role: "user", content: question }];
   try {
     const res = await fetch("/v1/chat/completions", {
       method: "POST",
