@@ -16,6 +16,17 @@ from gigafactory.errors import GigafactoryError
 console = Console()
 
 
+def feed_progress() -> Progress:
+    """The progress bar of a feed: ``feed ━━━ <task description> 0:00:12``."""
+    return Progress(
+        TextColumn("[bold]feed[/]"),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
 def serve(
     data_dir: Annotated[
         Path | None,
@@ -137,14 +148,7 @@ def feed(
         events, what = generated(seed, rate), f"generated, seed {seed}, {rate:g} posts/s"
         duration = 60.0 if duration is None else duration
     client = FeedClient(to, key)
-    progress = Progress(
-        TextColumn("[bold]feed[/]"),
-        BarColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
+    progress = feed_progress()
     try:
         with progress:
             task = progress.add_task(what, total=duration)

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from gigafactory.grok.api.page import mount_page
 from gigafactory.grok.api.ratelimit import RateLimiter
 from gigafactory.grok.memory.ingest import BatchError, BatchTooLarge, parse_batch
 from gigafactory.grok.memory.search import MAX_LIMIT, SearchQuery
@@ -161,6 +162,7 @@ def create_app(settings: GrokSettings, service: GrokService | None = None) -> Fa
         lifespan=lifespan,
     )
     app.state.keys = frozenset(settings.api_keys)
+    mount_page(app)
 
     def limit(limiter: RateLimiter, key: str, n: float) -> None:
         wait = limiter.take(key, n)
