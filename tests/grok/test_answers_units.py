@@ -32,6 +32,7 @@ MIN_US = 60 * 10**6
         ("posts about the Fed in the last hour", 60, "in the last hour"),
         ("rain over the past 10 minutes", 10, "in the last 10 minutes"),
         ("Tesla news in the last 2 days", 2 * 24 * 60, "in the last 2 days"),
+        ("over the past couple of hours", 120, "in the last 2 hours"),
         ("what happened today in football", 15 * 60 + 30, "today"),
     ],
 )

@@ -270,3 +270,16 @@ def test_serve_refuses_bad_answer_options(args, needle, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["serve", "--api-key", "k", *args])
     assert exc.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_answers_count_against_the_query_rate(tmp_path):
+    settings = GrokSettings.load(
+        {}, data_dir=tmp_path / "d", api_keys="k1", query_rate=0.01, query_burst=2
+    )
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    with TestClient(create_app(settings)) as c:
+        codes = [
+            c.post("/v1/chat/completions", headers=KEY, json=body).status_code for _ in range(3)
+        ]
+        r = c.post("/v1/chat/completions", headers=KEY, json=body)
+    assert codes == [200, 200, 429] and r.status_code == 429 and "Retry-After" in r.headers

@@ -22,9 +22,16 @@ from gigafactory.grok.memory.trends import STOPWORDS
 
 NOW_WINDOW_S = 15 * 60
 MAX_KEYWORDS = 12
-_UNIT_S = {"second": 1, "sec": 1, "minute": 60, "min": 60, "hour": 3600, "day": 86400}
-_UNIT_S["week"] = 7 * 86400
-_COUNT = {"a": 1, "an": 1, "one": 1, "few": 3, "couple": 2, "": 1}
+_UNIT_S = {
+    "second": 1,
+    "sec": 1,
+    "minute": 60,
+    "min": 60,
+    "hour": 3600,
+    "day": 86400,
+    "week": 604800,
+}
+_COUNT = {"a": 1, "an": 1, "one": 1, "few": 3, "couple of": 2, "": 1}
 _LAST = re.compile(
     r"\b(?:in|over|during|within|for)?\s*the\s+(?:last|past)\s+(\d+(?:\.\d+)?|an?|one|few|couple of)?"
     r"\s*(second|sec|minute|min|hour|day|week)s?\b",

@@ -288,6 +288,7 @@ def create_app(settings: GrokSettings, service: GrokService | None = None) -> Fa
     from gigafactory.grok.api.chat import router as chat_router  # chat.py imports this module
 
     app.include_router(chat_router)
+    app.state.limit_query = lambda key: limit(query_limit, key, 1)  # chat answers are queries
 
     @app.get("/healthz", tags=["ops"])
     def healthz(s: Svc) -> JSONResponse:

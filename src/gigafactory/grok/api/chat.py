@@ -141,8 +141,9 @@ def chat_metrics(key: Key, pipeline: Pipeline) -> dict[str, int]:
     response_model=ChatCompletion,
     summary="Answer a chat from the live posts (OpenAI-compatible; SSE with stream=true)",
 )
-async def chat_completions(body: ChatRequest, key: Key, pipeline: Pipeline):
+async def chat_completions(body: ChatRequest, key: Key, pipeline: Pipeline, request: Request):
     """Grok's answer with numbered citation markers; ``citations`` lists the posts."""
+    request.app.state.limit_query(key)
     inp = chat_input(body)
     try:
         answer = await run_in_threadpool(pipeline.start, inp)
