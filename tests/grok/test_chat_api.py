@@ -12,9 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gigafactory.cli import main
+from gigafactory.grok.answers.pipeline import ChatInput
 from gigafactory.grok.api.app import create_app
 from gigafactory.grok.memory.generator import INJECTIONS
-from gigafactory.grok.settings import GrokSettings
+from gigafactory.grok.settings import GrokSettings, SettingsError
 
 from .conftest import post
 
@@ -283,3 +284,32 @@ def test_answers_count_against_the_query_rate(tmp_path):
         ]
         r = c.post("/v1/chat/completions", headers=KEY, json=body)
     assert codes == [200, 200, 429] and r.status_code == 429 and "Retry-After" in r.headers
+
+
+def test_answer_settings_timeout_and_citation_url(tmp_path):
+    for bad in (
+        {"answer_timeout_s": 0},
+        {"max_message_chars": 10},
+        {"citation_url": "https://example.org/post"},  # no {id}
+    ):
+        with pytest.raises(SettingsError):
+            GrokSettings.load({}, **bad)
+    settings = GrokSettings.load(
+        {"GROK_CITATION_URL": "https://feed.example/{author}/{id}"},
+        data_dir=tmp_path / "d",
+        api_keys="k1",
+        commit_interval_s=0.05,
+        answer_timeout_s=1e-6,  # the offline backend cannot write a word in a microsecond
+    )
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/posts", headers=KEY, json=[post("u1", "quokka sighting")])
+        assert c.app.state.service.indexer.wait_searchable(r.json()["last_seq"], 30)
+        r = c.post(
+            "/v1/chat/completions",
+            headers=KEY,
+            json={"messages": [{"role": "user", "content": "quokka"}]},
+        )
+        assert r.status_code == 504 and "within 1e-06 s" in r.json()["detail"]
+        pipeline = c.app.state.answers
+        answer = pipeline.start(ChatInput([("user", "quokka")]))
+        assert answer.citations()[0]["url"] == "https://feed.example/alice/u1"
