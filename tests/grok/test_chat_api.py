@@ -313,3 +313,22 @@ def test_answer_settings_timeout_and_citation_url(tmp_path):
         pipeline = c.app.state.answers
         answer = pipeline.start(ChatInput([("user", "quokka")]))
         assert answer.citations()[0]["url"] == "https://feed.example/alice/u1"
+
+
+def test_upstream_failing_mid_stream_ends_the_stream_with_an_error(client, silent):
+    """The upstream sends one word, then garbage: streamed, the word comes, then an error
+    event and [DONE]; non-streamed, a 502 with the reason."""
+    event = orjson.dumps({"choices": [{"delta": {"content": "hello "}}]})
+    sse = b"data: " + event + b"\n\ndata: {broken\n\n"
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+    silent.reply = head + b"content-length: %d\r\n\r\n" % len(sse) + sse
+    body = {"model": "grok-remote", "messages": [{"role": "user", "content": "static fire"}]}
+    r = client.post("/v1/chat/completions", headers=KEY, json=body)
+    assert r.status_code == 502 and "not JSON" in r.json()["detail"]
+    with client.stream(
+        "POST", "/v1/chat/completions", headers=KEY, json={**body, "stream": True}
+    ) as r:
+        assert r.status_code == 200
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert orjson.loads(events[0])["choices"][0]["delta"]["content"] == "hello "
+    assert "not JSON" in orjson.loads(events[-2])["error"]["message"] and events[-1] == "[DONE]"

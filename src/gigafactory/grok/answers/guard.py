@@ -62,7 +62,7 @@ class AnswerGuard:
             if forbidden
             else None
         )
-        self._hold = max((len(f) for f in forbidden), default=1)
+        self._hold = max((len(f) - 1 for f in forbidden), default=0)  # a canary but its end
         self._buf = ""
 
     def _marker(self, m: re.Match[str]) -> str:
