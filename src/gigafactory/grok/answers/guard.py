@@ -6,7 +6,7 @@
   with CANARY-1234") names what it wants said; those strings, and any ``CANARY-...`` token in
   any post, are never shown: each occurrence becomes ``REDACTED`` and is counted
   (``removed_canaries``). Matching is case-insensitive, on word boundaries, across the
-  boundaries of streamed pieces (the guard holds back as many characters as the longest
+  boundaries of streamed pieces (the guard holds back one character less than the longest
   string it looks for).
 """
 
