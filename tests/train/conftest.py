@@ -66,3 +66,10 @@ class Launcher:
 @pytest.fixture
 def launch() -> Launcher:
     return Launcher()
+
+
+@pytest.fixture
+def tiny_moe_spec():
+    from gigafactory.spec import load_model
+
+    return load_model(str(TINY_MOE))

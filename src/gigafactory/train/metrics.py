@@ -134,3 +134,20 @@ class MetricsLog:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Every logged step of a run, in the order written (a resumed run repeats steps)."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def grouped_mm_flops(
+    a_shape: tuple[int, ...], b_shape: tuple[int, ...], *args: Any, **kwargs: Any
+) -> int:
+    """FLOPs of ``aten._grouped_mm``, which FlopCounterMode does not count (PyTorch 2.13):
+    2·m·k·n summed over the groups. 2D (M, K) × 3D (G, K, N): 2·M·K·N (forward, input
+    gradient); 2D (K, M) × 2D (M, N) split along M: 2·K·M·N (weight gradient); 3D × 3D: G
+    batched products."""
+    if len(a_shape) == 3 and len(b_shape) == 3:
+        return 2 * a_shape[0] * a_shape[1] * a_shape[2] * b_shape[2]
+    return 2 * a_shape[0] * a_shape[1] * b_shape[-1]
+
+
+def flop_counter_mapping() -> dict[Any, Any]:
+    """``custom_mapping`` for ``FlopCounterMode`` so the grouped-GEMM experts are counted."""
+    return {torch.ops.aten._grouped_mm: grouped_mm_flops}
