@@ -2,7 +2,9 @@
 
 Every block reads top to bottom; shapes are in the comments (B batch, T time, C hidden,
 H query heads, K key/value heads, D head dim, E experts, N = B·T tokens). The module knows
-nothing of parallelism (``parallelize.py`` applies FSDP2/compile) nor of the loop.
+nothing of parallelism (``parallelize.py`` applies tensor, expert and pipeline parallelism,
+FSDP2 and compile; under tensor parallelism a rank computes H/tp heads, so views say -1) nor
+of the loop.
 
 Grok-1 traits (xai-org/grok-1 model.py) switched on by the spec: sandwich RMSNorm
 (``norm_layout: sandwich``), GeGLU experts, a top-k router in fp32 with the softmax over all
@@ -393,8 +395,20 @@ class Block(nn.Module):
         if self.is_moe:
             h, aux = self.mlp(self.mlp_norm(x))
         else:
-            h, aux = self.mlp(self.mlp_norm(x)), x.new_zeros((), dtype=torch.float32)
+            h, aux = self.mlp(self.mlp_norm(x)), torch.zeros((), device=x.device)
         return x + self.mlp_post_norm(h), aux
+
+
+class OutputHead(nn.Module):
+    """Logits x·Wᵀ·m (B, T, V) from the last hidden states, W the untied head's weight or the
+    (tied) embedding's; no parameters of its own, so one class serves both."""
+
+    def __init__(self, multiplier: float):
+        super().__init__()
+        self.multiplier = multiplier
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight) * self.multiplier
 
 
 # --- the model -----------------------------------------------------------------------------
@@ -414,6 +428,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(spec, i) for i in range(spec.layers))
         self.norm = make_norm(spec)
         self.lm_head = None if spec.tied_embeddings else nn.Linear(spec.hidden, spec.vocab, False)
+        self.head = OutputHead(spec.output_multiplier)
         self.register_buffer("rope_cos", torch.empty(spec.seq_len, spec.dim_head), persistent=False)
         self.register_buffer("rope_sin", torch.empty(spec.seq_len, spec.dim_head), persistent=False)
         self.init_weights()
@@ -465,14 +480,14 @@ class Transformer(nn.Module):
         x = self.tok_emb(idx) * self.spec.embedding_multiplier  # (B, T, C)
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(pos, pos + T, device=idx.device))
-        aux = x.new_zeros((), dtype=torch.float32)
+        aux = torch.zeros((), device=idx.device)
         kvs = [None] * len(self.blocks) if cache is None else cache.layers
         for block, kv in zip(self.blocks, kvs, strict=True):
             x, block_aux = block(x, self.rope_cos, self.rope_sin, kv)
             aux = aux + block_aux
         x = self.norm(x)
         weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(x, weight) * self.spec.output_multiplier  # (B, T, V)
+        logits = self.head(x, weight)  # (B, T, V)
         aux = aux * self.spec.router_aux_loss_coef
         if targets is None:
             return ModelOutput(logits, None, aux)
