@@ -377,7 +377,7 @@ def _train(
     if not main:
         prepared = load_prepared(out)
     par = build_model(spec, runtime, dims, precision, cfg.compile, cfg.seed)
-    model = par.parts if len(par.parts) > 1 else par.parts[0]  # what DCP's state dicts take
+    model = par.state_module  # this rank's parameters, named as in the whole model
     loader = TokenLoader(
         prepared, seq, dims.global_batch, dims.micro_batch, dims.dp, par.dp_rank, cfg.seed,
         runtime.device,
@@ -497,11 +497,13 @@ def _export(
     with pipeline stages, rank 0 collects the other stages' weights too."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    pp = par.group("pp")
+    # cpu_offload keeps the gathered weights on global rank 0 only: each stage needs its own
+    options = StateDictOptions(full_state_dict=True, cpu_offload=pp is None)
     full: dict[str, Any] = {}
     for part in par.parts:
         full.update(get_model_state_dict(part, options=options))
-    pp = par.group("pp")
+    full = {k: v.cpu() for k, v in full.items()}
     tp_rank = par.mesh["tp"].get_local_rank() if par.mesh is not None else 0
     if pp is not None and par.dp_rank == 0 and tp_rank == 0:
         stages: list[Any] = [None] * par.dims.pp

@@ -31,7 +31,7 @@ from gigafactory.spec.model import ModelSpec
 from gigafactory.train.errors import TrainConfigError
 from gigafactory.train.expert_parallel import apply_expert_parallel
 from gigafactory.train.model import Transformer
-from gigafactory.train.pipeline import build_schedule, build_stages, stage_ids
+from gigafactory.train.pipeline import Stages, build_schedule, build_stages, stage_ids
 from gigafactory.train.tensor_parallel import apply_tensor_parallel
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -262,6 +262,11 @@ class Parallelized:
     @property
     def dp_rank(self) -> int:
         return self.mesh["dp"].get_local_rank() if self.mesh is not None else 0
+
+    @property
+    def state_module(self) -> nn.Module:
+        """One module holding this rank's parameters under their full-model names."""
+        return self.parts[0] if len(self.parts) == 1 else Stages(self.parts)  # type: ignore[arg-type]
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for part in self.parts for p in part.parameters()]

@@ -89,3 +89,15 @@ def build_schedule(
     if len(pipe) == 1:
         return Schedule1F1B(pipe[0], microbatches, loss_fn=next_token_loss)
     return ScheduleInterleaved1F1B(pipe, microbatches, loss_fn=next_token_loss)
+
+
+class Stages(nn.Module):
+    """Several stages of one rank (interleaved) seen as one module with the full model's
+    parameter names, for DCP's state dicts (which take one module)."""
+
+    def __init__(self, stages: list[Stage]):
+        super().__init__()
+        self.blocks = nn.ModuleDict({k: b for s in stages for k, b in s.blocks.items()})
+        for name in ("tok_emb", "pos_emb", "norm", "lm_head"):
+            held = [getattr(s, name) for s in stages if getattr(s, name) is not None]
+            setattr(self, name, held[0] if held else None)
