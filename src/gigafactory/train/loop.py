@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from gigafactory.train.parallelize import (
     init_runtime,
     mean_over_data_parallel,
     parallelize,
+    planned_state_bytes,
     resolve_precision,
     shutdown,
 )
@@ -240,14 +242,18 @@ def train_step(
     runtime: Runtime,
     precision: str,
     grad_clip: float,
+    on_grads: Callable[[], None] | None = None,
 ) -> tuple[float, float, float]:
     """Forward/backward over the micro-batches (or the pipeline schedule over them), clip,
-    step. Returns (loss, aux, grad norm), losses averaged over micro-batches and dp ranks."""
+    step. Returns (loss, aux, grad norm), losses averaged over micro-batches and dp ranks.
+    ``on_grads`` is called while the gradients exist (before the optimizer frees them)."""
     if par.schedule is not None:
         sums = _pipeline_step(par, micro_batches, runtime)
     else:
         sums = _accumulate(par.parts[0], micro_batches, runtime, precision)
     norm = clip_grad_norm(par, grad_clip)
+    if on_grads is not None:
+        on_grads()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     scheduler.step()
@@ -453,10 +459,14 @@ def _train(
         for step in range(start + 1, cfg.steps + 1):
             t0 = time.perf_counter()
             lr = scheduler.get_last_lr()[0]
+            held: list[tuple[int, int]] = []  # measured in this run's first step
+            on_grads = partial(_append_held_bytes, held, par) if step == start + 1 else None
             loss, aux, norm = train_step(
                 par, optimizer, scheduler, loader.next_batch(), runtime, precision,
-                cfg.grad_clip,
+                cfg.grad_clip, on_grads,
             )  # fmt: skip
+            if held:
+                _report_memory(held[0], spec, dims, par, runtime, out, emit)
             if runtime.device.type == "cuda":
                 torch.cuda.synchronize(runtime.device)
             dt = time.perf_counter() - t0
@@ -488,6 +498,46 @@ def _train(
             log.close()
             result.metrics_path = log.path
     return result
+
+
+def _append_held_bytes(held: list[tuple[int, int]], par: Parallelized) -> None:
+    held.append(m.held_bytes(par.parameters()))
+
+
+def _report_memory(
+    held: tuple[int, int],
+    spec: ModelSpec,
+    dims: ParallelDims,
+    par: Parallelized,
+    runtime: Runtime,
+    out: Path,
+    emit: Callable[[Event], None],
+) -> None:
+    """Every rank's parameter and gradient bytes next to the planner's, in ``layout.json``
+    (first pipeline stage: the one the planner models)."""
+    pp_rank = par.mesh["pp"].get_local_rank() if par.mesh is not None else 0
+    row = {"rank": runtime.rank, "pp_rank": pp_rank, "param_bytes": held[0], "grad_bytes": held[1]}
+    rows: list[Any] = [row]
+    if runtime.distributed:
+        rows = [None] * runtime.world_size
+        dist.all_gather_object(rows, row)
+    if not runtime.is_main:
+        return
+    planned = planned_state_bytes(spec, dims)
+    report = {
+        "layout": describe_layout(dims),
+        "planned": {"param_bytes": planned[0], "grad_bytes": planned[1]},
+        "ranks": rows,
+    }
+    (out / "layout.json").write_text(json.dumps(report, indent=1))
+    first = [r for r in rows if r["pp_rank"] == 0]
+    emit(
+        Notice(
+            f"memory per rank: parameters {max(r['param_bytes'] for r in first) / 1e6:.3f} MB, "
+            f"gradients {max(r['grad_bytes'] for r in first) / 1e6:.3f} MB (the planner: "
+            f"{planned[0] / 1e6:.3f} MB and {planned[1] / 1e6:.3f} MB)"
+        )
+    )
 
 
 def _export(

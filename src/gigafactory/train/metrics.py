@@ -151,3 +151,19 @@ def grouped_mm_flops(
 def flop_counter_mapping() -> dict[Any, Any]:
     """``custom_mapping`` for ``FlopCounterMode`` so the grouped-GEMM experts are counted."""
     return {torch.ops.aten._grouped_mm: grouped_mm_flops}
+
+
+def held_bytes(params: list[torch.nn.Parameter]) -> tuple[int, int]:
+    """(parameter bytes, gradient bytes) this rank holds: the local shard of every sharded
+    (DTensor) parameter and of its gradient."""
+
+    def local(t: torch.Tensor) -> torch.Tensor:
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    weights = grads = 0
+    for p in params:
+        weights += local(p).numel() * p.element_size()
+        if p.grad is not None:
+            g = local(p.grad)
+            grads += g.numel() * g.element_size()
+    return weights, grads

@@ -221,6 +221,17 @@ class ParallelDims:
                 )
 
 
+def planned_state_bytes(spec: ModelSpec, dims: ParallelDims) -> tuple[float, float]:
+    """The planner's (parameter bytes, gradient bytes) per rank at rest for this layout: its
+    parameter split (``plan.shard.params_per_gpu``) sharded over the dp ranks (FSDP2), in the
+    fp32 this trainer keeps parameters and gradients in (FSDP2 casts to bf16 per layer)."""
+    from gigafactory.plan.memory import grad_bytes_per_param, sharded_params, weight_bytes_per_param
+    from gigafactory.plan.shard import params_per_gpu
+
+    n = sharded_params(params_per_gpu(spec, dims.layout("fp32")))
+    return n * weight_bytes_per_param("fp32"), n * grad_bytes_per_param("fp32")
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto``: bf16 on GPU, fp32 on CPU."""
     if precision not in PRECISIONS:
