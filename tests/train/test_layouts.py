@@ -24,6 +24,7 @@ from gigafactory.cli import main
 from gigafactory.errors import GigafactoryError, LayoutError
 from gigafactory.spec import load_model
 from gigafactory.spec.layout import LayoutSpec
+from gigafactory.train.data import Corpus, prepare
 from gigafactory.train.parallelize import ParallelDims
 
 from .conftest import TINY_DENSE, TINY_MOE, Launcher
@@ -145,16 +146,27 @@ def runs(tmp_path_factory):
     out: dict[str, Path] = {}
     logs: dict[str, str] = {}
 
+    data = root / "prepared"  # one tokenizer and token shards, copied into every run
+    prepare(Corpus(None, 2000, 0), data, MOE.vocab)
+
     def train(name: str, model: Path, *args: str, nproc: int = 0, into: Path | None = None):
         run_dir = into or root / name
-        done = launch.gigafactory("train", "--model", str(model), "--out", str(run_dir), *BASE,
-                                  *args, nproc=nproc)  # fmt: skip
-        assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
-        out[name], logs[name] = run_dir, " ".join(done.stdout.split())
+        if into is None:
+            shutil.copytree(data, run_dir)
+        argv = ["train", "--model", str(model), "--out", str(run_dir), *BASE, *args]
+        if nproc:
+            done = launch.gigafactory(*argv, nproc=nproc)
+            assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
+            logs[name] = " ".join(done.stdout.split())
+        else:  # in this process: no start-up to pay
+            with pytest.raises(SystemExit) as exit_:
+                main(argv)
+            assert exit_.value.code in (0, None), name
+        out[name] = run_dir
 
     written = subprocess.run(
         [sys.executable, "-m", "gigafactory.cli", "plan", "--model", str(TINY_MOE), "--gpus",
-         "2", "--tp", "2", "--global-batch", "8", "--micro-batch", "8", "--json"],
+         "2", "--tp", "2", "--global-batch", "8", "--micro-batch", "4", "--json"],
         capture_output=True, text=True, env=launch.env(), timeout=120,
     )  # fmt: skip
     assert written.returncode == 0, written.stderr
@@ -170,11 +182,12 @@ def runs(tmp_path_factory):
     train("pp2-1f1b", dense4, "--pp", "2", "--micro-batch", "2", nproc=2, into=resumed)
 
     killed = root / "killed"
+    shutil.copytree(data, killed)
     died = launch.python(str(HERE / "killed_run.py"), str(TINY_MOE), str(killed), "4", "2",
-                         "3", "2", nproc=2)  # fmt: skip
+                         "3", "2", "4", nproc=2)  # fmt: skip
     assert died.returncode != 0 and "SIGKILL" in died.stderr + died.stdout, died.stderr[-2000:]
     partial = launch.losses(killed)
-    train("killed", TINY_MOE, "--tp", "2", nproc=2, into=killed)
+    train("killed", TINY_MOE, "--tp", "2", "--micro-batch", "4", nproc=2, into=killed)
     return out, logs, partial
 
 
