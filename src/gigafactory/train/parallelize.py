@@ -243,10 +243,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def build_mesh(dims: ParallelDims, device_type: str) -> DeviceMesh:
+def build_mesh(dims: ParallelDims, device_type: str) -> tuple[DeviceMesh, DeviceMesh]:
     """The job's ``DeviceMesh``: (pp, dp/ep, ep, tp), tp innermost (neighbouring ranks, the
     fastest links), with dp the flattened (dp/ep, ep) — experts are split inside the
-    data-parallel group, as the planner's LayoutSpec says."""
+    data-parallel group, as the planner's LayoutSpec says. Returns it and its dp mesh."""
     from torch.distributed.device_mesh import init_device_mesh
 
     mesh = init_device_mesh(
@@ -254,8 +254,7 @@ def build_mesh(dims: ParallelDims, device_type: str) -> DeviceMesh:
         (dims.pp, dims.dp // dims.ep, dims.ep, dims.tp),
         mesh_dim_names=("pp", "dp_mod_ep", "ep", "tp"),
     )
-    mesh["dp_mod_ep", "ep"]._flatten("dp")
-    return mesh
+    return mesh, mesh["dp_mod_ep", "ep"]._flatten("dp")
 
 
 @dataclass
@@ -266,13 +265,14 @@ class Parallelized:
     parts: list[nn.Module]
     dims: ParallelDims
     mesh: DeviceMesh | None = None
+    dp_mesh: DeviceMesh | None = None  # the flattened (dp/ep, ep) dimensions
     schedule: Any = None  # a torch.distributed.pipelining schedule when pp > 1
     first_stage: bool = True
     last_stage: bool = True
 
     @property
     def dp_rank(self) -> int:
-        return self.mesh["dp"].get_local_rank() if self.mesh is not None else 0
+        return self.dp_mesh.get_local_rank() if self.dp_mesh is not None else 0
 
     @property
     def state_module(self) -> nn.Module:
@@ -284,9 +284,10 @@ class Parallelized:
 
     def group(self, dim: str) -> dist.ProcessGroup | None:
         """The process group of one mesh dimension, None when it has one rank."""
-        if self.mesh is None or self.mesh[dim].size() == 1:
+        if self.mesh is None:
             return None
-        return self.mesh[dim].get_group()
+        sub = self.dp_mesh if dim == "dp" else self.mesh[dim]
+        return None if sub is None or sub.size() == 1 else sub.get_group()
 
 
 def parallelize(
@@ -298,12 +299,12 @@ def parallelize(
 
     Tied embeddings stay in the root FSDP group, so the shared weight is one sharded parameter.
     """
-    mesh = build_mesh(dims, runtime.device.type) if runtime.distributed else None
+    mesh, dp_mesh = build_mesh(dims, runtime.device.type) if runtime.distributed else (None, None)
     if mesh is not None and dims.tp > 1:
         apply_tensor_parallel(model, mesh["tp"])
     if mesh is not None and dims.ep > 1:
         apply_expert_parallel(model, mesh["ep"])
-    par = Parallelized([model], dims, mesh)
+    par = Parallelized([model], dims, mesh, dp_mesh)
     if mesh is not None and dims.pp > 1:
         pp_rank = mesh["pp"].get_local_rank()
         ids = stage_ids(pp_rank, dims.pp, dims.vpp)
@@ -313,8 +314,8 @@ def parallelize(
         if compile:
             for block in _blocks(part):
                 block.compile()  # in place: parameter names (and checkpoints) stay the same
-        if mesh is not None:
-            _fully_shard(part, mesh, dims, precision)
+        if mesh is not None and dp_mesh is not None:
+            _fully_shard(part, mesh, dp_mesh, dims, precision)
     if mesh is not None and dims.pp > 1:
         par.schedule = build_schedule(
             par.parts, ids, dims.pp * dims.vpp, dims.grad_accum, mesh["pp"]
@@ -327,7 +328,9 @@ def _blocks(part: nn.Module) -> list[nn.Module]:
     return list(blocks.values() if isinstance(blocks, nn.ModuleDict) else blocks)  # type: ignore[operator]
 
 
-def _fully_shard(part: nn.Module, mesh: DeviceMesh, dims: ParallelDims, precision: str) -> None:
+def _fully_shard(
+    part: nn.Module, mesh: DeviceMesh, dp_mesh: DeviceMesh, dims: ParallelDims, precision: str
+) -> None:
     """FSDP2 of each block and of the root over the dp ranks; with expert parallelism the
     experts are sharded over the dp/ep ranks that hold the same experts, their gradients
     averaged over all dp ranks (each expert saw tokens from all of them)."""
@@ -348,8 +351,8 @@ def _fully_shard(part: nn.Module, mesh: DeviceMesh, dims: ParallelDims, precisio
                 reshard_after_forward=reshard,
             )  # fmt: skip
             experts.set_gradient_divide_factor(float(dims.dp))
-        fully_shard(block, mesh=mesh["dp"], mp_policy=mp, reshard_after_forward=reshard)
-    fully_shard(part, mesh=mesh["dp"], mp_policy=mp)
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard)
+    fully_shard(part, mesh=dp_mesh, mp_policy=mp)
 
 
 def clip_grad_norm(par: Parallelized, max_norm: float) -> float:
