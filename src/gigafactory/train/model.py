@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from gigafactory.spec.model import ModelSpec
@@ -255,7 +256,7 @@ class MLP(nn.Module):
 def local(p: torch.Tensor) -> torch.Tensor:
     """The shard this rank holds of a parameter a parallel plan turned into a DTensor (the
     whole tensor otherwise): the grouped GEMM below runs on plain tensors."""
-    return p.to_local() if hasattr(p, "to_local") else p
+    return p.to_local() if isinstance(p, DTensor) else p
 
 
 def expert_counts(idx: torch.Tensor, experts: int) -> torch.Tensor:
