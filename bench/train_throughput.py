@@ -75,13 +75,13 @@ def main() -> None:
     runtime = init_runtime(args.device)
     try:
         dims = ParallelDims.build(runtime.world_size, args.batch, args.micro_batch)
-        dims.validate(spec)
+        dims.validate(spec, seq)
         precision = resolve_precision(args.precision, runtime.device)
         if runtime.device.type == "cuda":
             torch.set_float32_matmul_precision("high")
-        model = build_model(spec, runtime, precision, args.compile, seed=0)
+        par = build_model(spec, runtime, dims, precision, args.compile, seed=0)
         cfg = TrainConfig(model=args.model, steps=args.warmup + args.steps, batch=args.batch)
-        optimizer, scheduler = build_optimizer(model, cfg)
+        optimizer, scheduler = build_optimizer(par, cfg)
         gen = torch.Generator(device=runtime.device).manual_seed(runtime.rank)
 
         def batch() -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -95,13 +95,13 @@ def main() -> None:
                 torch.cuda.synchronize(runtime.device)
 
         for _ in range(args.warmup):
-            train_step(model, optimizer, scheduler, batch(), runtime, precision, 1.0)
+            train_step(par, optimizer, scheduler, batch(), runtime, precision, 1.0)
         sync()
         if runtime.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(runtime.device)
         t0 = time.perf_counter()
         for _ in range(args.steps):
-            loss, _, _ = train_step(model, optimizer, scheduler, batch(), runtime, precision, 1.0)
+            loss, _, _ = train_step(par, optimizer, scheduler, batch(), runtime, precision, 1.0)
         sync()
         step_s = (time.perf_counter() - t0) / args.steps
 

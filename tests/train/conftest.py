@@ -43,15 +43,16 @@ class Launcher:
 
     def gigafactory(self, *args: str, nproc: int = 0, timeout: float = 240):
         """Run the console script, under torchrun with ``nproc`` processes if nproc > 0."""
-        cmd = [str(BIN / "gigafactory"), *args]
+        return self.run([str(BIN / "gigafactory"), *args], nproc, timeout)
+
+    def python(self, *args: str, nproc: int = 0, timeout: float = 240):
+        """Run a Python script, under torchrun with ``nproc`` processes if nproc > 0."""
+        return self.run([*([] if nproc else [sys.executable]), *args], nproc, timeout)
+
+    def run(self, cmd: list[str], nproc: int, timeout: float) -> subprocess.CompletedProcess:
         if nproc:
             cmd = [str(BIN / "torchrun"), "--nproc_per_node", str(nproc), *cmd]
         return subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=timeout)
-
-    def python(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, *args], env=self.env(), capture_output=True, text=True, timeout=timeout
-        )
 
     @staticmethod
     def losses(run_dir: Path) -> dict[int, float]:
@@ -66,3 +67,10 @@ class Launcher:
 @pytest.fixture
 def launch() -> Launcher:
     return Launcher()
+
+
+@pytest.fixture
+def tiny_moe_spec():
+    from gigafactory.spec import load_model
+
+    return load_model(str(TINY_MOE))

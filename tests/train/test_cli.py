@@ -82,8 +82,25 @@ def test_checkpoint_of_another_spec_is_one_line_naming_the_fix(capsys, trained):
         (["--seq", "4096"], "--seq 4096 is longer"),
         (["--steps", "0"], "--steps must be >= 1"),
         (["--device", "tpu"], "device must be one of"),
+        (["--tp", "2"], "tp·pp·dp = 2·1·1 = 2"),
+        (["--tp", "0"], "--tp 0: must be a positive integer"),
+        (["--pp", "2", "--dp", "1"], "tp·pp·dp = 1·2·1 = 2"),
+        (["--vpp", "2"], "interleaving (vpp > 1) needs pipeline parallelism"),
+        (["--ep", "2"], "ep=2 needs an MoE model"),
     ],
-    ids=["unknown-preset", "layout-vs-world", "batch-split", "seq", "steps", "device"],
+    ids=[
+        "unknown-preset",
+        "layout-vs-world",
+        "batch-split",
+        "seq",
+        "steps",
+        "device",
+        "tp",
+        "tp-zero",
+        "pp",
+        "vpp",
+        "ep",
+    ],
 )
 def test_bad_input_is_one_red_line(capsys, tmp_path, args, match):
     base = ["train", "--model", str(HERE / "tiny-dense.yaml"), "--out", str(tmp_path), *TINY]

@@ -49,7 +49,7 @@ class TrainView:
             resumed = f", resumed from {event.resumed_from}" if event.resumed_from else ""
             self.console.print(
                 f"[bold]{event.model}[/]: {event.params / 1e6:,.2f}M params on "
-                f"{event.world_size} × {event.device} ({event.precision}), "
+                f"{event.world_size} × {event.device} ({event.precision}, {event.layout}), "
                 f"{event.tokens_per_step:,} tokens/step, grad accumulation {event.grad_accum}"
                 f"{resumed}",
                 highlight=False,
@@ -137,7 +137,14 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed of weights, data order and generated corpus."),
         ckpt_every: int = typer.Option(100, help="Checkpoint every N steps (and at the end)."),
         keep: int = typer.Option(3, help="Complete checkpoints to keep."),
-        dp: int = typer.Option(0, help="Data-parallel degree; 0 = every rank."),
+        dp: int = typer.Option(0, help="Data-parallel degree; 0 = ranks / (tp·pp)."),
+        tp: int = typer.Option(1, help="Tensor-parallel degree (with sequence parallelism)."),
+        pp: int = typer.Option(1, help="Pipeline stages (1F1B; interleaved with --vpp)."),
+        vpp: int = typer.Option(1, help="Pipeline chunks per rank (interleaved 1F1B)."),
+        ep: int = typer.Option(1, help="Expert-parallel degree (inside the dp ranks)."),
+        layout_from_plan: Path | None = typer.Option(
+            None, help="Take tp/pp/vpp/ep/dp and the batch from `gigafactory plan --json`."
+        ),
         device: str = typer.Option("auto", help="auto, cpu or cuda."),
         precision: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp32."),
         compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile."),
@@ -156,7 +163,8 @@ def register(app: typer.Typer) -> None:
         cfg = TrainConfig(
             model=model, out=out, steps=steps, batch=batch, micro_batch=micro_batch, seq=seq,
             lr=lr, warmup=warmup, seed=seed, data=data, posts=posts, text_field=text_field,
-            ckpt_every=ckpt_every, keep=keep, dp=dp, device=device, precision=precision,
+            ckpt_every=ckpt_every, keep=keep, dp=dp, tp=tp, pp=pp, vpp=vpp, ep=ep,
+            layout_from_plan=layout_from_plan, device=device, precision=precision,
             compile=compile, tensorboard=tensorboard, export=export, restart=restart,
         )  # fmt: skip
         console = Console(stderr=False)

@@ -174,6 +174,12 @@ class MemoryBreakdown:
         return self.usable_bytes - self.total_bytes
 
 
+def sharded_params(split: ParamSplit) -> float:
+    """Parameters one GPU owns when the dense share is split over its data-parallel group and
+    the experts over their expert-data-parallel group (ZeRO/FSDP at rest, between layers)."""
+    return split.dense / split.dense_dp_group + split.expert / split.expert_dp_group
+
+
 def state_bytes(
     split: ParamSplit, layout: LayoutSpec, layer_params: float, software: Software = MODERN
 ) -> tuple[float, ...]:
@@ -185,13 +191,12 @@ def state_bytes(
     """
     wb, ob = weight_bytes_per_param(layout.precision), optimizer_bytes_per_param()
     gb = grad_bytes_per_param(layout.precision, software)
-    dense_g, exp_g = split.dense_dp_group, split.expert_dp_group
     if layout.sharding == "none":
         return split.total * wb, split.total * gb, split.total * ob
-    optimizer = (split.dense / dense_g + split.expert / exp_g) * ob
+    sharded = sharded_params(split)
+    optimizer = sharded * ob
     if layout.sharding == "zero1":
         return split.total * wb, split.total * gb, optimizer
-    sharded = split.dense / dense_g + split.expert / exp_g
     gathered = min(split.total, FSDP_LAYERS_IN_FLIGHT * layer_params)
     weights = min(split.total, sharded + gathered) * wb
     grads = min(split.total * gb, (sharded + gathered) * gb)

@@ -11,6 +11,7 @@ from gigafactory.plan.params import (
     embedding_params,
     layer_norms,
     mlp_params,
+    norm_params,
     router_params,
 )
 from gigafactory.spec.hardware import ClusterSpec, HardwareSpec
@@ -71,19 +72,25 @@ def layers_per_stage(model: ModelSpec, layout: LayoutSpec) -> float:
 
 def params_per_gpu(model: ModelSpec, layout: LayoutSpec) -> ParamSplit:
     """Megatron-style split of the first stage: layers/pp of every layer kind (a uniform
-    share of dense and MoE layers), all matrices /tp, routed experts /ep more, plus the
-    input embedding /tp (vocab-parallel; Shoeybi et al. 2019). With pp = 1 an untied head
-    sits on the same GPU (its share is already in ``embedding_params``)."""
+    share of dense and MoE layers), weight matrices /tp, routed experts /ep more, plus the
+    input embedding /tp (vocab-parallel; Shoeybi et al. 2019). Norm weights and the router
+    are replicated on every tp rank (Megatron-Core, and the trainer's tensor-parallel plan).
+    With pp = 1 an untied head and the final norm sit on the same GPU (their share is in
+    ``embedding_params``); with pp > 1 they live on the last stage."""
     t, p = layout.tp, layout.pp
-    per_layer_dense = attention_params(model) + layer_norms(model)
+    split_per_layer = attention_params(model)
     dense_layers = model.n_dense_layers * mlp_params(model, model.ffn_width)
-    moe_shared = model.moe_layers * (
-        router_params(model) + model.shared_experts * mlp_params(model, model.moe_ffn)
-    )
-    dense = (model.layers * per_layer_dense + dense_layers + moe_shared) / (p * t)
-    emb = embedding_params(model)
-    if p > 1 and not model.tied_embeddings:
-        emb -= model.vocab * model.hidden  # the head lives on the last stage
+    moe_shared = model.moe_layers * model.shared_experts * mlp_params(model, model.moe_ffn)
+    replicated = model.layers * layer_norms(model) + model.moe_layers * router_params(model)
+    dense = (model.layers * split_per_layer + dense_layers + moe_shared) / (p * t)
+    dense += replicated / p
+    final_norm = norm_params(model)
+    emb = embedding_params(model) - final_norm
+    if p > 1:
+        if not model.tied_embeddings:
+            emb -= model.vocab * model.hidden  # the head lives on the last stage
+    else:
+        dense += final_norm
     dense += emb / t
     expert = model.moe_layers * model.experts * mlp_params(model, model.moe_ffn)
     expert /= p * t * layout.ep

@@ -12,11 +12,13 @@ takes (on the same hardware and thread count).
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,9 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from gigafactory.plan.flops import training_flops_per_token
+from gigafactory.plan.params import total_params
 from gigafactory.spec.catalog import load_model
+from gigafactory.spec.layout import LayoutSpec
 from gigafactory.spec.model import ModelSpec
 from gigafactory.train import metrics as m
 from gigafactory.train.checkpoint import Checkpointer
@@ -37,10 +41,14 @@ from gigafactory.train.fit import check_fits
 from gigafactory.train.model import Transformer
 from gigafactory.train.parallelize import (
     ParallelDims,
+    Parallelized,
     Runtime,
     autocast,
+    clip_grad_norm,
     init_runtime,
+    mean_over_data_parallel,
     parallelize,
+    planned_state_bytes,
     resolve_precision,
     shutdown,
 )
@@ -69,7 +77,12 @@ class TrainConfig:
     text_field: str = "text"
     ckpt_every: int = 100
     keep: int = 3
-    dp: int = 0  # 0 = every rank
+    dp: int = 0  # 0 = world / (tp·pp)
+    tp: int = 1
+    pp: int = 1
+    vpp: int = 1
+    ep: int = 1
+    layout_from_plan: Path | None = None  # `gigafactory plan --json` output: its layout
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
@@ -122,6 +135,7 @@ class RunStarted:
     data_tokens: int
     data_reused: bool
     resumed_from: Path | None
+    layout: str = ""
 
 
 @dataclass(frozen=True)
@@ -176,25 +190,61 @@ class WarmupCosine:
 
 
 def build_model(
-    spec: ModelSpec, runtime: Runtime, precision: str, compile: bool, seed: int
-) -> nn.Module:
-    """The same initial weights on every rank (same seed), then compile/FSDP2."""
+    spec: ModelSpec,
+    runtime: Runtime,
+    dims: ParallelDims,
+    precision: str,
+    compile: bool,
+    seed: int,
+) -> Parallelized:
+    """The same initial weights on every rank (same seed), then the layout (TP, EP, PP,
+    compile, FSDP2)."""
     torch.manual_seed(seed)
     with torch.device(runtime.device):
         model = Transformer(spec)
-    return parallelize(model, runtime, precision, compile)
+    return parallelize(model, runtime, dims, precision, compile)
+
+
+def load_plan_layout(path: Path) -> LayoutSpec:
+    """The layout of a plan written by ``gigafactory plan --json``."""
+    try:
+        data = json.loads(Path(path).read_text())
+        layout = data["plan"]["layout"]
+    except OSError as exc:
+        raise TrainConfigError(f"--layout-from-plan {path}: cannot read it ({exc})") from exc
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise TrainConfigError(
+            f"--layout-from-plan {path}: not the JSON of `gigafactory plan --json` "
+            f"(no plan.layout: {exc})"
+        ) from exc
+    return LayoutSpec.from_dict(layout)
+
+
+def layout_dims(cfg: TrainConfig, world_size: int) -> ParallelDims:
+    """The run's layout: the plan's (``--layout-from-plan``) or the flags'."""
+    if cfg.layout_from_plan is not None:
+        return ParallelDims.from_layout(load_plan_layout(cfg.layout_from_plan), world_size)
+    return ParallelDims.build(
+        world_size, cfg.batch, cfg.micro_batch, cfg.dp, cfg.tp, cfg.pp, cfg.vpp, cfg.ep
+    )
+
+
+def describe_layout(dims: ParallelDims) -> str:
+    """``tp=2 pp=1 ep=1 dp=2`` (and vpp when interleaved), as the planner names layouts."""
+    vpp = f" vpp={dims.vpp}" if dims.vpp > 1 else ""
+    return f"tp={dims.tp} pp={dims.pp}{vpp} ep={dims.ep} dp={dims.dp}"
 
 
 def build_optimizer(
-    model: nn.Module, cfg: TrainConfig
+    par: Parallelized, cfg: TrainConfig
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW with weight decay on matrices only (not norms or biases), as nanoGPT does."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in par.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    fused = next(model.parameters()).device.type == "cuda"
+    fused = params[0].device.type == "cuda"
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused)
     warmup = cfg.warmup if cfg.warmup >= 0 else cfg.steps // 20
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -203,24 +253,40 @@ def build_optimizer(
     return opt, sched
 
 
-def _mean_over_ranks(values: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-    if runtime.distributed:
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        values = values / runtime.world_size
-    return values
-
-
 def train_step(
-    model: nn.Module,
+    par: Parallelized,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
     runtime: Runtime,
     precision: str,
     grad_clip: float,
+    on_grads: Callable[[], None] | None = None,
 ) -> tuple[float, float, float]:
-    """Forward/backward over the micro-batches, clip, step. Returns (loss, aux, grad norm),
-    losses averaged over micro-batches and data-parallel ranks."""
+    """Forward/backward over the micro-batches (or the pipeline schedule over them), clip,
+    step. Returns (loss, aux, grad norm), losses averaged over micro-batches and dp ranks.
+    ``on_grads`` is called while the gradients exist (before the optimizer frees them)."""
+    if par.schedule is not None:
+        sums = _pipeline_step(par, micro_batches, runtime)
+    else:
+        sums = _accumulate(par.parts[0], micro_batches, runtime, precision)
+    norm = clip_grad_norm(par, grad_clip)
+    if on_grads is not None:
+        on_grads()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    loss, aux = mean_over_data_parallel(sums, par).tolist()
+    return loss, aux, norm
+
+
+def _accumulate(
+    model: nn.Module,
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    runtime: Runtime,
+    precision: str,
+) -> torch.Tensor:
+    """Gradient accumulation; (loss, aux) averaged over the micro-batches."""
     accum = len(micro_batches)
     sums = torch.zeros(2, device=runtime.device)
     for i, (x, y) in enumerate(micro_batches):
@@ -230,14 +296,24 @@ def train_step(
             out = model(x, y)
         ((out.loss + out.aux_loss) / accum).backward()
         sums += torch.stack([out.loss.detach(), out.aux_loss.detach()]).float() / accum
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    if hasattr(norm, "full_tensor"):
-        norm = norm.full_tensor()  # a DTensor under FSDP2
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
-    loss, aux = _mean_over_ranks(sums, runtime).tolist()
-    return loss, aux, float(norm)
+    return sums
+
+
+def _pipeline_step(
+    par: Parallelized, micro_batches: list[tuple[torch.Tensor, torch.Tensor]], runtime: Runtime
+) -> torch.Tensor:
+    """One pass of the pipeline schedule over this step's micro-batches; the last stage
+    reports their mean loss, the other stages zeros."""
+    x = torch.cat([mb[0] for mb in micro_batches])
+    y = torch.cat([mb[1] for mb in micro_batches])
+    losses: list[torch.Tensor] = []
+    inputs = (x,) if par.first_stage else ()
+    target = y if par.last_stage else None
+    par.schedule.step(*inputs, target=target, losses=losses)
+    sums = torch.zeros(2, device=runtime.device)
+    if par.last_stage:
+        sums[0] = torch.stack([loss.detach() for loss in losses]).float().mean()
+    return sums
 
 
 def check_finite(step: int, loss: float, grad_norm: float, resumed_from: Path | None) -> None:
@@ -317,8 +393,8 @@ def _train(
             f"--seq {seq} is longer than {spec.name}'s seq_len {spec.seq_len}; use --seq "
             f"{spec.seq_len} or less"
         )
-    dims = ParallelDims.build(runtime.world_size, cfg.batch, cfg.micro_batch, cfg.dp)
-    dims.validate(spec)
+    dims = layout_dims(cfg, runtime.world_size)
+    dims.validate(spec, seq)
     precision = resolve_precision(cfg.precision, runtime.device)
     check_fits(spec, dims.layout().replace(precision=precision), seq, runtime.device)
     if runtime.device.type == "cuda":
@@ -339,16 +415,16 @@ def _train(
         raise error[0]
     if not main:
         prepared = load_prepared(out)
+    par = build_model(spec, runtime, dims, precision, cfg.compile, cfg.seed)
+    model = par.state_module  # this rank's parameters, named as in the whole model
     loader = TokenLoader(
-        prepared, seq, dims.global_batch, dims.micro_batch, dims.dp, runtime.rank, cfg.seed,
+        prepared, seq, dims.global_batch, dims.micro_batch, dims.dp, par.dp_rank, cfg.seed,
         runtime.device,
     )  # fmt: skip
-
-    model = build_model(spec, runtime, precision, cfg.compile, cfg.seed)
-    optimizer, scheduler = build_optimizer(model, cfg)
+    optimizer, scheduler = build_optimizer(par, cfg)
     identity = {"model": spec.to_dict(), "data": prepared.fingerprint, "corpus": corpus.describe()}
     ckpt = Checkpointer(out / "checkpoints", runtime, identity, cfg.keep, cfg.restart)
-    params = sum(p.numel() for p in model.parameters())  # sharded or not, numel is global
+    params = total_params(spec)  # the whole model's, however it is split
 
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -409,7 +485,7 @@ def _train(
         RunStarted(
             spec.name, params, m.device_name(runtime.device), precision, runtime.world_size,
             dims.grad_accum, start, cfg.steps, tokens_per_step, corpus.describe(),
-            prepared.tokens, prepared.reused, path,
+            prepared.tokens, prepared.reused, path, describe_layout(dims),
         )
     )  # fmt: skip
 
@@ -417,15 +493,20 @@ def _train(
     result = TrainResult(out, start, cfg.steps, params, warnings=warnings, resumed_from=path)
     last_saved = path
     try:
-        model.train()
+        for part in par.parts:
+            part.train()
         for step in range(start + 1, cfg.steps + 1):
             t0 = time.perf_counter()
             lr = scheduler.get_last_lr()[0]
+            held: list[tuple[int, int]] = []  # measured in this run's first step
+            on_grads = partial(_append_held_bytes, held, par) if step == start + 1 else None
             loss, aux, norm = train_step(
-                model, optimizer, scheduler, loader.next_batch(), runtime, precision,
-                cfg.grad_clip,
+                par, optimizer, scheduler, loader.next_batch(), runtime, precision,
+                cfg.grad_clip, on_grads,
             )  # fmt: skip
             check_finite(step, loss, norm, last_saved)
+            if held:
+                _report_memory(held[0], spec, dims, par, runtime, out, emit)
             if runtime.device.type == "cuda":
                 torch.cuda.synchronize(runtime.device)
             dt = time.perf_counter() - t0
@@ -449,9 +530,7 @@ def _train(
                 saved_at = last_saved = ckpt.save(step, st)
                 emit(CheckpointSaved(step, saved_at))
         if cfg.export:
-            result.export_dir = _export(
-                model, spec, prepared.tokenizer_path, out, runtime, cfg.steps
-            )
+            result.export_dir = _export(par, spec, prepared.tokenizer_path, out, runtime, cfg.steps)
             if result.export_dir is not None:
                 emit(Notice(f"exported the model to {result.export_dir}"))
     finally:
@@ -461,14 +540,71 @@ def _train(
     return result
 
 
+def _append_held_bytes(held: list[tuple[int, int]], par: Parallelized) -> None:
+    held.append(m.held_bytes(par.parameters()))
+
+
+def _report_memory(
+    held: tuple[int, int],
+    spec: ModelSpec,
+    dims: ParallelDims,
+    par: Parallelized,
+    runtime: Runtime,
+    out: Path,
+    emit: Callable[[Event], None],
+) -> None:
+    """Every rank's parameter and gradient bytes next to the planner's, in ``layout.json``
+    (first pipeline stage: the one the planner models)."""
+    pp_rank = par.mesh["pp"].get_local_rank() if par.mesh is not None else 0
+    row = {"rank": runtime.rank, "pp_rank": pp_rank, "param_bytes": held[0], "grad_bytes": held[1]}
+    rows: list[Any] = [row]
+    if runtime.distributed:
+        rows = [None] * runtime.world_size
+        dist.all_gather_object(rows, row)
+    if not runtime.is_main:
+        return
+    planned = planned_state_bytes(spec, dims)
+    report = {
+        "layout": describe_layout(dims),
+        "planned": {"param_bytes": planned[0], "grad_bytes": planned[1]},
+        "ranks": rows,
+    }
+    (out / "layout.json").write_text(json.dumps(report, indent=1))
+    first = [r for r in rows if r["pp_rank"] == 0]
+    emit(
+        Notice(
+            f"memory per rank: parameters {max(r['param_bytes'] for r in first) / 1e6:.3f} MB, "
+            f"gradients {max(r['grad_bytes'] for r in first) / 1e6:.3f} MB (the planner: "
+            f"{planned[0] / 1e6:.3f} MB and {planned[1] / 1e6:.3f} MB)"
+        )
+    )
+
+
 def _export(
-    model: nn.Module, spec: ModelSpec, tokenizer_path: Path, out: Path, runtime: Runtime, step: int
+    par: Parallelized,
+    spec: ModelSpec,
+    tokenizer_path: Path,
+    out: Path,
+    runtime: Runtime,
+    step: int,
 ) -> Path | None:
-    """Gather the full weights (a collective under FSDP2) and write them on rank 0."""
+    """Gather the full weights (a collective under FSDP2 and TP) and write them on rank 0;
+    with pipeline stages, rank 0 collects the other stages' weights too."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    full = get_model_state_dict(model, options=options)
+    pp = par.group("pp")
+    # cpu_offload keeps the gathered weights on global rank 0 only: each stage needs its own
+    options = StateDictOptions(full_state_dict=True, cpu_offload=pp is None)
+    full: dict[str, Any] = {}
+    for part in par.parts:
+        full.update(get_model_state_dict(part, options=options))
+    full = {k: v.cpu() for k, v in full.items()}
+    tp_rank = par.mesh["tp"].get_local_rank() if par.mesh is not None else 0
+    if pp is not None and par.dp_rank == 0 and tp_rank == 0:
+        stages: list[Any] = [None] * par.dims.pp
+        dist.gather_object(full, stages if runtime.is_main else None, dst=0, group=pp)
+        if runtime.is_main:
+            full = {k: v for stage in stages for k, v in stage.items()}
     if not runtime.is_main:
         return None
     return export_model(full, spec, load_tokenizer(tokenizer_path), out / "model", step)

@@ -148,3 +148,36 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def grouped_mm_flops(
+    a_shape: tuple[int, ...], b_shape: tuple[int, ...], *args: Any, **kwargs: Any
+) -> int:
+    """FLOPs of ``aten._grouped_mm``, which FlopCounterMode does not count (PyTorch 2.13):
+    2·m·k·n summed over the groups. 2D (M, K) × 3D (G, K, N): 2·M·K·N (forward, input
+    gradient); 2D (K, M) × 2D (M, N) split along M: 2·K·M·N (weight gradient); 3D × 3D: G
+    batched products."""
+    if len(a_shape) == 3 and len(b_shape) == 3:
+        return 2 * a_shape[0] * a_shape[1] * a_shape[2] * b_shape[2]
+    return 2 * a_shape[0] * a_shape[1] * b_shape[-1]
+
+
+def flop_counter_mapping() -> dict[Any, Any]:
+    """``custom_mapping`` for ``FlopCounterMode`` so the grouped-GEMM experts are counted."""
+    return {torch.ops.aten._grouped_mm: grouped_mm_flops}
+
+
+def held_bytes(params: list[torch.nn.Parameter]) -> tuple[int, int]:
+    """(parameter bytes, gradient bytes) this rank holds: the local shard of every sharded
+    (DTensor) parameter and of its gradient."""
+
+    def local(t: torch.Tensor) -> torch.Tensor:
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    weights = grads = 0
+    for p in params:
+        weights += local(p).numel() * p.element_size()
+        if p.grad is not None:
+            g = local(p.grad)
+            grads += g.numel() * g.element_size()
+    return weights, grads

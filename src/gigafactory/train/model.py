@@ -2,7 +2,9 @@
 
 Every block reads top to bottom; shapes are in the comments (B batch, T time, C hidden,
 H query heads, K key/value heads, D head dim, E experts, N = B·T tokens). The module knows
-nothing of parallelism (``parallelize.py`` applies FSDP2/compile) nor of the loop.
+nothing of parallelism (``parallelize.py`` applies tensor, expert and pipeline parallelism,
+FSDP2 and compile; under tensor parallelism a rank computes H/tp heads, so views say -1) nor
+of the loop.
 
 Grok-1 traits (xai-org/grok-1 model.py) switched on by the spec: sandwich RMSNorm
 (``norm_layout: sandwich``), GeGLU experts, a top-k router in fp32 with the softmax over all
@@ -22,6 +24,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from gigafactory.spec.model import ModelSpec
@@ -154,9 +157,9 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         B, T, _ = x.shape
         pos = 0 if kv is None else kv.length
-        q = self.q(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
-        v = self.v(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        q = self.q(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        v = self.v(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         if self.rope:
             q, k = apply_rope(q, cos[pos:], sin[pos:]), apply_rope(k, cos[pos:], sin[pos:])
         if kv is not None:
@@ -177,7 +180,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        y = y.transpose(1, 2).reshape(B, T, self.heads * self.head_dim)  # (B, T, H·D)
+        y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, H·D)
         return self.o(y)  # (B, T, C)
 
     def _capped_attention(
@@ -250,12 +253,53 @@ class MLP(nn.Module):
         return self.down(activation(self.kind, self.up(x)))
 
 
-def _add_bias(y: torch.Tensor, bias: nn.Parameter | None, e: int) -> torch.Tensor:
-    return y if bias is None else y + bias[e]
+def local(p: torch.Tensor) -> torch.Tensor:
+    """The shard this rank holds of a parameter a parallel plan turned into a DTensor (the
+    whole tensor otherwise): the grouped GEMM below runs on plain tensors."""
+    return p.to_local() if isinstance(p, DTensor) else p
+
+
+def expert_counts(idx: torch.Tensor, experts: int) -> torch.Tensor:
+    """Routing slots per expert (E,) int64 from idx (N, k), without a host sync: a
+    scatter-add into a fixed-size tensor (``bincount`` sizes its output from the data)."""
+    flat = idx.flatten()
+    return torch.zeros(experts, dtype=torch.int64, device=idx.device).scatter_add_(
+        0, flat, torch.ones_like(flat)
+    )
+
+
+def grouped_linear(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    offs: torch.Tensor,
+    rows: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x (M, K) with rows grouped by expert (group g ends at offs[g]) times w (G, K, N) → (M, N),
+    one GEMM per group in one ``F.grouped_mm`` call (PyTorch 2.8+; eager on CPU in fp32 too).
+    ``rows`` (M,) names each row's group, for the per-expert bias (G, N).
+
+    ``torch.compile`` traces ``grouped_mm`` only in bf16 (its meta kernel follows the CUDA
+    one); a compiled fp32 model takes ``dense_grouped_linear`` instead, also sync-free."""
+    w = local(w).to(x.dtype)
+    if torch.compiler.is_compiling() and x.dtype != torch.bfloat16:
+        y = dense_grouped_linear(x, w, rows)
+    else:
+        y = F.grouped_mm(x, w, offs=offs)
+    return y if bias is None else y + local(bias).to(y.dtype)[rows]
+
+
+def dense_grouped_linear(x: torch.Tensor, w: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The grouped product by brute force: every row times every group's weight (G, M, N),
+    then each row's own group picked; G times the FLOPs, no host sync, traceable in fp32."""
+    every = torch.matmul(x, w)  # (G, M, N)
+    return every[rows, torch.arange(x.size(0), device=x.device)]  # (M, N)
 
 
 class Experts(nn.Module):
-    """E routed experts with stacked weights (E, C, F) so FSDP shards them as one tensor."""
+    """E routed experts with stacked weights (E, C, F), applied to tokens already grouped by
+    expert with grouped GEMMs: no loop over experts, no host sync, no graph break.
+    ``F.grouped_mm`` needs rows 16-byte aligned: C and F multiples of 8 in bf16, 4 in fp32."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -268,36 +312,30 @@ class Experts(nn.Module):
         self.b_up = nn.Parameter(torch.zeros(E, Fw)) if spec.bias else None
         self.b_down = nn.Parameter(torch.zeros(E, C)) if spec.bias else None
 
-    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        """Expert e applied to its tokens x (n, C) → (n, C)."""
-        up = _add_bias(x @ self.w_up[e], self.b_up, e)  # (n, F)
+    def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """x (M, C), its rows grouped by expert, ``counts`` (E,) rows per expert → (M, C)."""
+        offs = counts.cumsum(0).to(torch.int32)  # (E,) end of each expert's rows
+        experts = torch.arange(counts.numel(), device=x.device)
+        rows = experts.repeat_interleave(counts, output_size=x.size(0))  # (M,) expert of a row
+        up = grouped_linear(x, self.w_up, offs, rows, self.b_up)  # (M, F)
         if self.w_gate is not None:
-            hidden = activation(self.kind, _add_bias(x @ self.w_gate[e], self.b_gate, e)) * up
+            gate = grouped_linear(x, self.w_gate, offs, rows, self.b_gate)
+            hidden = activation(self.kind, gate) * up
         else:
             hidden = activation(self.kind, up)
-        return _add_bias(hidden @ self.w_down[e], self.b_down, e)  # (n, C)
-
-    def forward(self, x: torch.Tensor, gates: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Token-choice dispatch: x (N, C), gates and idx (N, k) → Σ_k gate·expert(x) (N, C)."""
-        k = idx.size(1)
-        order = idx.flatten().argsort(stable=True)  # (N·k,) slots grouped by expert
-        token = order // k  # (N·k,) the token each slot came from
-        counts = torch.bincount(idx.flatten(), minlength=self.w_up.size(0)).tolist()
-        chunks = x[token].split(counts)  # one (n_e, C) chunk per expert
-        y = torch.cat([self.expert(e, c) for e, c in enumerate(chunks)])  # (N·k, C)
-        y = (y * gates.flatten()[order, None].to(y.dtype)).to(x.dtype)
-        return torch.zeros_like(x).index_add_(0, token, y)  # (N, C)
+        return grouped_linear(hidden, self.w_down, offs, rows, self.b_down)  # (M, C)
 
 
-def load_balancing_loss(probs: torch.Tensor, idx: torch.Tensor, experts: int) -> torch.Tensor:
+def load_balancing_loss(probs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Switch Transformer auxiliary loss (Fedus et al. 2021, Eq. 4): E · Σ_i f_i · P_i.
 
-    f_i is the fraction of the N·k routing slots sent to expert i, P_i the mean router
-    probability of expert i over the N tokens; a perfectly uniform router scores 1.
+    f_i is the fraction of the N·k routing slots sent to expert i (``counts`` (E,)), P_i the
+    mean router probability of expert i over the N tokens (``probs`` (N, E)); a perfectly
+    uniform router scores 1.
     """
-    f = torch.bincount(idx.flatten(), minlength=experts).float() / idx.numel()  # (E,)
+    f = counts.float() / counts.sum()  # (E,)
     P = probs.mean(dim=0)  # (E,)
-    return experts * (f * P).sum()
+    return probs.size(1) * (f * P).sum()
 
 
 class MoE(nn.Module):
@@ -325,10 +363,15 @@ class MoE(nn.Module):
         gates, idx = probs.topk(self.top_k, dim=-1)  # (N, k)
         if self.renormalize:
             gates = gates / gates.sum(dim=-1, keepdim=True)
-        y = self.experts(tokens, gates, idx)  # (N, C)
+        counts = expert_counts(idx, self.experts_n)  # (E,)
+        order = idx.flatten().argsort(stable=True)  # (N·k,) slots grouped by expert
+        token = order // self.top_k  # (N·k,) the token each slot came from
+        y = self.experts(tokens[token], counts)  # (N·k, C)
+        y = (y * gates.flatten()[order, None].to(y.dtype)).to(x.dtype)
+        y = torch.zeros_like(tokens).index_add_(0, token, y)  # (N, C)
         for expert in self.shared:
             y = y + expert(tokens)
-        return y.view(B, T, C), load_balancing_loss(probs, idx, self.experts_n)
+        return y.view(B, T, C), load_balancing_loss(probs, counts)
 
 
 class Block(nn.Module):
@@ -353,8 +396,20 @@ class Block(nn.Module):
         if self.is_moe:
             h, aux = self.mlp(self.mlp_norm(x))
         else:
-            h, aux = self.mlp(self.mlp_norm(x)), x.new_zeros((), dtype=torch.float32)
+            h, aux = self.mlp(self.mlp_norm(x)), torch.zeros((), device=x.device)
         return x + self.mlp_post_norm(h), aux
+
+
+class OutputHead(nn.Module):
+    """Logits x·Wᵀ·m (B, T, V) from the last hidden states, W the untied head's weight or the
+    (tied) embedding's; no parameters of its own, so one class serves both."""
+
+    def __init__(self, multiplier: float):
+        super().__init__()
+        self.multiplier = multiplier
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight) * self.multiplier
 
 
 # --- the model -----------------------------------------------------------------------------
@@ -374,6 +429,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(spec, i) for i in range(spec.layers))
         self.norm = make_norm(spec)
         self.lm_head = None if spec.tied_embeddings else nn.Linear(spec.hidden, spec.vocab, False)
+        self.head = OutputHead(spec.output_multiplier)
         self.register_buffer("rope_cos", torch.empty(spec.seq_len, spec.dim_head), persistent=False)
         self.register_buffer("rope_sin", torch.empty(spec.seq_len, spec.dim_head), persistent=False)
         self.init_weights()
@@ -425,14 +481,14 @@ class Transformer(nn.Module):
         x = self.tok_emb(idx) * self.spec.embedding_multiplier  # (B, T, C)
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(pos, pos + T, device=idx.device))
-        aux = x.new_zeros((), dtype=torch.float32)
+        aux = torch.zeros((), device=idx.device)
         kvs = [None] * len(self.blocks) if cache is None else cache.layers
         for block, kv in zip(self.blocks, kvs, strict=True):
             x, block_aux = block(x, self.rope_cos, self.rope_sin, kv)
             aux = aux + block_aux
         x = self.norm(x)
         weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(x, weight) * self.spec.output_multiplier  # (B, T, V)
+        logits = self.head(x, weight)  # (B, T, V)
         aux = aux * self.spec.router_aux_loss_coef
         if targets is None:
             return ModelOutput(logits, None, aux)

@@ -2,12 +2,14 @@
 
 * ``Runtime``: this process's place in the job (rank, world size, device), read from the
   environment torchrun sets; gloo on CPU, NCCL on GPU.
-* ``ParallelDims``: the one object that owns and validates the layout (world size, data
-  parallel degree, global and micro batch), via ``LayoutSpec.check`` and the trainer's own
+* ``ParallelDims``: the one object that owns and validates the layout (tp, pp, vpp, ep, dp,
+  global and micro batch), via the planner's ``LayoutSpec.check`` and the trainer's own
   limits, each with an error that names the fix.
-* ``parallelize``: optional ``torch.compile`` of each block, then FSDP2 ``fully_shard`` of
-  each block and of the root over the data-parallel mesh, with bf16 parameters and fp32
-  gradient reduction on GPU.
+* ``build_mesh``: the ``DeviceMesh`` (pp, dp/ep, ep, tp) of that layout.
+* ``parallelize``: tensor parallelism (``tensor_parallel.py``), expert parallelism
+  (``expert_parallel.py``), pipeline stages (``pipeline.py``), optional ``torch.compile`` of
+  each block, then FSDP2 ``fully_shard`` of each block and of the root over the data-parallel
+  mesh, with bf16 parameters and fp32 gradient reduction on GPU.
 """
 
 from __future__ import annotations
@@ -16,15 +18,21 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.distributed.device_mesh import DeviceMesh
 
 from gigafactory.errors import LayoutError
 from gigafactory.spec.layout import LayoutSpec
 from gigafactory.spec.model import ModelSpec
 from gigafactory.train.errors import TrainConfigError
+from gigafactory.train.expert_parallel import apply_expert_parallel
+from gigafactory.train.model import Transformer
+from gigafactory.train.pipeline import Stages, build_schedule, build_stages, stage_ids
+from gigafactory.train.tensor_parallel import apply_tensor_parallel
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -85,50 +93,82 @@ def shutdown(runtime: Runtime) -> None:
 
 @dataclass(frozen=True)
 class ParallelDims:
-    """The layout of a training run. The trainer shards over data-parallel ranks only (FSDP2);
-    tensor, pipeline, context and expert parallelism are modelled by the planner."""
+    """The layout of a training run: world size = tp·pp·dp; experts split ``ep`` ways inside
+    the data-parallel group; ``vpp`` pipeline chunks per rank. The same ``LayoutSpec`` the
+    planner evaluates (``layout()``), checked by the planner's own ``LayoutSpec.check`` plus
+    the limits of this trainer, in ``validate``."""
 
     world_size: int
     dp: int
     global_batch: int
     micro_batch: int
+    tp: int = 1
+    pp: int = 1
+    vpp: int = 1
+    ep: int = 1
 
     @classmethod
     def build(
-        cls, world_size: int, global_batch: int, micro_batch: int = 0, dp: int = 0
+        cls,
+        world_size: int,
+        global_batch: int,
+        micro_batch: int = 0,
+        dp: int = 0,
+        tp: int = 1,
+        pp: int = 1,
+        vpp: int = 1,
+        ep: int = 1,
     ) -> ParallelDims:
-        """``dp`` 0 means every rank; ``micro_batch`` 0 means global_batch / dp (no
+        """``dp`` 0 means world / (tp·pp); ``micro_batch`` 0 means global_batch / dp (no
         gradient accumulation)."""
-        dp = dp or world_size
-        if micro_batch == 0 and dp and global_batch % dp == 0:
+        if dp == 0 and tp > 0 and pp > 0:
+            dp = max(1, world_size // (tp * pp))
+        if micro_batch == 0 and dp > 0 and global_batch % dp == 0:
             micro_batch = global_batch // dp
-        return cls(world_size, dp, global_batch, micro_batch or 1)
+        return cls(world_size, dp, global_batch, micro_batch or 1, tp, pp, vpp, ep)
+
+    @classmethod
+    def from_layout(cls, layout: LayoutSpec, world_size: int) -> ParallelDims:
+        """The degrees and batch of a planner's layout (``gigafactory plan --json``)."""
+        if layout.cp > 1:
+            raise LayoutError(
+                f"the plan uses context parallelism (cp={layout.cp}), which the trainer does "
+                "not run; plan with --cp 1"
+            )
+        return cls(
+            world_size, layout.dp, layout.global_batch, layout.micro_batch,
+            layout.tp, layout.pp, layout.vpp, layout.ep,
+        )  # fmt: skip
 
     @property
     def grad_accum(self) -> int:
         """Micro-batches per rank per step: global_batch / (micro_batch · dp)."""
         return self.global_batch // (self.micro_batch * self.dp)
 
-    def layout(self) -> LayoutSpec:
+    def layout(self, precision: str = "fp32") -> LayoutSpec:
         return LayoutSpec(
-            dp=self.dp,
-            sharding="fsdp",
-            micro_batch=self.micro_batch,
-            global_batch=self.global_batch,
-        )
+            tp=self.tp, pp=self.pp, dp=self.dp, vpp=self.vpp, ep=self.ep, sharding="fsdp",
+            micro_batch=self.micro_batch, global_batch=self.global_batch, precision=precision,
+        )  # fmt: skip
 
-    def validate(self, model: ModelSpec) -> None:
-        """Refuse a layout the world size cannot hold, with the fix."""
-        if self.global_batch < 1 or self.micro_batch < 1 or self.dp < 1:
-            raise LayoutError(
-                f"batch {self.global_batch}, micro-batch {self.micro_batch}, dp {self.dp}: "
-                "each must be a positive integer"
+    def validate(self, model: ModelSpec, seq: int = 0) -> None:
+        """Refuse, with the fix, a layout the job cannot run: every check in one place."""
+        degrees = {"tp": self.tp, "pp": self.pp, "vpp": self.vpp, "ep": self.ep, "dp": self.dp}
+        for name, value in (*degrees.items(), ("batch", self.global_batch)):
+            if value < 1:
+                raise LayoutError(f"--{name} {value}: must be a positive integer")
+        if self.micro_batch < 1:
+            raise LayoutError(f"--micro-batch {self.micro_batch}: must be a positive integer")
+        if self.tp * self.pp * self.dp != self.world_size:
+            fix = (
+                f"set --dp {self.world_size // (self.tp * self.pp)}"
+                if self.world_size % (self.tp * self.pp) == 0
+                else f"use tp·pp dividing {self.world_size}"
             )
-        if self.dp != self.world_size:
             raise LayoutError(
-                f"dp={self.dp} but the job has {self.world_size} process(es); the trainer "
-                f"shards over data-parallel ranks only, so set --dp {self.world_size} (or "
-                f"launch torchrun --nproc_per_node {self.dp})"
+                f"dp={self.dp} but the job has {self.world_size} process(es) and "
+                f"tp·pp·dp = {self.tp}·{self.pp}·{self.dp} = {self.tp * self.pp * self.dp}; "
+                f"{fix} (or launch torchrun --nproc_per_node {self.tp * self.pp * self.dp})"
             )
         if self.global_batch % self.dp:
             raise LayoutError(
@@ -136,6 +176,60 @@ class ParallelDims:
                 f"use a multiple of {self.dp}"
             )
         self.layout().check(model, gpus=self.world_size)
+        self._check_trainer_limits(model, seq or model.seq_len)
+
+    def _check_trainer_limits(self, model: ModelSpec, seq: int) -> None:
+        """What the planner allows but this trainer does not build (yet)."""
+        t = self.tp
+        if t > 1:
+            if model.n_kv_heads % t:
+                raise LayoutError(
+                    f"tp={t}: the trainer splits the {model.n_kv_heads} KV heads over the tp "
+                    "ranks (it does not replicate them); use a tp that divides them"
+                )
+            widths = {"ffn width": model.ffn_width, "vocabulary": model.vocab}
+            if model.is_moe:
+                widths["expert width"] = model.moe_ffn
+            widths["sequence length"] = seq
+            for what, n in widths.items():
+                if n % t:
+                    raise LayoutError(f"tp={t} does not divide the {what} {n}")
+            if model.position == "learned":
+                raise LayoutError("tp > 1 needs RoPE positions (learned ones are not split)")
+            if model.is_moe and model.bias:
+                raise LayoutError("tp > 1 with expert biases is not supported; use tp 1")
+            if self.ep > 1:
+                raise LayoutError(
+                    f"tp={t} with ep={self.ep}: the trainer runs tensor or expert "
+                    "parallelism on an MoE model, not both; use one of them"
+                )
+        if self.pp > 1:
+            if model.tied_embeddings:
+                raise LayoutError(
+                    f"pp={self.pp} with tied embeddings: the shared weight would live on the "
+                    "first and the last stage; use pp 1 or an untied model"
+                )
+            if model.is_moe:
+                raise LayoutError(
+                    f"pp={self.pp} with an MoE model: the load-balancing loss does not cross "
+                    "pipeline stages yet; use tp, ep or dp"
+                )
+            if self.grad_accum < self.pp:
+                raise LayoutError(
+                    f"pp={self.pp} needs at least {self.pp} micro-batches per step, has "
+                    f"{self.grad_accum} (global batch / (micro-batch·dp)); lower --micro-batch"
+                )
+
+
+def planned_state_bytes(spec: ModelSpec, dims: ParallelDims) -> tuple[float, float]:
+    """The planner's (parameter bytes, gradient bytes) per rank at rest for this layout: its
+    parameter split (``plan.shard.params_per_gpu``) sharded over the dp ranks (FSDP2), in the
+    fp32 this trainer keeps parameters and gradients in (FSDP2 casts to bf16 per layer)."""
+    from gigafactory.plan.memory import grad_bytes_per_param, sharded_params, weight_bytes_per_param
+    from gigafactory.plan.shard import params_per_gpu
+
+    n = sharded_params(params_per_gpu(spec, dims.layout("fp32")))
+    return n * weight_bytes_per_param("fp32"), n * grad_bytes_per_param("fp32")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -149,33 +243,158 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def parallelize(
-    model: nn.Module, runtime: Runtime, precision: str, compile: bool = False
-) -> nn.Module:
-    """Compile each block (optional), then shard blocks and root with FSDP2 over all ranks.
-
-    Tied embeddings stay in the root group, so the shared weight is one sharded parameter.
-    """
-    blocks: nn.ModuleList = model.blocks  # type: ignore[assignment]
-    if compile:
-        for block in blocks:
-            block.compile()  # in place: parameter names (and checkpoints) stay the same
-    if not runtime.distributed:
-        return model
+def build_mesh(dims: ParallelDims, device_type: str) -> tuple[DeviceMesh, DeviceMesh]:
+    """The job's ``DeviceMesh``: (pp, dp/ep, ep, tp), tp innermost (neighbouring ranks, the
+    fastest links), with dp the flattened (dp/ep, ep) — experts are split inside the
+    data-parallel group, as the planner's LayoutSpec says. Returns it and its dp mesh."""
     from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh(
+        device_type,
+        (dims.pp, dims.dp // dims.ep, dims.ep, dims.tp),
+        mesh_dim_names=("pp", "dp_mod_ep", "ep", "tp"),
+    )
+    return mesh, mesh["dp_mod_ep", "ep"]._flatten("dp")
+
+
+@dataclass
+class Parallelized:
+    """A model spread over the job: the modules this rank holds (the model, or its pipeline
+    stages) and what a step needs to drive them."""
+
+    parts: list[nn.Module]
+    dims: ParallelDims
+    mesh: DeviceMesh | None = None
+    dp_mesh: DeviceMesh | None = None  # the flattened (dp/ep, ep) dimensions
+    schedule: Any = None  # a torch.distributed.pipelining schedule when pp > 1
+    first_stage: bool = True
+    last_stage: bool = True
+
+    @property
+    def dp_rank(self) -> int:
+        return self.dp_mesh.get_local_rank() if self.dp_mesh is not None else 0
+
+    @property
+    def state_module(self) -> nn.Module:
+        """One module holding this rank's parameters under their full-model names."""
+        return self.parts[0] if len(self.parts) == 1 else Stages(self.parts)  # type: ignore[arg-type]
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for part in self.parts for p in part.parameters()]
+
+    def group(self, dim: str) -> dist.ProcessGroup | None:
+        """The process group of one mesh dimension, None when it has one rank."""
+        if self.mesh is None:
+            return None
+        sub = self.dp_mesh if dim == "dp" else self.mesh[dim]
+        return None if sub is None or sub.size() == 1 else sub.get_group()
+
+
+def parallelize(
+    model: Transformer, runtime: Runtime, dims: ParallelDims, precision: str, compile: bool = False
+) -> Parallelized:
+    """Apply the layout to a built model, outside the model file (torchtitan's order): tensor
+    parallelism, expert parallelism, pipeline stages, ``torch.compile`` of each block, then
+    FSDP2 over the data-parallel ranks.
+
+    Tied embeddings stay in the root FSDP group, so the shared weight is one sharded parameter.
+    """
+    mesh, dp_mesh = build_mesh(dims, runtime.device.type) if runtime.distributed else (None, None)
+    if mesh is not None and dims.tp > 1:
+        apply_tensor_parallel(model, mesh["tp"])
+    if mesh is not None and dims.ep > 1:
+        apply_expert_parallel(model, mesh["ep"])
+    par = Parallelized([model], dims, mesh, dp_mesh)
+    if mesh is not None and dims.pp > 1:
+        pp_rank = mesh["pp"].get_local_rank()
+        ids = stage_ids(pp_rank, dims.pp, dims.vpp)
+        par.parts = list(build_stages(model, pp_rank, dims.pp, dims.vpp))
+        par.first_stage, par.last_stage = 0 in ids, dims.pp * dims.vpp - 1 in ids
+    for part in par.parts:
+        if compile:
+            for block in _blocks(part):
+                block.compile()  # in place: parameter names (and checkpoints) stay the same
+        if mesh is not None and dp_mesh is not None:
+            _fully_shard(part, mesh, dp_mesh, dims, precision)
+    if mesh is not None and dims.pp > 1:
+        par.schedule = build_schedule(
+            par.parts, ids, dims.pp * dims.vpp, dims.grad_accum, mesh["pp"]
+        )
+    return par
+
+
+def _blocks(part: nn.Module) -> list[nn.Module]:
+    blocks = part.blocks  # a ModuleList (whole model) or a ModuleDict (pipeline stage)
+    return list(blocks.values() if isinstance(blocks, nn.ModuleDict) else blocks)  # type: ignore[operator]
+
+
+def _fully_shard(
+    part: nn.Module, mesh: DeviceMesh, dp_mesh: DeviceMesh, dims: ParallelDims, precision: str
+) -> None:
+    """FSDP2 of each block and of the root over the dp ranks; with expert parallelism the
+    experts are sharded over the dp/ep ranks that hold the same experts, their gradients
+    averaged over all dp ranks (each expert saw tokens from all of them)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mesh = init_device_mesh(runtime.device.type, (runtime.world_size,), mesh_dim_names=("dp",))
     mp = (
         MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         if precision == "bf16"
         else MixedPrecisionPolicy()
     )
+    blocks = _blocks(part)
     for i, block in enumerate(blocks):
         # the last block's parameters are needed at once by backward: no reshard after forward
-        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=i < len(blocks) - 1)
-    fully_shard(model, mesh=mesh, mp_policy=mp)
-    return model
+        reshard = i < len(blocks) - 1
+        if dims.ep > 1 and block.is_moe:
+            experts = fully_shard(
+                block.mlp.experts, mesh=mesh["dp_mod_ep"], mp_policy=mp,
+                reshard_after_forward=reshard,
+            )  # fmt: skip
+            experts.set_gradient_divide_factor(float(dims.dp))
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard)
+    fully_shard(part, mesh=dp_mesh, mp_policy=mp)
+
+
+def clip_grad_norm(par: Parallelized, max_norm: float) -> float:
+    """Clip the gradients of every rank's parameters to a global L2 norm of ``max_norm`` and
+    return the norm before clipping. Parameters live on several meshes (FSDP×TP, experts on
+    dp/ep×ep, a router on dp alone) and pipeline stages on several ranks: each mesh's norm is
+    reduced over that mesh, the squares summed, then summed over the pipeline ranks."""
+    from torch.distributed.tensor import DTensor
+
+    by_mesh: dict[Any, list[torch.Tensor]] = {}
+    for p in par.parameters():
+        if p.grad is not None:
+            key = p.grad.device_mesh if isinstance(p.grad, DTensor) else None
+            by_mesh.setdefault(key, []).append(p.grad)
+    device = next(iter(par.parameters())).device
+    squares = torch.zeros((), device=device)
+    for grads in by_mesh.values():
+        norm = torch.nn.utils.get_total_norm(grads, 2.0)
+        if isinstance(norm, DTensor):
+            norm = norm.full_tensor()
+        squares = squares + norm.float() ** 2
+    pp = par.group("pp")
+    if pp is not None:
+        dist.all_reduce(squares, group=pp)
+    total = float(squares.sqrt())
+    coef = min(1.0, max_norm / (total + 1e-6))
+    if coef < 1.0:
+        for grads in by_mesh.values():
+            torch._foreach_mul_(grads, coef)
+    return total
+
+
+def mean_over_data_parallel(values: torch.Tensor, par: Parallelized) -> torch.Tensor:
+    """Per-step losses as every rank reports them: taken from the last pipeline stage (the
+    others hold zeros) and averaged over the dp ranks (tp ranks already agree)."""
+    pp, dp = par.group("pp"), par.group("dp")
+    if pp is not None:
+        dist.all_reduce(values, group=pp)
+    if dp is not None:
+        dist.all_reduce(values, group=dp)
+        values = values / par.dims.dp
+    return values
 
 
 @contextlib.contextmanager
