@@ -13,12 +13,13 @@ per-kernel cost. The reachable rate depends on the kernel kind and on the operat
   of the loss, MoE permutation) move bytes at ``memory_bw · e_memory``.
 
 ``e_kind`` are the accelerator's calibrated ``efficiency`` block in its catalog YAML
-(``matmul``, ``matmul_fp8``, ``grouped_matmul``, ``attention``, ``memory``): one number per
+(``matmul``, ``matmul_fp8``, ``attention``, ``memory``): one number per
 accelerator and kernel kind, never per model or per run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from gigafactory.plan.flops import attention_head_dims, attention_span
@@ -136,6 +137,13 @@ FRAMEWORKS = {
 }
 
 
+def prior_hardware(hardware: HardwareSpec) -> HardwareSpec:
+    """``hardware`` with its fitted efficiencies removed: every kernel kind reads the
+    documented prior (``DEFAULT_EFFICIENCY``); unfitted entries (``nvlink``) stay."""
+    keep = {k: v for k, v in hardware.efficiency.items() if k not in DEFAULT_EFFICIENCY}
+    return dataclasses.replace(hardware, efficiency=keep)
+
+
 def software_for(framework: str) -> Software:
     """The ``Software`` of a framework name (by prefix, e.g. ``megatron-core-0.8``)."""
     key = framework.strip().lower()
@@ -148,17 +156,19 @@ def software_for(framework: str) -> Software:
 def efficiency(hardware: HardwareSpec, kind: str, precision: str = "bf16") -> float:
     """The calibrated fraction of peak that ``kind`` kernels reach on ``hardware``.
 
-    fp8 matmuls read ``matmul_fp8`` (a share of the fp8 peak); ``grouped_matmul`` falls back
-    to the plain matmul value when the YAML does not set it.
+    fp8 matmuls read ``matmul_fp8`` (a share of the fp8 peak). A grouped GEMM (the routed
+    experts) reads the plain matmul value: Transformer Engine's ``GroupedLinear`` and
+    Megatron-Core's ``GroupedMLP`` (CUTLASS grouped GEMM) run the same tensor-core tiles
+    as one GEMM per expert, so what they lose on small experts is the per-expert shape
+    (m = tokens per expert, n or k = the expert width), which ``gemm_size_factor`` charges,
+    not a separate efficiency. A grouped efficiency fitted per family had no mechanism
+    behind it and did not transfer between sources (leave-one-source-out: MBg5 −35%).
     """
     eff = hardware.efficiency
     if kind in ("matmul", "grouped_matmul") and precision == "fp8":
-        base = eff.get("matmul_fp8", DEFAULT_EFFICIENCY["matmul_fp8"])
-        if kind == "grouped_matmul" and "grouped_matmul" in eff:
-            return base * eff["grouped_matmul"] / eff.get("matmul", DEFAULT_EFFICIENCY["matmul"])
-        return base
+        return eff.get("matmul_fp8", DEFAULT_EFFICIENCY["matmul_fp8"])
     if kind == "grouped_matmul":
-        return eff.get("grouped_matmul", eff.get("matmul", DEFAULT_EFFICIENCY["matmul"]))
+        kind = "matmul"
     return eff.get(kind, DEFAULT_EFFICIENCY[kind])
 
 
