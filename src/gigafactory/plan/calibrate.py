@@ -25,12 +25,11 @@ from gigafactory.plan.validate import (
 from gigafactory.spec.hardware import HardwareSpec
 
 #: The kinds a fit may set, and the grid it searches (fractions of peak or bandwidth).
-FIT_KINDS = ("matmul", "matmul_fp8", "attention", "memory")
+FIT_KINDS = ("matmul", "attention", "memory")
 #: Physical bounds per kind: below them a kernel would be broken, above them no measured
 #: kernel of that kind has reached (dense GEMMs ~0.9 of peak on large shapes).
 BOUNDS = {
     "matmul": (0.5, 0.9),
-    "matmul_fp8": (0.4, 0.85),
     "attention": (0.3, 0.8),
     "memory": (0.5, 0.9),
 }
@@ -45,14 +44,12 @@ def grid(kind: str) -> list[float]:
 
 
 def relevant_kinds(runs: Sequence[PublishedRun]) -> list[str]:
-    """Only kinds the rows can inform: fp8 GEMMs need fp8 rows, fused attention rows of a
-    stack with flash attention. Grouped (expert) GEMMs share the matmul value
+    """Only kinds the rows can inform: fused attention needs rows of a stack with flash
+    attention. fp8 and grouped (expert) GEMMs share the matmul value
     (``compute.efficiency``)."""
     kinds = ["matmul", "memory"]
     if any(software_for(r.row.get("framework", "") or "").flash_attention for r in runs):
         kinds.insert(1, "attention")
-    if any(r.row.get("precision", "").strip() == "fp8" for r in runs):
-        kinds.insert(1, "matmul_fp8")
     return kinds
 
 

@@ -13,7 +13,7 @@ per-kernel cost. The reachable rate depends on the kernel kind and on the operat
   of the loss, MoE permutation) move bytes at ``memory_bw · e_memory``.
 
 ``e_kind`` are the accelerator's calibrated ``efficiency`` block in its catalog YAML
-(``matmul``, ``matmul_fp8``, ``attention``, ``memory``): one number per
+(``matmul``, ``attention``, ``memory``): one number per
 accelerator and kernel kind, never per model or per run.
 """
 
@@ -37,7 +37,6 @@ ATTENTION_BWD_RATIO = 2.5
 #: Defaults for an accelerator whose YAML lacks a calibration block.
 DEFAULT_EFFICIENCY = {
     "matmul": 0.7,
-    "matmul_fp8": 0.55,
     "attention": 0.5,
     "memory": 0.7,
 }
@@ -156,20 +155,26 @@ def software_for(framework: str) -> Software:
 def efficiency(hardware: HardwareSpec, kind: str, precision: str = "bf16") -> float:
     """The calibrated fraction of peak that ``kind`` kernels reach on ``hardware``.
 
-    fp8 matmuls read ``matmul_fp8`` (a share of the fp8 peak). A grouped GEMM (the routed
-    experts) reads the plain matmul value: Transformer Engine's ``GroupedLinear`` and
-    Megatron-Core's ``GroupedMLP`` (CUTLASS grouped GEMM) run the same tensor-core tiles
-    as one GEMM per expert, so what they lose on small experts is the per-expert shape
-    (m = tokens per expert, n or k = the expert width), which ``gemm_size_factor`` charges,
-    not a separate efficiency. A grouped efficiency fitted per family had no mechanism
-    behind it and did not transfer between sources (leave-one-source-out: MBg5 −35%).
+    One GEMM efficiency serves every GEMM, as a fraction of the peak of its precision:
+
+    * fp8 GEMMs run the same tensor-core pipeline at twice the rate (Hopper ``wgmma`` and
+      Blackwell ``tcgen05`` issue fp8 at 2× bf16 throughput, H100/B200 data sheets), so they
+      reach the same fraction of the fp8 peak; what fp8 adds is not a slower GEMM but extra
+      kernels: quantising each GEMM input (``layer_ops``' ``fp8_casts``, 3 B per element:
+      bf16 read, fp8 written) and the scaling/amax kernels per GEMM call
+      (``FP8_KERNELS_PER_GEMM``; Transformer Engine's ``Float8CurrentScaling`` and delayed
+      scaling recipes). A separately fitted fp8 efficiency was a free parameter the Hopper
+      rows could not inform (no fp8 row): dense fp8 runs on H100 came out 8–23% slow.
+    * A grouped GEMM (the routed experts) reads the plain matmul value: Transformer
+      Engine's ``GroupedLinear`` and Megatron-Core's ``GroupedMLP`` (CUTLASS grouped GEMM)
+      run the same tensor-core tiles as one GEMM per expert, so what they lose on small
+      experts is the per-expert shape (m = tokens per expert, n or k = the expert width),
+      which ``gemm_size_factor`` charges. A grouped efficiency fitted per family did not
+      transfer between sources (leave-one-source-out: MBg5 −35%).
     """
-    eff = hardware.efficiency
-    if kind in ("matmul", "grouped_matmul") and precision == "fp8":
-        return eff.get("matmul_fp8", DEFAULT_EFFICIENCY["matmul_fp8"])
     if kind == "grouped_matmul":
         kind = "matmul"
-    return eff.get(kind, DEFAULT_EFFICIENCY[kind])
+    return hardware.efficiency.get(kind, DEFAULT_EFFICIENCY[kind])
 
 
 def gemm_size_factor(m: float, n: float, k: float, half: float = GEMM_HALF_DIM) -> float:
