@@ -119,3 +119,15 @@ def bubble_fraction(pp: int, microbatches: int, vpp: int = 1) -> float:
     if pp <= 1:
         return 0.0
     return (pp - 1) / (vpp * microbatches)
+
+
+def dualpipe_bubble_s(pp: int, forward_s: float, backward_s: float) -> float:
+    """DualPipe's pipeline bubble (DeepSeek-V3 report Table 2): (PP/2 − 1)·(F&B + B − 3W),
+    with F&B the time of an overlapped forward-and-backward chunk pair (≈ F + B when both
+    are compute-bound), B the full backward and W its weight-gradient half (the backward's
+    GEMMs split evenly between input and weight gradients, 2mnk each): W = B/2. Seconds per
+    step for one micro-batch's ``forward_s`` and ``backward_s`` on one stage."""
+    if pp <= 1:
+        return 0.0
+    weight_s = backward_s / 2.0
+    return (pp / 2.0 - 1.0) * max(0.0, forward_s + 2.0 * backward_s - 3.0 * weight_s)

@@ -110,6 +110,15 @@ class Software:
     * NeMo 2: ``MegatronMixedPrecision(grad_reduce_in_fp32=True)`` by default.
 
     fp16 runs reduce in fp16 in every stack above (``FP16_GRADS_IN_FP32``).
+
+    ``ep_overlap``: the expert all-to-all (dispatch and combine) runs beside the computation
+    of another micro-batch instead of on the critical path. DeepSeek-V3's DualPipe
+    (DeepSeek-V3 report Sec. 3.2.1, Fig. 4) pairs a forward chunk with a backward chunk of
+    different micro-batches and interleaves their attention, dispatch, MLP and combine, "so
+    that both all-to-all and PP communication can be fully hidden during execution";
+    ``pipeline_schedule = "dualpipe"`` gives its bubble (``comms.dualpipe_bubble_s``).
+    Megatron-Core's 1F1B schedule with ``overlap_moe_expert_parallel_comm`` does the same
+    for the all-to-all (2025); no packaged row sets it, so other stacks keep it off.
     """
 
     name: str = "megatron-core"
@@ -118,6 +127,8 @@ class Software:
     fused_sink_attention: bool = True
     default_sharding: str = "none"
     grad_reduce_in_fp32: bool = True
+    ep_overlap: bool = False
+    pipeline_schedule: str = "1f1b"
 
 
 #: fp16 training keeps fp16 gradient buffers and reduces them in fp16: Megatron-LM only turns
@@ -133,6 +144,10 @@ FRAMEWORKS = {
     "megatron-core": MODERN,
     "megatron-bridge": Software("megatron-bridge", default_sharding="zero1"),
     "nemo": Software("nemo"),
+    # DeepSeek's HAI-LLM (DeepSeek-V3 report Sec. 3.2): DualPipe, ZeRO-1 data parallelism.
+    "hai-llm": Software(
+        "hai-llm", default_sharding="zero1", ep_overlap=True, pipeline_schedule="dualpipe"
+    ),
 }
 
 

@@ -226,6 +226,8 @@ def estimate_step(
         * comms.exposed_after_overlap_s(cp_layer, 3.5 * passes.attention_core_s)
     )
     ep_mb = _ep_comm_per_mb_s(model, layout, tokens, net)
+    if software.ep_overlap:  # hidden behind another micro-batch's computation (DualPipe)
+        ep_mb = comms.exposed_after_overlap_s(ep_mb, passes.total_s)
 
     split = params_per_gpu(model, layout)
     grad_bytes = grad_bytes_per_param(layout.precision, software)
@@ -266,6 +268,9 @@ def estimate_step(
     # pipeline
     per_mb = passes.total_s + tp_mb + cp_mb + ep_mb + fsdp_mb
     bubble = comms.bubble_fraction(layout.pp, m, layout.vpp) * m * per_mb
+    if software.pipeline_schedule == "dualpipe":
+        bwd_mb = per_mb - passes.forward_s
+        bubble = comms.dualpipe_bubble_s(layout.pp, passes.forward_s, bwd_mb)
     pp_exposed = 0.0
     if layout.pp > 1:
         act = tokens * model.hidden * 2.0 / (layout.tp if layout.sequence_parallel else 1)
