@@ -25,6 +25,7 @@ from gigafactory.plan.flops import attention_head_dims, attention_span
 from gigafactory.spec.hardware import HardwareSpec
 from gigafactory.spec.layout import LayoutSpec
 from gigafactory.spec.model import ModelSpec
+from gigafactory.vec import vmax, where
 
 #: GEMM dimension at which a tensor-core kernel reaches half its large-size efficiency.
 GEMM_HALF_DIM = 128.0
@@ -218,7 +219,7 @@ def op_time_s(op: Op, hardware: HardwareSpec, bwd_factor: float = 1.0) -> float:
         rate = hardware.peak(op.precision) * 1e12 * efficiency(hardware, op.kind, op.precision)
         rate *= gemm_size_factor(*op.shape)
     bw = hardware.memory_bw_tbs * 1e12 * efficiency(hardware, "memory")
-    t = max(op.flops / rate, op.bytes / bw)
+    t = vmax(op.flops / rate, op.bytes / bw)
     return op.calls * (bwd_factor * t + KERNEL_OVERHEAD_S * max(1.0, bwd_factor))
 
 
@@ -294,7 +295,7 @@ def mlp_ops(model: ModelSpec, layout: LayoutSpec, tokens: float, moe: bool) -> l
         ffn("mlp", tokens, model.ffn_width, 1, "matmul")
         return ops
     ops.append(gemm("router", tokens, model.experts, h, "bf16"))
-    local = max(1, model.experts // layout.ep)
+    local = vmax(1, model.experts // layout.ep)
     per_expert = tokens * model.top_k * layout.ep / model.experts
     ops.append(memory_op("moe_permute", tokens * model.top_k * h * 2.0 * 2 * 2 / t))
     ffn("expert", per_expert, model.moe_ffn, local, "grouped_matmul")
@@ -336,13 +337,14 @@ def head_ops(model: ModelSpec, layout: LayoutSpec, tokens: float) -> list[Op]:
 
 @dataclass(frozen=True)
 class PassTimes:
-    """Seconds of one micro-batch through one pipeline stage, by pass and kernel kind."""
+    """Seconds of one micro-batch through the slowest pipeline stage, by pass and kernel kind."""
 
     forward_s: float
     backward_s: float
     recompute_s: float
     by_kind_s: dict[str, float]
     attention_core_s: float  # forward attention-core time per layer (CP overlap window)
+    stage_layers: float = 0.0  # transformer layers on that stage
 
     @property
     def total_s(self) -> float:
@@ -359,7 +361,7 @@ def _ops_time(ops: list[Op], hardware: HardwareSpec, backward: bool) -> dict[str
         out[op.kind] += op_time_s(op, hardware, factor)
         per_call = 1 + (FP8_KERNELS_PER_GEMM if op.precision == "fp8" else 0)
         kernels += op.calls * per_call * (2 if backward else 1)
-    out["host"] = max(0.0, kernels * HOST_LAUNCH_S - sum(out.values()))
+    out["host"] = vmax(0.0, kernels * HOST_LAUNCH_S - sum(out.values()))
     return out
 
 
@@ -388,15 +390,16 @@ def stage_pass_times(
     seq_len: int | None = None,
     sw: Software = MODERN,
 ) -> PassTimes:
-    """One micro-batch through the slowest (last) stage: L/pp layers of each kind plus the
-    head. Recompute: ``full`` repeats every layer's forward, ``selective`` the attention core
-    (Korthikanti et al. 2022)."""
+    """One micro-batch through the slowest stage. Even stages: the last, L/pp layers of each
+    kind plus the head. Uneven stages (``LayoutSpec.stage_layers``): the last stage (its
+    layers plus the head) or the largest other stage, whichever takes longer. Layer kinds
+    are spread uniformly over the stages. Recompute: ``full`` repeats every layer's
+    forward, ``selective`` the attention core (Korthikanti et al. 2022)."""
     s = seq_len or model.seq_len
     if s != model.seq_len:
         model = model.replace(seq_len=s)
     tokens = layout.micro_batch * s / layout.cp
-    frac = 1.0 / layout.pp
-    fwd = dict.fromkeys(KINDS, 0.0)
+    fwd = dict.fromkeys(KINDS, 0.0)  # one average layer (its kinds in proportion)
     bwd = dict.fromkeys(KINDS, 0.0)
     rec = 0.0
     core_fwd = 0.0
@@ -409,7 +412,7 @@ def stage_pass_times(
                 groups.append((moe, True, count * local_share))
     for moe, local, count in groups:
         ops = layer_ops(model, layout, tokens, moe, local, sw)
-        n = count * frac
+        n = count / model.layers
         f = ops_time(ops, hardware, backward=False)
         b = ops_time(ops, hardware, backward=True)
         core = sum(op_time_s(o, hardware) for o in ops if o.name.startswith("attention_"))
@@ -423,17 +426,23 @@ def stage_pass_times(
             rec += core * n
     head = head_ops(model, layout, tokens)
     hf, hb = ops_time(head, hardware, False), ops_time(head, hardware, True)
-    for k in KINDS:
-        fwd[k] += hf[k]
-        bwd[k] += hb[k]
+    first, middle, last = layout.stage_layers(model.layers)
+    per_layer = sum(fwd.values()) + sum(bwd.values()) + rec
+    last_s = last * per_layer + sum(hf.values()) + sum(hb.values())
+    last_slowest = last_s >= vmax(first, middle) * per_layer
+    layers = where(last_slowest, last, vmax(first, middle))
+    with_head = where(last_slowest, 1.0, 0.0)
+    fwd = {k: fwd[k] * layers + hf[k] * with_head for k in KINDS}
+    bwd = {k: bwd[k] * layers + hb[k] * with_head for k in KINDS}
     by_kind = {k: fwd[k] + bwd[k] for k in KINDS}
-    by_kind["recompute"] = rec
+    by_kind["recompute"] = rec * layers
     return PassTimes(
         forward_s=sum(fwd.values()),
         backward_s=sum(bwd.values()),
-        recompute_s=rec,
+        recompute_s=rec * layers,
         by_kind_s=by_kind,
-        attention_core_s=core_fwd / max(1e-9, model.layers * frac),
+        attention_core_s=core_fwd,
+        stage_layers=layers,
     )
 
 

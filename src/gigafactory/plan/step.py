@@ -20,6 +20,7 @@ from gigafactory.plan.shard import check_layout, params_per_gpu
 from gigafactory.spec.hardware import ClusterSpec, HardwareSpec
 from gigafactory.spec.layout import LayoutSpec
 from gigafactory.spec.model import ModelSpec
+from gigafactory.vec import vmax, vmin, where
 
 #: Parameters are all-gathered in bf16. Gradients are reduced in the dtype of the gradient
 #: buffer, the same bytes the memory model holds (``memory.grad_bytes_per_param``: fp32 for
@@ -29,8 +30,27 @@ PARAM_GATHER_BYTES = 2.0
 #: between the collective and the GEMM it hides behind; Wang et al. 2022 report 60–80%
 #: of the communication hidden).
 TP_OVERLAP_RESIDUAL = 0.3
-#: Megatron's DDP bucket: the last bucket's reduction cannot overlap the backward.
-DP_BUCKET_PARAMS = 40e6
+#: Megatron-Core's default DDP bucket, in parameters: max(40M, 1M · DP size)
+#: (``megatron/core/distributed/distributed_data_parallel.py``: ``ddp_config.bucket_size =
+#: max(40000000, 1000000 * dp_group.size())``; "larger DP sizes need larger buckets", its
+#: ``distributed_data_parallel_config.py``). The last bucket's reduction cannot overlap.
+DP_BUCKET_MIN_PARAMS = 40e6
+DP_BUCKET_PARAMS_PER_RANK = 1e6
+
+
+def dp_bucket_params(dp_size: int) -> float:
+    """Parameters in one DDP gradient bucket for a data-parallel group of ``dp_size`` ranks."""
+    return vmax(DP_BUCKET_MIN_PARAMS, DP_BUCKET_PARAMS_PER_RANK * dp_size)
+
+
+def dp_overlap_window_s(backward_s: float, recompute_s: float) -> float:
+    """Compute the DP gradient reduce-scatter can hide behind: the last micro-batch's backward,
+    including the forward it recomputes. Megatron recomputes inside the backward
+    (``megatron/core/tensor_parallel/random.py``, ``CheckpointFunction.backward`` reruns
+    ``ctx.run_function`` before ``torch.autograd.backward``), and the gradient hooks that
+    launch each bucket's reduction (``_make_backward_post_hook`` in
+    ``distributed_data_parallel.py``) fire as that backward produces the gradients."""
+    return backward_s + recompute_s
 
 
 @dataclass(frozen=True)
@@ -142,18 +162,17 @@ class StepEstimate:
 
 
 def _tp_comm_per_mb_s(
-    model: ModelSpec, layout: LayoutSpec, tokens: float, net: comms.Links
+    model: ModelSpec, layout: LayoutSpec, tokens: float, net: comms.Links, layers: float
 ) -> float:
     """TP/SP per micro-batch on the stage: per layer 4 collectives forward (all-gather before
     and reduce-scatter after attention and MLP; Korthikanti Sec. 4.2.2), 4 backward, 4 more
-    under full recompute; each moves the b·s/cp·h·2-byte activation over tp ranks."""
-    if layout.tp == 1:
-        return 0.0
+    under full recompute; each moves the b·s/cp·h·2-byte activation over tp ranks, for the
+    ``layers`` of the slowest stage."""
     kind = "allgather" if layout.sequence_parallel else "allreduce"
     count = 4 if layout.sequence_parallel else 2
     passes = 3 if layout.recompute == "full" else 2
     one = comms.group_collective_s(kind, tokens * model.hidden * 2.0, layout.tp, 1, net)
-    return model.layers / layout.pp * count * passes * one
+    return layers * count * passes * one
 
 
 def _cp_comm_per_layer_s(
@@ -161,32 +180,30 @@ def _cp_comm_per_layer_s(
 ) -> float:
     """Context-parallel ring attention (Liu et al. 2023; Megatron CP): cp−1 steps, each passing
     the local K and V chunk forward, and K, V, dK, dV backward."""
-    if layout.cp == 1:
-        return 0.0
     if model.attention == "mla":
         kv_width = model.heads * (
             model.qk_nope_head_dim + model.qk_rope_head_dim + model.v_head_dim
         )
     else:
         kv_width = 2 * model.n_kv_heads * model.dim_head
-    chunk = tokens * kv_width / max(1, min(layout.tp, model.n_kv_heads)) * 2.0
+    chunk = tokens * kv_width / vmax(1, vmin(layout.tp, model.n_kv_heads)) * 2.0
     stride = layout.tp
     one = comms.group_collective_s("allgather", chunk * layout.cp, layout.cp, stride, net)
     return 3.0 * one  # forward K,V; backward K,V and dK,dV
 
 
 def _ep_comm_per_mb_s(
-    model: ModelSpec, layout: LayoutSpec, tokens: float, net: comms.Links
+    model: ModelSpec, layout: LayoutSpec, tokens: float, net: comms.Links, layers: float
 ) -> float:
     """Expert all-to-all (GShard, Lepikhin et al. 2021): dispatch and combine in the forward
     and again in the backward (and the forward's again under full recompute), each moving the
     tokens·top_k·h·2 bytes of this GPU's share over the ep ranks (stride tp·cp)."""
-    if not model.is_moe or layout.ep == 1:
+    if not model.is_moe:
         return 0.0
     nbytes = tokens * model.top_k * model.hidden * 2.0 / layout.tp
     one = comms.group_collective_s("alltoall", nbytes, layout.ep, layout.tp * layout.cp, net)
     passes = 6 if layout.recompute == "full" else 4
-    return model.moe_layers / layout.pp * passes * one
+    return model.moe_layers / model.layers * layers * passes * one
 
 
 def estimate_step(
@@ -215,17 +232,14 @@ def estimate_step(
     passes = stage_pass_times(model, layout, hardware, s, software)
 
     # per micro-batch exposed communication
-    tp_mb = _tp_comm_per_mb_s(model, layout, tokens, net)
+    layers = passes.stage_layers
+    tp_mb = _tp_comm_per_mb_s(model, layout, tokens, net, layers)
     if software.tp_overlap:
         gemms = passes.by_kind_s["matmul"] + passes.by_kind_s["grouped_matmul"]
-        tp_mb = max(TP_OVERLAP_RESIDUAL * tp_mb, tp_mb - gemms)
+        tp_mb = vmax(TP_OVERLAP_RESIDUAL * tp_mb, tp_mb - gemms)
     cp_layer = _cp_comm_per_layer_s(model, layout, tokens, net)
-    cp_mb = (
-        model.layers
-        / layout.pp
-        * comms.exposed_after_overlap_s(cp_layer, 3.5 * passes.attention_core_s)
-    )
-    ep_mb = _ep_comm_per_mb_s(model, layout, tokens, net)
+    cp_mb = layers * comms.exposed_after_overlap_s(cp_layer, 3.5 * passes.attention_core_s)
+    ep_mb = _ep_comm_per_mb_s(model, layout, tokens, net, layers)
 
     split = params_per_gpu(model, layout)
     grad_bytes = grad_bytes_per_param(layout.precision, software)
@@ -259,19 +273,18 @@ def estimate_step(
                 "allgather", split.expert * PARAM_GATHER_BYTES, exp_n, exp_stride, net
             )
         dp_raw = rs + ag
-        tail = min(1.0, DP_BUCKET_PARAMS / max(1.0, split.total))
-        dp_exposed = comms.exposed_after_overlap_s(rs, passes.backward_s, tail * rs)
+        tail = vmin(1.0, dp_bucket_params(dense_n) / vmax(1.0, split.total))
+        window = dp_overlap_window_s(passes.backward_s, passes.recompute_s)
+        dp_exposed = comms.exposed_after_overlap_s(rs, window, tail * rs)
         dp_exposed += comms.exposed_after_overlap_s(ag, passes.forward_s, tail * ag)
 
     # pipeline
     per_mb = passes.total_s + tp_mb + cp_mb + ep_mb + fsdp_mb
     bubble = comms.bubble_fraction(layout.pp, m, layout.vpp) * m * per_mb
-    pp_exposed = 0.0
-    if layout.pp > 1:
-        act = tokens * model.hidden * 2.0 / (layout.tp if layout.sequence_parallel else 1)
-        stride = layout.tp * layout.cp * layout.dp
-        bw = net.nvlink_bytes_s if stride < net.nvlink_domain else net.nic_bytes_s
-        pp_exposed = 2 * layout.vpp * (layout.pp - 1) * comms.p2p_s(act, bw)
+    act = tokens * model.hidden * 2.0 / (layout.tp if layout.sequence_parallel else 1)
+    stride = layout.tp * layout.cp * layout.dp
+    bw = where(stride < net.nvlink_domain, net.nvlink_bytes_s, net.nic_bytes_s)
+    pp_exposed = 2 * layout.vpp * (layout.pp - 1) * comms.p2p_s(act, bw)
 
     local_opt = split.dense / (dense_n if layout.sharding != "none" else 1) + split.expert / (
         exp_n if layout.sharding != "none" else 1
