@@ -19,13 +19,14 @@ accelerator and kernel kind, never per model or per run.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from gigafactory.plan.flops import attention_head_dims, attention_span
 from gigafactory.spec.hardware import HardwareSpec
 from gigafactory.spec.layout import LayoutSpec
 from gigafactory.spec.model import ModelSpec
-from gigafactory.vec import vmax, where
+from gigafactory.vec import per_unique, vmax, where
 
 #: GEMM dimension at which a tensor-core kernel reaches half its large-size efficiency.
 GEMM_HALF_DIM = 128.0
@@ -135,6 +136,13 @@ FRAMEWORKS = {
     "megatron-bridge": Software("megatron-bridge", default_sharding="zero1"),
     "nemo": Software("nemo"),
 }
+
+
+def software_with(sw: Software, layout: LayoutSpec) -> Software:
+    """``sw`` with the layout's own gradient-reduce dtype when it sets one."""
+    if not layout.grad_reduce:
+        return sw
+    return dataclasses.replace(sw, grad_reduce_in_fp32=layout.grad_reduce == "fp32")
 
 
 def software_for(framework: str) -> Software:
@@ -383,23 +391,31 @@ def ops_time(ops: list[Op], hardware: HardwareSpec, backward: bool) -> dict[str,
     return out
 
 
-def stage_pass_times(
-    model: ModelSpec,
-    layout: LayoutSpec,
-    hardware: HardwareSpec,
-    seq_len: int | None = None,
-    sw: Software = MODERN,
-) -> PassTimes:
-    """One micro-batch through the slowest stage. Even stages: the last, L/pp layers of each
-    kind plus the head. Uneven stages (``LayoutSpec.stage_layers``): the last stage (its
-    layers plus the head) or the largest other stage, whichever takes longer. Layer kinds
-    are spread uniformly over the stages. Recompute: ``full`` repeats every layer's
-    forward, ``selective`` the attention core (Korthikanti et al. 2022)."""
-    s = seq_len or model.seq_len
-    if s != model.seq_len:
-        model = model.replace(seq_len=s)
-    tokens = layout.micro_batch * s / layout.cp
-    fwd = dict.fromkeys(KINDS, 0.0)  # one average layer (its kinds in proportion)
+#: The layout fields one layer's (and the head's) pass times depend on.
+LAYER_FIELDS = ("tp", "cp", "ep", "micro_batch")
+
+
+@dataclass(frozen=True)
+class LayerTimes:
+    """Seconds of one micro-batch through one average layer (its kinds in proportion) and
+    through the head, by kernel kind."""
+
+    forward: dict[str, float]
+    backward: dict[str, float]
+    recompute_s: float
+    attention_core_s: float
+    head_forward: dict[str, float]
+    head_backward: dict[str, float]
+
+
+def layer_pass_times(
+    model: ModelSpec, layout: LayoutSpec, hardware: HardwareSpec, sw: Software = MODERN
+) -> LayerTimes:
+    """Forward, backward and recompute of one average layer and of the head. Recompute:
+    ``full`` repeats every layer's forward, ``selective`` the attention core (Korthikanti
+    et al. 2022)."""
+    tokens = layout.micro_batch * model.seq_len / layout.cp
+    fwd = dict.fromkeys(KINDS, 0.0)
     bwd = dict.fromkeys(KINDS, 0.0)
     rec = 0.0
     core_fwd = 0.0
@@ -426,22 +442,40 @@ def stage_pass_times(
             rec += core * n
     head = head_ops(model, layout, tokens)
     hf, hb = ops_time(head, hardware, False), ops_time(head, hardware, True)
+    return LayerTimes(fwd, bwd, rec, core_fwd, hf, hb)
+
+
+def stage_pass_times(
+    model: ModelSpec,
+    layout: LayoutSpec,
+    hardware: HardwareSpec,
+    seq_len: int | None = None,
+    sw: Software = MODERN,
+) -> PassTimes:
+    """One micro-batch through the slowest stage. Even stages: the last, L/pp layers of each
+    kind plus the head. Uneven stages (``LayoutSpec.stage_layers``): the last stage (its
+    layers plus the head) or the largest other stage, whichever takes longer. Layer kinds
+    are spread uniformly over the stages."""
+    s = seq_len or model.seq_len
+    if s != model.seq_len:
+        model = model.replace(seq_len=s)
+    one = per_unique(layout, LAYER_FIELDS, lambda lay: layer_pass_times(model, lay, hardware, sw))
     first, middle, last = layout.stage_layers(model.layers)
-    per_layer = sum(fwd.values()) + sum(bwd.values()) + rec
-    last_s = last * per_layer + sum(hf.values()) + sum(hb.values())
-    last_slowest = last_s >= vmax(first, middle) * per_layer
+    per_layer = sum(one.forward.values()) + sum(one.backward.values()) + one.recompute_s
+    head_s = sum(one.head_forward.values()) + sum(one.head_backward.values())
+    last_slowest = last * per_layer + head_s >= vmax(first, middle) * per_layer
     layers = where(last_slowest, last, vmax(first, middle))
     with_head = where(last_slowest, 1.0, 0.0)
-    fwd = {k: fwd[k] * layers + hf[k] * with_head for k in KINDS}
-    bwd = {k: bwd[k] * layers + hb[k] * with_head for k in KINDS}
+    fwd = {k: one.forward[k] * layers + one.head_forward[k] * with_head for k in KINDS}
+    bwd = {k: one.backward[k] * layers + one.head_backward[k] * with_head for k in KINDS}
     by_kind = {k: fwd[k] + bwd[k] for k in KINDS}
-    by_kind["recompute"] = rec * layers
+    by_kind["recompute"] = one.recompute_s * layers
     return PassTimes(
         forward_s=sum(fwd.values()),
         backward_s=sum(bwd.values()),
-        recompute_s=rec * layers,
+        recompute_s=one.recompute_s * layers,
         by_kind_s=by_kind,
-        attention_core_s=core_fwd,
+        attention_core_s=one.attention_core_s,
         stage_layers=layers,
     )
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gigafactory.plan.compute import FP16_GRADS_IN_FP32, MODERN, Software
+from gigafactory.plan.compute import FP16_GRADS_IN_FP32, MODERN, Software, software_with
 from gigafactory.plan.shard import ParamSplit, layers_per_stage, params_per_gpu
 from gigafactory.spec.hardware import HardwareSpec
 from gigafactory.spec.layout import LayoutSpec
@@ -227,6 +227,7 @@ def memory_per_gpu(
     software: Software = MODERN,
 ) -> MemoryBreakdown:
     """Every part of the first stage's memory and the HBM it has to fit in."""
+    software = software_with(software, layout)
     split = params_per_gpu(model, layout)
     layer_params = split.total / vmax(1.0, layers_per_stage(model, layout))
     weights, grads, optim = state_bytes(split, layout, layer_params, software)

@@ -13,7 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gigafactory.plan import comms
-from gigafactory.plan.compute import MODERN, Software, optimizer_step_s, stage_pass_times
+from gigafactory.plan.compute import (
+    MODERN,
+    Software,
+    optimizer_step_s,
+    software_with,
+    stage_pass_times,
+)
 from gigafactory.plan.flops import hardware_flops_per_token, training_flops_per_token
 from gigafactory.plan.memory import MemoryBreakdown, grad_bytes_per_param, memory_per_gpu
 from gigafactory.plan.shard import check_layout, params_per_gpu
@@ -223,6 +229,7 @@ def estimate_step(
     it changes the reported FLOPs, never the predicted time.
     """
     s = seq_len or model.seq_len
+    software = software_with(software, layout)
     gpus = layout.gpus
     if check:
         check_layout(model, layout, hardware, gpus, cluster)

@@ -15,6 +15,7 @@ from gigafactory.vec import vmax, where
 SHARDING = ("none", "zero1", "fsdp")
 RECOMPUTE = ("none", "selective", "full")
 TRAIN_PRECISIONS = ("bf16", "fp16", "fp8", "fp32")
+GRAD_REDUCE = ("", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class LayoutSpec:
     ``num_layers_in_first_pipeline_stage``/``num_layers_in_last_pipeline_stage``
     (``--decoder-first/last-pipeline-num-layers``); 0 means an even split. The other
     stages share the remaining layers evenly (``transformer_block.get_num_layers_to_build``).
+
+    ``grad_reduce``: the dtype gradients are accumulated and reduced in (Megatron's
+    ``--grad-reduce-in-bf16``/``grad_reduce_in_fp32``); "" keeps the framework's default.
     """
 
     tp: int = 1
@@ -45,6 +49,7 @@ class LayoutSpec:
     sequence_parallel: bool = True  # Megatron SP alongside TP (Korthikanti et al. 2022)
     first_stage_layers: int = 0
     last_stage_layers: int = 0
+    grad_reduce: str = ""
 
     def __post_init__(self) -> None:
         s = "layout"
@@ -55,6 +60,7 @@ class LayoutSpec:
         one_of(s, "sharding", self.sharding, SHARDING)
         one_of(s, "recompute", self.recompute, RECOMPUTE)
         one_of(s, "precision", self.precision, TRAIN_PRECISIONS)
+        one_of(s, "grad_reduce", self.grad_reduce, GRAD_REDUCE)
         if self.vpp > 1 and self.pp == 1:
             raise SpecError(s, "vpp", "interleaving (vpp > 1) needs pipeline parallelism (pp > 1)")
         if self.uneven and self.pp == 1:
