@@ -26,6 +26,7 @@ from gigafactory.plan.flops import attention_head_dims, attention_span
 from gigafactory.spec.hardware import HardwareSpec
 from gigafactory.spec.layout import LayoutSpec
 from gigafactory.spec.model import ModelSpec
+from gigafactory.vec import per_unique, vmax, where
 
 #: GEMM dimension at which a tensor-core kernel reaches half its large-size efficiency.
 GEMM_HALF_DIM = 128.0
@@ -119,6 +120,19 @@ class Software:
     ``pipeline_schedule = "dualpipe"`` gives its bubble (``comms.dualpipe_bubble_s``).
     Megatron-Core's 1F1B schedule with ``overlap_moe_expert_parallel_comm`` does the same
     for the all-to-all (2025); no packaged row sets it, so other stacks keep it off.
+
+    ``dp_overlap``: the data-parallel gradient reduction (and the distributed optimizer's
+    parameter all-gather) overlap the backward (and the next forward), as Megatron-Core's
+    DDP does with ``overlap_grad_reduce``/``overlap_param_gather``. Two older stacks
+    reduce only after the last micro-batch, on the critical path:
+
+    * DeepSpeed's pipeline engine (Megatron-DeepSpeed: BLOOM, MT-NLG):
+      ``deepspeed/runtime/pipe/schedule.py`` ``TrainSchedule.steps`` appends
+      ``ReduceTiedGrads()``, ``ReduceGrads()`` and ``OptimizerStep()`` after the final
+      step, and the engine executes the instruction stream in order.
+    * Megatron-LM 2021: ``megatron/training.py`` ``train_step`` calls
+      ``model_module.allreduce_gradients()`` after ``forward_backward_func`` returns (local
+      DDP); overlapping the reduction came with Megatron-Core's DDP (2023).
     """
 
     name: str = "megatron-core"
@@ -129,6 +143,7 @@ class Software:
     grad_reduce_in_fp32: bool = True
     ep_overlap: bool = False
     pipeline_schedule: str = "1f1b"
+    dp_overlap: bool = True
 
 
 #: fp16 training keeps fp16 gradient buffers and reduces them in fp16: Megatron-LM only turns
@@ -139,8 +154,12 @@ FP16_GRADS_IN_FP32 = False
 MODERN = Software()
 #: Known frameworks of the published runs; anything else is treated as modern.
 FRAMEWORKS = {
-    "megatron-lm-2021": Software("megatron-lm-2021", flash_attention=False, tp_overlap=False),
-    "megatron-deepspeed": Software("megatron-deepspeed", flash_attention=False, tp_overlap=False),
+    "megatron-lm-2021": Software(
+        "megatron-lm-2021", flash_attention=False, tp_overlap=False, dp_overlap=False
+    ),
+    "megatron-deepspeed": Software(
+        "megatron-deepspeed", flash_attention=False, tp_overlap=False, dp_overlap=False
+    ),
     "megatron-core": MODERN,
     "megatron-bridge": Software("megatron-bridge", default_sharding="zero1"),
     "nemo": Software("nemo"),
@@ -156,6 +175,13 @@ def prior_hardware(hardware: HardwareSpec) -> HardwareSpec:
     documented prior (``DEFAULT_EFFICIENCY``); unfitted entries (``nvlink``) stay."""
     keep = {k: v for k, v in hardware.efficiency.items() if k not in DEFAULT_EFFICIENCY}
     return dataclasses.replace(hardware, efficiency=keep)
+
+
+def software_with(sw: Software, layout: LayoutSpec) -> Software:
+    """``sw`` with the layout's own gradient-reduce dtype when it sets one."""
+    if not layout.grad_reduce:
+        return sw
+    return dataclasses.replace(sw, grad_reduce_in_fp32=layout.grad_reduce == "fp32")
 
 
 def software_for(framework: str) -> Software:
@@ -248,7 +274,7 @@ def op_time_s(op: Op, hardware: HardwareSpec, bwd_factor: float = 1.0) -> float:
         rate = hardware.peak(op.precision) * 1e12 * efficiency(hardware, op.kind, op.precision)
         rate *= gemm_size_factor(*op.shape)
     bw = hardware.memory_bw_tbs * 1e12 * efficiency(hardware, "memory")
-    t = max(op.flops / rate, op.bytes / bw)
+    t = vmax(op.flops / rate, op.bytes / bw)
     return op.calls * (bwd_factor * t + KERNEL_OVERHEAD_S * max(1.0, bwd_factor))
 
 
@@ -324,7 +350,7 @@ def mlp_ops(model: ModelSpec, layout: LayoutSpec, tokens: float, moe: bool) -> l
         ffn("mlp", tokens, model.ffn_width, 1, "matmul")
         return ops
     ops.append(gemm("router", tokens, model.experts, h, "bf16"))
-    local = max(1, model.experts // layout.ep)
+    local = vmax(1, model.experts // layout.ep)
     per_expert = tokens * model.top_k * layout.ep / model.experts
     ops.append(memory_op("moe_permute", tokens * model.top_k * h * 2.0 * 2 * 2 / t))
     ffn("expert", per_expert, model.moe_ffn, local, "grouped_matmul")
@@ -366,13 +392,14 @@ def head_ops(model: ModelSpec, layout: LayoutSpec, tokens: float) -> list[Op]:
 
 @dataclass(frozen=True)
 class PassTimes:
-    """Seconds of one micro-batch through one pipeline stage, by pass and kernel kind."""
+    """Seconds of one micro-batch through the slowest pipeline stage, by pass and kernel kind."""
 
     forward_s: float
     backward_s: float
     recompute_s: float
     by_kind_s: dict[str, float]
     attention_core_s: float  # forward attention-core time per layer (CP overlap window)
+    stage_layers: float = 0.0  # transformer layers on that stage
 
     @property
     def total_s(self) -> float:
@@ -389,7 +416,7 @@ def _ops_time(ops: list[Op], hardware: HardwareSpec, backward: bool) -> dict[str
         out[op.kind] += op_time_s(op, hardware, factor)
         per_call = 1 + (FP8_KERNELS_PER_GEMM if op.precision == "fp8" else 0)
         kernels += op.calls * per_call * (2 if backward else 1)
-    out["host"] = max(0.0, kernels * HOST_LAUNCH_S - sum(out.values()))
+    out["host"] = vmax(0.0, kernels * HOST_LAUNCH_S - sum(out.values()))
     return out
 
 
@@ -411,21 +438,30 @@ def ops_time(ops: list[Op], hardware: HardwareSpec, backward: bool) -> dict[str,
     return out
 
 
-def stage_pass_times(
-    model: ModelSpec,
-    layout: LayoutSpec,
-    hardware: HardwareSpec,
-    seq_len: int | None = None,
-    sw: Software = MODERN,
-) -> PassTimes:
-    """One micro-batch through the slowest (last) stage: L/pp layers of each kind plus the
-    head. Recompute: ``full`` repeats every layer's forward, ``selective`` the attention core
-    (Korthikanti et al. 2022)."""
-    s = seq_len or model.seq_len
-    if s != model.seq_len:
-        model = model.replace(seq_len=s)
-    tokens = layout.micro_batch * s / layout.cp
-    frac = 1.0 / layout.pp
+#: The layout fields one layer's (and the head's) pass times depend on.
+LAYER_FIELDS = ("tp", "cp", "ep", "micro_batch")
+
+
+@dataclass(frozen=True)
+class LayerTimes:
+    """Seconds of one micro-batch through one average layer (its kinds in proportion) and
+    through the head, by kernel kind."""
+
+    forward: dict[str, float]
+    backward: dict[str, float]
+    recompute_s: float
+    attention_core_s: float
+    head_forward: dict[str, float]
+    head_backward: dict[str, float]
+
+
+def layer_pass_times(
+    model: ModelSpec, layout: LayoutSpec, hardware: HardwareSpec, sw: Software = MODERN
+) -> LayerTimes:
+    """Forward, backward and recompute of one average layer and of the head. Recompute:
+    ``full`` repeats every layer's forward, ``selective`` the attention core (Korthikanti
+    et al. 2022)."""
+    tokens = layout.micro_batch * model.seq_len / layout.cp
     fwd = dict.fromkeys(KINDS, 0.0)
     bwd = dict.fromkeys(KINDS, 0.0)
     rec = 0.0
@@ -439,7 +475,7 @@ def stage_pass_times(
                 groups.append((moe, True, count * local_share))
     for moe, local, count in groups:
         ops = layer_ops(model, layout, tokens, moe, local, sw)
-        n = count * frac
+        n = count / model.layers
         f = ops_time(ops, hardware, backward=False)
         b = ops_time(ops, hardware, backward=True)
         core = sum(op_time_s(o, hardware) for o in ops if o.name.startswith("attention_"))
@@ -453,17 +489,41 @@ def stage_pass_times(
             rec += core * n
     head = head_ops(model, layout, tokens)
     hf, hb = ops_time(head, hardware, False), ops_time(head, hardware, True)
-    for k in KINDS:
-        fwd[k] += hf[k]
-        bwd[k] += hb[k]
+    return LayerTimes(fwd, bwd, rec, core_fwd, hf, hb)
+
+
+def stage_pass_times(
+    model: ModelSpec,
+    layout: LayoutSpec,
+    hardware: HardwareSpec,
+    seq_len: int | None = None,
+    sw: Software = MODERN,
+) -> PassTimes:
+    """One micro-batch through the slowest stage. Even stages: the last, L/pp layers of each
+    kind plus the head. Uneven stages (``LayoutSpec.stage_layers``): the last stage (its
+    layers plus the head) or the largest other stage, whichever takes longer. Layer kinds
+    are spread uniformly over the stages."""
+    s = seq_len or model.seq_len
+    if s != model.seq_len:
+        model = model.replace(seq_len=s)
+    one = per_unique(layout, LAYER_FIELDS, lambda lay: layer_pass_times(model, lay, hardware, sw))
+    first, middle, last = layout.stage_layers(model.layers)
+    per_layer = sum(one.forward.values()) + sum(one.backward.values()) + one.recompute_s
+    head_s = sum(one.head_forward.values()) + sum(one.head_backward.values())
+    last_slowest = last * per_layer + head_s >= vmax(first, middle) * per_layer
+    layers = where(last_slowest, last, vmax(first, middle))
+    with_head = where(last_slowest, 1.0, 0.0)
+    fwd = {k: one.forward[k] * layers + one.head_forward[k] * with_head for k in KINDS}
+    bwd = {k: one.backward[k] * layers + one.head_backward[k] * with_head for k in KINDS}
     by_kind = {k: fwd[k] + bwd[k] for k in KINDS}
-    by_kind["recompute"] = rec
+    by_kind["recompute"] = one.recompute_s * layers
     return PassTimes(
         forward_s=sum(fwd.values()),
         backward_s=sum(bwd.values()),
-        recompute_s=rec,
+        recompute_s=one.recompute_s * layers,
         by_kind_s=by_kind,
-        attention_core_s=core_fwd / max(1e-9, model.layers * frac),
+        attention_core_s=one.attention_core_s,
+        stage_layers=layers,
     )
 
 

@@ -132,6 +132,8 @@ class PublishedRun:
             global_batch=self._int("global_batch", fill.get("global_batch", mb * dp)),
             recompute=recompute,
             precision=self.row["precision"].strip(),
+            first_stage_layers=fill.get("first_stage_layers", 0),
+            last_stage_layers=fill.get("last_stage_layers", 0),
         )
 
     def software(self) -> Software:

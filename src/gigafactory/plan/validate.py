@@ -127,6 +127,26 @@ def _vpp_choices(run: PublishedRun, layers: int, pp: int) -> list[int]:
     return [v for v in range(1, slots + 1) if slots % v == 0]
 
 
+def uneven_stages(layers: int, pp: int, vpp: int) -> dict[str, int]:
+    """First- and last-stage layer counts for a run whose layers do not divide pp·vpp.
+
+    Megatron-Core refuses such a model unless the first and last stages are given their own
+    counts (``num_layers_in_first_pipeline_stage``/``..._last_...``; the others split the
+    rest evenly), so a published run that had this shape ran some split the source does not
+    state. The completion keeps the inner stages at ⌈L/pp⌉ rounded up to a multiple of vpp
+    (no stage can hold fewer than the average and still fit the layers) and splits the rest
+    between the first and last stage, which also carry the embedding and the head: Llama 3
+    405B's own split, 126 layers on pp 16 as 7 + 14 × 8 + 7 (Dubey et al. 2024 Sec. 3.3.2).
+    Empty when the layers divide evenly."""
+    if pp < 2 or layers % (pp * vpp) == 0:
+        return {}
+    inner = -(-layers // pp)
+    inner = -(-inner // vpp) * vpp
+    rest = layers - inner * (pp - 2)
+    first = max(1, rest // 2)
+    return {"first_stage_layers": first, "last_stage_layers": max(1, rest - first)}
+
+
 def _candidates(run: PublishedRun, layers: int) -> list[dict[str, Any]]:
     """Every completion of the row's blank layout fields the planner searches."""
     base = run.layout()
@@ -134,7 +154,11 @@ def _candidates(run: PublishedRun, layers: int) -> list[dict[str, Any]]:
     if run.blank("micro_batch"):
         per_dp = base.global_batch // base.dp if not run.blank("global_batch") else 0
         mbs = [m for m in MICRO_BATCH_CANDIDATES if not per_dp or per_dp % m == 0] or [1]
-    return [{"micro_batch": mb, "vpp": v} for mb in mbs for v in _vpp_choices(run, layers, base.pp)]
+    return [
+        {"micro_batch": mb, "vpp": v, **uneven_stages(layers, base.pp, v)}
+        for mb in mbs
+        for v in _vpp_choices(run, layers, base.pp)
+    ]
 
 
 def _row_key(run: PublishedRun) -> tuple[tuple[str, str], ...]:
@@ -151,7 +175,8 @@ def _complete(key: tuple[tuple[str, str], ...]) -> tuple[LayoutSpec, tuple[tuple
     for fill in _candidates(run, model.layers):
         layout = run.layout(**fill)
         est = estimate_step(model, layout, hw, cluster, check=False, software=sw)
-        score = (0.0 if est.fits else 1.0, -est.tokens_per_s_per_gpu, layout)
+        fits = est.memory.total_bytes <= est.memory.capacity_bytes  # it ran: physical HBM
+        score = (0.0 if fits else 1.0, -est.tokens_per_s_per_gpu, layout)
         if best is None or score[:2] < best[:2]:
             best = score
     assert best is not None
@@ -167,10 +192,15 @@ def _complete(key: tuple[tuple[str, str], ...]) -> tuple[LayoutSpec, tuple[tuple
         notes["vpp"] = f"{layout.vpp} (searched: interleaved, count not published)"
     elif run.blank("vpp") and layout.pp > 1:
         notes["vpp"] = "1 (Megatron default: no interleaving)"
+    if layout.uneven:
+        notes["stages"] = (
+            f"first {layout.first_stage_layers}, last {layout.last_stage_layers} layers "
+            f"(the {model.layers} layers do not divide pp·vpp; split not published)"
+        )
     if run.blank("recompute"):
         notes["recompute"] = "none (framework default)"
     if best[0]:
-        notes["memory"] = "does not fit in HBM as modelled (the source ran it)"
+        notes["memory"] = "exceeds HBM as modelled (the source ran it)"
     return layout, tuple(notes.items())
 
 
@@ -184,7 +214,8 @@ def complete_layout(run: PublishedRun) -> tuple[LayoutSpec, dict[str, str]]:
     the memory model says does not fit is flagged, not changed: the source ran it, with
     partial recompute or offloading the row does not state). Blanks without one are
     searched: the micro-batch (and ``vpp = auto``) that give the most tokens/s while
-    fitting in HBM — a published run was tuned. The search scores candidates on the
+    fitting in the accelerator's physical HBM (a published run ran, so the planner's 10%
+    planning reserve does not apply) — a published run was tuned. The search scores candidates on the
     accelerator's documented priors (``compute.prior_hardware``), never on a calibration,
     and never looks at the published figure, so a completion cannot leak a row into its
     own out-of-sample prediction.
