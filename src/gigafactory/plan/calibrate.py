@@ -163,13 +163,17 @@ def leave_one_source_out(
     in ``runs`` is predicted from a fit on all of ``runs``. Results keep the targets' order.
     """
     targets = list(runs if targets is None else targets)
+    gpus = sorted({t.gpu for t in targets})
+    folds: dict[tuple[str, ...], dict[str, HardwareSpec]] = {}  # same training rows, one fit
     out: dict[int, RowResult] = {}
     for src in dict.fromkeys(source_of(t) for t in targets):
         train = [r for r in runs if source_of(r) != src]
-        picked = [i for i, t in enumerate(targets) if source_of(t) == src]
-        hw = fold_hardware(train, sorted({targets[i].gpu for i in picked}))
-        for i in picked:
-            out[i] = compare_run(targets[i], hw[targets[i].gpu])
+        key = tuple(r.id for r in train)
+        if key not in folds:
+            folds[key] = fold_hardware(train, gpus)
+        for i, t in enumerate(targets):
+            if source_of(t) == src:
+                out[i] = compare_run(t, folds[key][t.gpu])
     return [out[i] for i in range(len(targets))]
 
 

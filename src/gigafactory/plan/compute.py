@@ -133,6 +133,12 @@ class Software:
     * Megatron-LM 2021: ``megatron/training.py`` ``train_step`` calls
       ``model_module.allreduce_gradients()`` after ``forward_backward_func`` returns (local
       DDP); overlapping the reduction came with Megatron-Core's DDP (2023).
+
+    ``fused_elementwise``: norms, rotary embeddings and the gated activation run as fused
+    kernels (Transformer Engine, Apex and Megatron-Core fusions). torchtitan's 2024 Llama
+    runs (its ``docs/performance.md``: FSDP2, no ``torch.compile``, ``norm_type =
+    "rmsnorm"``) execute them as eager PyTorch ops, each a kernel through HBM
+    (``eager_op``).
     """
 
     name: str = "megatron-core"
@@ -144,6 +150,7 @@ class Software:
     ep_overlap: bool = False
     pipeline_schedule: str = "1f1b"
     dp_overlap: bool = True
+    fused_elementwise: bool = True
 
 
 #: fp16 training keeps fp16 gradient buffers and reduces them in fp16: Megatron-LM only turns
@@ -163,6 +170,8 @@ FRAMEWORKS = {
     "megatron-core": MODERN,
     "megatron-bridge": Software("megatron-bridge", default_sharding="zero1"),
     "nemo": Software("nemo"),
+    # torchtitan 2024 (docs/performance.md): FSDP2, eager (no compile), default sharding fsdp
+    "torchtitan": Software("torchtitan", default_sharding="fsdp", fused_elementwise=False),
     # DeepSeek's HAI-LLM (DeepSeek-V3 report Sec. 3.2): DualPipe, ZeRO-1 data parallelism.
     "hai-llm": Software(
         "hai-llm", default_sharding="zero1", ep_overlap=True, pipeline_schedule="dualpipe"
@@ -377,7 +386,33 @@ def layer_ops(
     if layout.precision == "fp8":
         cast = sum(o.shape[0] * o.shape[2] * o.calls for o in ops if o.precision == "fp8")
         ops.append(memory_op("fp8_casts", 3.0 * cast))
+    if not sw.fused_elementwise:
+        ops = [eager_op(op, model.gated) for op in ops]
     return ops
+
+
+#: Bytes per element an eager PyTorch implementation moves over a fused kernel's, per
+#: elementwise op (forward; the backward's autograd kernels scale alike). Counted from the
+#: Llama reference code that torchtitan's 2024 Llama model used:
+#:
+#: * RMSNorm ``_norm(x.float()).type_as(x) * weight`` with ``x * rsqrt(x.pow(2).mean(-1) +
+#:   eps)``: ``float`` (2 B read, 4 written), ``pow`` (4, 4), ``mean`` (4), ``mul`` (4, 4),
+#:   ``type_as`` (4, 2), ``* weight`` (2, 2) = 36 B against a fused norm's 4 (read, write);
+#: * rotary ``apply_rotary_emb``: ``float().reshape`` and ``view_as_complex`` (2, 4), the
+#:   complex multiply (8, 8), ``view_as_real().flatten().type_as`` (4, 2) = 28 B against 4;
+#: * SwiGLU ``silu(w1(x)) * w3(x)``: ``silu`` (2, 2) then ``mul`` (4, 2) = 10 B per output
+#:   element against a fused gated activation's 6 (two reads, one write).
+EAGER_BYTES_FACTOR = {"norms": 36.0 / 4.0, "rope": 28.0 / 4.0}
+EAGER_GLU_FACTOR = 10.0 / 6.0
+
+
+def eager_op(op: Op, gated: bool) -> Op:
+    """``op`` as eager PyTorch runs it (``Software.fused_elementwise`` off): the unfused
+    elementwise ops move ``EAGER_BYTES_FACTOR`` times the bytes; GEMMs are unchanged."""
+    factor = EAGER_BYTES_FACTOR.get(op.name, 1.0)
+    if gated and op.name.endswith("_act"):
+        factor = EAGER_GLU_FACTOR
+    return op if factor == 1.0 else dataclasses.replace(op, bytes=op.bytes * factor)
 
 
 def head_ops(model: ModelSpec, layout: LayoutSpec, tokens: float) -> list[Op]:
