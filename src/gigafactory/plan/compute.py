@@ -155,11 +155,16 @@ def software_for(framework: str) -> Software:
 
 
 def efficiency(hardware: HardwareSpec, kind: str, precision: str = "bf16") -> float:
-    """The calibrated fraction of peak that ``kind`` kernels reach on ``hardware``.
+    """The calibrated fraction of peak that ``kind`` kernels reach on ``hardware``, at most 1
+    (no kernel beats its roofline).
 
     fp8 matmuls read ``matmul_fp8`` (a share of the fp8 peak); ``grouped_matmul`` falls back
     to the plain matmul value when the YAML does not set it.
     """
+    return min(1.0, _efficiency(hardware, kind, precision))
+
+
+def _efficiency(hardware: HardwareSpec, kind: str, precision: str) -> float:
     eff = hardware.efficiency
     if kind in ("matmul", "grouped_matmul") and precision == "fp8":
         base = eff.get("matmul_fp8", DEFAULT_EFFICIENCY["matmul_fp8"])
