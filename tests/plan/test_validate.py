@@ -130,7 +130,9 @@ def test_plan_default_and_json(tmp_path):
     result = runner.invoke(app, ["plan", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
-    assert out["plan"]["model"] == "grok-1" and out["plan"]["gpus"] == 100_000
+    assert out["plan"]["model"] == "grok-1" and out["search"]["cluster_gpus"] == 100_000
+    assert out["plan"]["gpus"] + out["search"]["spare_gpus"] == 100_000
+    assert out["plan"]["layout"]["global_batch"] == out["search"]["requested_global_batch"]
     assert out["run"]["days"] > 0 and out["run"]["power_mw"] > 100
     png = tmp_path / "p.png"
     result = runner.invoke(

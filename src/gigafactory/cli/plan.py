@@ -32,6 +32,26 @@ class Precision(StrEnum):
     fp8 = "fp8"
 
 
+class GradReduce(StrEnum):
+    default = "default"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+def parse_batch_range(text: str) -> tuple[int, int] | None:
+    """``LO:HI`` (sequences) → (lo, hi); '' → None."""
+    from gigafactory.errors import LayoutError
+
+    if not text:
+        return None
+    lo, sep, hi = text.partition(":")
+    if not sep or not lo.strip().isdigit() or not hi.strip().isdigit():
+        raise LayoutError(f"--batch-range {text!r}: give LO:HI in sequences, e.g. 4096:8192")
+    if not 1 <= int(lo) <= int(hi):
+        raise LayoutError(f"--batch-range {text!r}: need 1 <= LO <= HI")
+    return int(lo), int(hi)
+
+
 def _step_dict(est: Any) -> dict[str, Any]:
     out = dataclasses.asdict(est)
     out["summary"] = est.summary()
@@ -43,12 +63,41 @@ def _step_dict(est: Any) -> dict[str, Any]:
 
 def _layout_text(layout: Any) -> str:
     parts = [f"tp={layout.tp}", f"pp={layout.pp}"]
+    if layout.uneven:
+        parts.append(f"stages={layout.first_stage_layers}/…/{layout.last_stage_layers}")
     if layout.vpp > 1:
         parts.append(f"vpp={layout.vpp}")
     parts += [f"cp={layout.cp}", f"ep={layout.ep}", f"dp={layout.dp}", layout.sharding]
     parts += [f"mb={layout.micro_batch}", f"gbs={layout.global_batch}"]
     parts += [f"recompute={layout.recompute}", layout.precision]
+    if layout.grad_reduce:
+        parts.append(f"grad={layout.grad_reduce}")
     return " ".join(parts)
+
+
+def search_notes(result: Any, budget: float) -> list[str]:
+    """What the search changed or left unused, in words: GPUs left as hot spares (and the
+    best layout on every GPU), and any change of the global batch."""
+    from gigafactory.plan.search import batch_change
+
+    best, n = result.best[0], result.cluster_gpus
+    days = budget / best.tokens_per_s / 86400
+    notes = []
+    if best.gpus < n:
+        text = (
+            f"best use of the cluster: {best.gpus:,} of {n:,} GPUs ({days:,.2f} days); "
+            f"{n - best.gpus:,} GPUs stay idle as hot spares"
+        )
+        full = result.best_all_gpus
+        if full is None:
+            text += f"; no layout that fits uses all {n:,} GPUs with this batch"
+        else:
+            full_days = budget / full.tokens_per_s / 86400
+            text += f"; on all {n:,} GPUs the best layout takes {full_days:,.2f} days"
+        notes.append(text)
+    if change := batch_change(result):
+        notes.append(f"{change}: allowed by --batch-range")
+    return notes
 
 
 def _render_step(est: Any, run: Any) -> None:
@@ -149,7 +198,19 @@ def register(app: typer.Typer) -> None:
         micro_batch: int = typer.Option(1, help="Sequences per micro-batch."),
         seq: int = typer.Option(0, help="Sequence length (default: the model's)."),
         recompute: Recompute = typer.Option(Recompute.none, help="Activation recompute."),
-        precision: Precision = typer.Option(Precision.bf16, help="Matmul precision."),
+        precision: Precision | None = typer.Option(
+            None, help="Matmul precision (default: bf16 for one layout; searched otherwise)."
+        ),
+        grad_reduce: GradReduce = typer.Option(
+            GradReduce.default, help="Gradient reduce dtype of one layout (default: the stack's)."
+        ),
+        first_stage_layers: int = typer.Option(
+            0, help="Layers on the first pipeline stage (uneven stages; 0: even or completed)."
+        ),
+        last_stage_layers: int = typer.Option(0, help="Layers on the last pipeline stage."),
+        batch_range: str = typer.Option(
+            "", help="Let the search change the global batch within LO:HI sequences."
+        ),
         tokens: float = typer.Option(0.0, help="Token budget of the run (default 6e12)."),
         checkpoint_s: float = typer.Option(10.0, help="Seconds each checkpoint stalls training."),
         restart_s: float = typer.Option(300.0, help="Seconds to restart after an interruption."),
@@ -176,30 +237,48 @@ def register(app: typer.Typer) -> None:
         budget = tokens or DEFAULT_TOKENS
         gbs = global_batch or DEFAULT_GLOBAL_BATCH
         searched = None
+        notes: list[str] = []
         if tp or pp:
+            from gigafactory.errors import LayoutError
+            from gigafactory.plan.shard import uneven_stages
+
             t, p = tp or 1, pp or 1
             if n % (t * p * cp):
-                from gigafactory.errors import LayoutError
-
                 raise LayoutError(f"tp·pp·cp = {t * p * cp} does not divide {n} GPUs")
+            first, last = first_stage_layers, last_stage_layers
+            if not (first or last) and (split := uneven_stages(m.layers, p, vpp)):
+                first, last = split
+                notes.append(
+                    f"pp·vpp = {p * vpp} does not divide the {m.layers} layers: uneven stages "
+                    f"completed, first {first} and last {last} layers (Megatron-Core "
+                    "--decoder-first/last-pipeline-num-layers); set them to override"
+                )
             layout = LayoutSpec(
                 tp=t, pp=p, vpp=vpp, cp=cp, ep=ep, dp=n // (t * p * cp),
                 sharding=sharding.value, micro_batch=micro_batch, global_batch=gbs,
-                recompute=recompute.value, precision=precision.value,
+                recompute=recompute.value, precision=(precision or Precision.bf16).value,
+                first_stage_layers=first, last_stage_layers=last,
+                grad_reduce="" if grad_reduce is GradReduce.default else grad_reduce.value,
             )  # fmt: skip
             best = estimate_step(m, layout, h, c, s)
             shown = [best]
         else:
-            searched = search_layouts(m, h, c, n, gbs, precision.value, top, s)
+            rng = parse_batch_range(batch_range)
+            searched = search_layouts(
+                m, h, c, n, gbs, precision.value if precision else None, top, s, batch_range=rng
+            )
             if not searched.best:
                 from gigafactory.errors import LayoutError
 
+                allowed = f"{rng[0]}–{rng[1]}" if rng else f"{gbs}"
                 raise LayoutError(
-                    f"no layout of {m.name} fits on {n} × {h.name} with a global batch near "
-                    f"{gbs}; raise --global-batch, add GPUs, or use a larger accelerator"
+                    f"no layout of {m.name} fits on up to {n} × {h.name} with a global batch "
+                    f"of {allowed} sequences; allow --batch-range, add GPUs, or use a larger "
+                    "accelerator"
                 )
             shown = searched.best
             best = shown[0]
+            notes += search_notes(searched, budget)
         from gigafactory.reliability import ReliabilityScenario
 
         failures = ReliabilityScenario(checkpoint_s=checkpoint_s, restart_s=restart_s)
@@ -209,26 +288,36 @@ def register(app: typer.Typer) -> None:
             out["run"]["cost_usd"] = run.cost_usd
             if searched is not None:
                 out["search"] = {
-                    "considered": searched.considered,
-                    "valid": searched.valid,
+                    "evaluated": searched.evaluated,
                     "fitting": searched.fitting,
+                    "seconds": searched.seconds,
+                    "cluster_gpus": searched.cluster_gpus,
+                    "spare_gpus": searched.spare_gpus,
+                    "requested_global_batch": searched.requested_batch,
                     "best": [_step_dict(e) for e in shown],
+                    "best_all_gpus": (
+                        _step_dict(searched.best_all_gpus) if searched.best_all_gpus else None
+                    ),
                 }
+            out["notes"] = notes
             typer.echo(json.dumps(out, default=str))
         else:
             if searched is not None:
                 t = Table(
-                    title=f"fastest layouts that fit ({searched.fitting} of "
-                    f"{searched.considered} considered)"
+                    title=f"layouts that train {budget:.3g} tokens soonest ({searched.fitting:,} "
+                    f"fit of {searched.evaluated:,} evaluated in {searched.seconds:.2f} s)"
                 )
-                for col in ("layout", "step s", "MFU", "GB/GPU", "tokens/s/GPU"):
+                for col in ("layout", "GPUs", "step s", "MFU", "GB/GPU", "days"):
                     t.add_column(col, justify="left" if col == "layout" else "right")
                 for e in shown:
                     t.add_row(
-                        _layout_text(e.layout), f"{e.step_s:.2f}", f"{100 * e.mfu:.1f}%",
-                        f"{e.memory.total_bytes / 1e9:.1f}", f"{e.tokens_per_s_per_gpu:,.0f}",
+                        _layout_text(e.layout), f"{e.gpus:,}", f"{e.step_s:.2f}",
+                        f"{100 * e.mfu:.1f}%", f"{e.memory.total_bytes / 1e9:.1f}",
+                        f"{budget / e.tokens_per_s / 86400:,.2f}",
                     )  # fmt: skip
                 console.print(t)
+            for note in notes:
+                console.print(f"[yellow]note:[/] {note}")
             _render_step(best, run)
             if not best.fits:
                 console.print(

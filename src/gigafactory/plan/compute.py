@@ -203,7 +203,8 @@ def software_for(framework: str) -> Software:
 
 
 def efficiency(hardware: HardwareSpec, kind: str, precision: str = "bf16") -> float:
-    """The calibrated fraction of peak that ``kind`` kernels reach on ``hardware``.
+    """The calibrated fraction of peak that ``kind`` kernels reach on ``hardware``, at most 1
+    (no kernel beats its roofline).
 
     One GEMM efficiency serves every GEMM, as a fraction of the peak of its precision:
 
@@ -224,7 +225,7 @@ def efficiency(hardware: HardwareSpec, kind: str, precision: str = "bf16") -> fl
     """
     if kind == "grouped_matmul":
         kind = "matmul"
-    return hardware.efficiency.get(kind, DEFAULT_EFFICIENCY[kind])
+    return min(1.0, hardware.efficiency.get(kind, DEFAULT_EFFICIENCY[kind]))
 
 
 def gemm_size_factor(m: float, n: float, k: float, half: float = GEMM_HALF_DIM) -> float:

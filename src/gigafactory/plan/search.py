@@ -8,7 +8,8 @@ count tp·pp·cp·dp (any count up to the cluster; the rest are hot spares), sha
 precision and the gradient-reduce dtype. The global batch is the user's hyperparameter: it
 stays as given unless the user allows a range (then every 5-smooth batch in the range is
 tried, and the change is reported). Candidates are ranked by the time to train a token
-budget (= step time per token), never by tokens/s per GPU.
+budget (= step time per token), never by tokens/s per GPU; within ``TIME_TIE`` of the
+fastest, fewer GPUs rank first.
 
 Evaluation is vectorised: the numeric degrees of all candidates of one (sharding, recompute,
 precision, gradient dtype) group go through ``estimate_step`` as numpy arrays in one call
@@ -27,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from gigafactory.errors import LayoutError
-from gigafactory.plan.compute import MODERN, Software
+from gigafactory.plan.comms import bubble_fraction
+from gigafactory.plan.compute import MODERN, Software, stage_pass_times
 from gigafactory.plan.memory import memory_per_gpu
 from gigafactory.plan.shard import nvlink_domain, uneven_stages
 from gigafactory.plan.step import StepEstimate, estimate_step
@@ -43,6 +45,10 @@ MAX_PP = 64
 DEFAULT_GLOBAL_BATCH = 4096
 #: Precisions searched when the user does not fix one (those the accelerator has a peak for).
 SEARCH_PRECISIONS = ("bf16", "fp8")
+#: Predicted times closer than this share are a tie, and the layout with fewer GPUs (fewer
+#: GPU-hours, more hot spares) wins it: the model's own out-of-sample error is several
+#: percent, so a 1% faster prediction on 30% more GPUs is not a real gain.
+TIME_TIE = 0.01
 _NUMERIC = ("tp", "pp", "vpp", "cp", "ep", "dp", "micro_batch", "global_batch")
 _STAGES = ("first_stage_layers", "last_stage_layers")
 
@@ -97,8 +103,10 @@ class ArrayLayout:
 class SearchResult:
     """The layouts that train the budget soonest, best first, and what was searched.
 
-    ``evaluated``: layouts whose step was predicted (numeric degrees × categorical choices);
-    ``fitting``: those that fit in HBM. ``best_all_gpus``: the best layout that uses every GPU
+    ``evaluated``: layouts searched (numeric degrees × categorical choices); ``bounded``:
+    those ruled out by their compute time alone (slower than the ``top``-th best found so
+    far before any communication is added); ``fitting``: of the rest, those that fit in HBM
+    (and were timed in full). ``best_all_gpus``: the best layout that uses every GPU
     of the cluster (None when none fits), to compare with ``best[0]``."""
 
     best: list[StepEstimate]
@@ -108,6 +116,7 @@ class SearchResult:
     cluster_gpus: int
     requested_batch: int
     best_all_gpus: StepEstimate | None = None
+    bounded: int = 0
 
     @property
     def considered(self) -> int:
@@ -250,27 +259,47 @@ def search_layouts(
         batches = smooth_batches(lo, hi)
     else:
         batches = [global_batch]
-    degrees = enumerate_degrees(model, hardware, cluster, n, batches, s)
-    evaluated = fitting = 0
-    # per group: (seconds per token, index) of the best candidates, and of the best on all GPUs
+    evaluated = bounded = fitting = 0
+    # (seconds per token, index, candidates) of the best so far, and of the best on all GPUs
     pool: list[tuple[float, int, ArrayLayout]] = []
     pool_all: list[tuple[float, int, ArrayLayout]] = []
-    for sharding, recompute, prec, grad in _choices(hardware, precision):
-        cand = ArrayLayout(
-            **degrees, sharding=sharding, recompute=recompute, precision=prec, grad_reduce=grad
-        )
-        if not len(cand):
+    choices = _choices(hardware, precision)
+    for batch in batches:
+        degrees = enumerate_degrees(model, hardware, cluster, n, [batch], s)
+        if not len(degrees["tp"]):
             continue
-        evaluated += len(cand)
-        fits = np.asarray(memory_per_gpu(model, cand, hardware, s, software).fits)
-        fitting += int(fits.sum())
-        if not fits.any():
-            continue
-        cand = cand.subset(fits)  # only layouts that fit are timed
-        est = estimate_step(model, cand, hardware, cluster, s, check=False, software=software)
-        per_token = est.step_s / (cand.global_batch * s)
-        pool += _best(per_token, cand, top)
-        pool_all += _best(np.where(cand.gpus == n, per_token, np.inf), cand, 1)
+        for recompute, prec in dict.fromkeys((r, p) for _, r, p, _ in choices):
+            base = ArrayLayout(**degrees, recompute=recompute, precision=prec)
+            # branch and bound: compute, recompute and the bubble of compute alone bound the
+            # step from below (every other part is >= 0), so a layout already slower by them
+            # than the top-th best found so far cannot enter the ranking
+            passes = stage_pass_times(model, base, hardware, s, software)
+            m = base.microbatches
+            bubble = bubble_fraction(base.pp, m, base.vpp)
+            floor = m * passes.total_s * (1 + bubble) / (batch * s)
+            keep = floor <= _bound(pool, top) * (1 + TIME_TIE)
+            keep |= (base.gpus == n) & (floor <= _bound(pool_all, 1))
+            groups = [c for c in choices if c[1:3] == (recompute, prec)]
+            evaluated += len(base) * len(groups)
+            bounded += int((~keep).sum()) * len(groups)
+            if not keep.any():
+                continue
+            base = base.subset(keep)
+            for sharding, _, _, grad in groups:
+                cand = dataclasses.replace(base, sharding=sharding, grad_reduce=grad)
+                fits = np.asarray(memory_per_gpu(model, cand, hardware, s, software).fits)
+                fitting += int(fits.sum())
+                if not fits.any():
+                    continue
+                cand = cand.subset(fits)  # only layouts that fit are timed
+                est = estimate_step(
+                    model, cand, hardware, cluster, s, check=False, software=software
+                )
+                per_token = est.step_s / (cand.global_batch * s)
+                pool = _top(pool + _best(per_token, cand, top), top)
+                pool_all = _top(
+                    pool_all + _best(np.where(cand.gpus == n, per_token, np.inf), cand, 1), 1
+                )
     best = [
         _scalar(model, c.layout(i), hardware, cluster, s, software) for _, i, c in _top(pool, top)
     ]
@@ -281,21 +310,41 @@ def search_layouts(
         else None
     )
     return SearchResult(
-        best, evaluated, fitting, time.perf_counter() - t0, n, global_batch, best_all
+        best, evaluated, fitting, time.perf_counter() - t0, n, global_batch, best_all, bounded
     )
 
 
+def _bound(pool: list[tuple[float, int, Any]], k: int) -> float:
+    """The k-th best seconds per token found so far (inf until k are found)."""
+    return max(x[0] for x in pool) if len(pool) >= k else np.inf
+
+
 def _best(score: np.ndarray, cand: ArrayLayout, k: int) -> list[tuple[float, int, ArrayLayout]]:
+    """The ``k`` fastest candidates, and the ``k`` with the fewest GPUs among those within
+    ``TIME_TIE`` of the fastest (the ranking's tie window)."""
     finite = np.flatnonzero(np.isfinite(score))
     if not len(finite):
         return []
-    # ties (same time) go to the layout with fewer GPUs
-    order = np.lexsort((cand.gpus[finite], score[finite]))[:k]
-    return [(float(score[finite[j]]), int(finite[j]), cand) for j in order]
+    t, g = score[finite], cand.gpus[finite]
+    fastest = np.lexsort((g, t))[:k]
+    near = np.flatnonzero(t <= t.min() * (1 + TIME_TIE))
+    frugal = near[np.lexsort((t[near], g[near]))[:k]]
+    picks = dict.fromkeys(int(finite[j]) for j in np.concatenate([fastest, frugal]))
+    return [(float(score[i]), i, cand) for i in picks]
 
 
 def _top(pool: list[tuple[float, int, Any]], k: int) -> list[tuple[float, int, Any]]:
-    return sorted(pool, key=lambda x: (x[0], x[2].gpus[x[1]]))[:k]
+    """Best first: layouts within ``TIME_TIE`` of the fastest by fewest GPUs, then the rest
+    by time."""
+    if not pool:
+        return []
+    window = min(x[0] for x in pool) * (1 + TIME_TIE)
+
+    def key(x: tuple[float, int, Any]) -> tuple[int, float, float]:
+        gpus = float(x[2].gpus[x[1]])
+        return (0, gpus, x[0]) if x[0] <= window else (1, x[0], gpus)
+
+    return sorted(pool, key=key)[:k]
 
 
 def _scalar(

@@ -188,6 +188,16 @@ class StepEstimate:
         }
 
 
+def roofline_s(flops: float, peak_tflops: float) -> float:
+    """The least time ``flops`` can take on a GPU of ``peak_tflops``: F / peak. The step's
+    compute is never below the model FLOPs' roofline, and compute + recompute never below the
+    executed (hardware) FLOPs', so MFU ≤ HFU ≤ 1 hold by construction whatever the
+    calibration or the FLOP convention (a causal kernel executes half the attention FLOPs
+    the full-square convention counts, so without the floor a long-sequence run could
+    report MFU above 1)."""
+    return flops / (peak_tflops * 1e12)
+
+
 def _tp_comm_per_mb_s(
     model: ModelSpec, layout: LayoutSpec, tokens: float, net: comms.Links, layers: float
 ) -> float:
@@ -328,9 +338,17 @@ def estimate_step(
     local_opt = split.dense / (dense_n if layout.sharding != "none" else 1) + split.expert / (
         exp_n if layout.sharding != "none" else 1
     )
+    tokens_step = layout.global_batch * s
+    model_flops = training_flops_per_token(model, s, causal=causal_flops) * tokens_step
+    hardware_flops = (
+        hardware_flops_per_token(model, layout.recompute, s, causal=causal_flops) * tokens_step
+    )
+    peak = hardware.peak(layout.precision)
+    compute = vmax(m * (passes.forward_s + passes.backward_s), roofline_s(model_flops / gpus, peak))
+    recompute = vmax(m * passes.recompute_s, roofline_s(hardware_flops / gpus, peak) - compute)
     step = StepTime(
-        compute_s=m * (passes.forward_s + passes.backward_s),
-        recompute_s=m * passes.recompute_s,
+        compute_s=compute,
+        recompute_s=recompute,
         tp_exposed_s=m * tp_mb,
         cp_exposed_s=m * cp_mb,
         ep_exposed_s=m * ep_mb,
@@ -342,7 +360,6 @@ def estimate_step(
         dp_raw_s=dp_raw,
         compute_by_kind_s={k: m * v for k, v in passes.by_kind_s.items()},
     )
-    tokens_step = layout.global_batch * s
     return StepEstimate(
         model=model.name,
         hardware=hardware.name,
@@ -352,10 +369,7 @@ def estimate_step(
         seq_len=s,
         memory=memory_per_gpu(model, layout, hardware, s, software),
         time=step,
-        model_flops_per_step=training_flops_per_token(model, s, causal=causal_flops) * tokens_step,
-        hardware_flops_per_step=hardware_flops_per_token(
-            model, layout.recompute, s, causal=causal_flops
-        )
-        * tokens_step,
-        peak_tflops=hardware.peak(layout.precision),
+        model_flops_per_step=model_flops,
+        hardware_flops_per_step=hardware_flops,
+        peak_tflops=peak,
     )
