@@ -190,14 +190,22 @@ def register(app: typer.Typer) -> None:
         gpus: int = typer.Option(0, help="GPUs for the run (default: the whole cluster)."),
         tp: int = typer.Option(0, help="Tensor parallel; with no degree given, search."),
         pp: int = typer.Option(0, help="Pipeline parallel."),
-        vpp: int = typer.Option(1, help="Interleaved chunks per pipeline stage."),
+        vpp: int | None = typer.Option(
+            None, help="Interleaved chunks per pipeline stage (blank: searched)."
+        ),
         cp: int = typer.Option(1, help="Context parallel."),
         ep: int = typer.Option(1, help="Expert parallel (inside dp·cp)."),
-        sharding: Sharding = typer.Option(Sharding.zero1, help="Optimizer/weight sharding."),
+        sharding: Sharding | None = typer.Option(
+            None, help="Optimizer/weight sharding (blank: zero1, the distributed optimizer)."
+        ),
         global_batch: int = typer.Option(0, help="Sequences per step (default 4096)."),
-        micro_batch: int = typer.Option(1, help="Sequences per micro-batch."),
+        micro_batch: int | None = typer.Option(
+            None, help="Sequences per micro-batch (blank: searched)."
+        ),
         seq: int = typer.Option(0, help="Sequence length (default: the model's)."),
-        recompute: Recompute = typer.Option(Recompute.none, help="Activation recompute."),
+        recompute: Recompute | None = typer.Option(
+            None, help="Activation recompute (blank: the lightest that fits)."
+        ),
         precision: Precision | None = typer.Option(
             None, help="Matmul precision (default: bf16 for one layout; searched otherwise)."
         ),
@@ -223,10 +231,10 @@ def register(app: typer.Typer) -> None:
         With no layout degrees (--tp/--pp) it searches the layouts that fit and plans the
         fastest; with no arguments at all it plans Grok-1 on Colossus.
         """
+        from gigafactory.plan.complete import complete_layout
         from gigafactory.plan.run import DEFAULT_TOKENS, estimate_run
         from gigafactory.plan.search import DEFAULT_GLOBAL_BATCH, search_layouts
-        from gigafactory.plan.step import estimate_step
-        from gigafactory.spec import LayoutSpec, load_cluster, load_hardware, load_model
+        from gigafactory.spec import load_cluster, load_hardware, load_model
 
         m = load_model(model)
         c = load_cluster(cluster)
@@ -240,27 +248,30 @@ def register(app: typer.Typer) -> None:
         notes: list[str] = []
         if tp or pp:
             from gigafactory.errors import LayoutError
-            from gigafactory.plan.shard import uneven_stages
 
             t, p = tp or 1, pp or 1
             if n % (t * p * cp):
                 raise LayoutError(f"tp·pp·cp = {t * p * cp} does not divide {n} GPUs")
-            first, last = first_stage_layers, last_stage_layers
-            if not (first or last) and (split := uneven_stages(m.layers, p, vpp)):
-                first, last = split
+            given = {
+                "tp": t, "pp": p, "cp": cp, "ep": ep, "dp": n // (t * p * cp), "vpp": vpp,
+                "micro_batch": micro_batch, "global_batch": global_batch or None,
+                "recompute": recompute.value if recompute else None,
+                "sharding": sharding.value if sharding else None,
+                "precision": (precision or Precision.bf16).value,
+                "first_stage_layers": first_stage_layers or None,
+                "last_stage_layers": last_stage_layers or None,
+                "grad_reduce": "" if grad_reduce is GradReduce.default else grad_reduce.value,
+            }  # fmt: skip
+            done = complete_layout(m, h, c, given, s)
+            best = done.estimate
+            notes += [f"{k} {v} (left blank)" for k, v in done.notes.items()]
+            if best.layout.uneven and not (first_stage_layers or last_stage_layers):
                 notes.append(
-                    f"pp·vpp = {p * vpp} does not divide the {m.layers} layers: uneven stages "
-                    f"completed, first {first} and last {last} layers (Megatron-Core "
+                    f"pp·vpp = {p * best.layout.vpp} does not divide the {m.layers} layers: "
+                    f"uneven stages completed, first {best.layout.first_stage_layers} and last "
+                    f"{best.layout.last_stage_layers} layers (Megatron-Core "
                     "--decoder-first/last-pipeline-num-layers); set them to override"
                 )
-            layout = LayoutSpec(
-                tp=t, pp=p, vpp=vpp, cp=cp, ep=ep, dp=n // (t * p * cp),
-                sharding=sharding.value, micro_batch=micro_batch, global_batch=gbs,
-                recompute=recompute.value, precision=(precision or Precision.bf16).value,
-                first_stage_layers=first, last_stage_layers=last,
-                grad_reduce="" if grad_reduce is GradReduce.default else grad_reduce.value,
-            )  # fmt: skip
-            best = estimate_step(m, layout, h, c, s)
             shown = [best]
         else:
             rng = parse_batch_range(batch_range)
