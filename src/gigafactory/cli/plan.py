@@ -390,7 +390,7 @@ def register(app: typer.Typer) -> None:
                 "id",
                 "metric",
                 "published",
-                "in-sample",
+                "catalog",
                 "err %",
                 "out-of-sample",
                 "err %",
@@ -416,9 +416,9 @@ def register(app: typer.Typer) -> None:
                 f"{oos.median_abs_error_pct:.1f}%, max {oos.max_abs_error_pct:.1f}%[/]"
             )
             console.print(
-                f"in sample (catalog calibration): median |error| "
-                f"{report.median_abs_error_pct:.1f}%, max {report.max_abs_error_pct:.1f}% "
-                f"(rows in scope)"
+                f"catalog calibration (fitted on every packaged row; in sample for those): "
+                f"median |error| {report.median_abs_error_pct:.1f}%, max "
+                f"{report.max_abs_error_pct:.1f}% (rows in scope)"
             )
         if plot:
             _plot_validation(oos, plot)
