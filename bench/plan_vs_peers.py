@@ -40,51 +40,34 @@ LLM_ANALYSIS_GPUS = {"a100-80gb": "a100-sxm-80gb", "h100-sxm": "h100-sxm-80gb"}
 CALCULON_SYSTEMS = {"a100-80gb": "a100_80g.json", "h100-sxm": "h100_80g_nvl8.json"}
 
 
-def _common_gaps(run: PublishedRun) -> list[str]:
-    """What neither peer models."""
+#: (what a peer cannot model, test on (run, model, layout)); COMMON: neither peer.
+Check = tuple[str, Any]
+COMMON: list[Check] = [
+    ("MLA attention", lambda r, m, lay: m.attention == "mla"),
+    ("context parallelism", lambda r, m, lay: lay.cp > 1),
+    ("sliding-window/sink attention", lambda r, m, lay: m.sliding_window or m.attention_sinks),
+]
+LLM_ANALYSIS: list[Check] = [
+    ("no GPU config for this accelerator", lambda r, m, lay: r.gpu not in LLM_ANALYSIS_GPUS),
+    ("MoE with shared/fine-grained experts or dense layers", lambda r, m, lay: m.is_moe and (
+        m.shared_experts or m.dense_layers or m.moe_ffn != m.ffn_width)),
+    ("fp8 training (its 8-bit modes quantise weights)", lambda r, m, lay: lay.precision == "fp8"),
+    ("interleaved pipeline", lambda r, m, lay: lay.vpp > 1),
+]  # fmt: skip
+CALCULON: list[Check] = [
+    ("no system file for this accelerator", lambda r, m, lay: r.gpu not in CALCULON_SYSTEMS),
+    ("MoE / expert parallelism", lambda r, m, lay: m.is_moe),
+    ("grouped-query attention", lambda r, m, lay: m.n_kv_heads not in (m.heads, 1)),
+    ("gated MLP", lambda r, m, lay: m.gated),
+    ("FSDP or uneven stages", lambda r, m, lay: lay.sharding == "fsdp" or lay.uneven),
+    ("fp8 on this GPU", lambda r, m, lay: lay.precision == "fp8" and r.gpu != "h100-sxm"),
+]
+
+
+def gaps(run: PublishedRun, checks: list[Check]) -> list[str]:
+    """What of ``run`` a peer cannot express (``checks`` beside ``COMMON``)."""
     model, lay = run.model(), run.layout()
-    gaps = []
-    if model.attention == "mla":
-        gaps.append("MLA attention")
-    if lay.cp > 1:
-        gaps.append(f"context parallel cp={lay.cp}")
-    if model.sliding_window or model.attention_sinks:
-        gaps.append("sliding-window/sink attention")
-    return gaps
-
-
-def llm_analysis_gaps(run: PublishedRun) -> list[str]:
-    model, lay = run.model(), run.layout()
-    gaps = _common_gaps(run)
-    if run.gpu not in LLM_ANALYSIS_GPUS:
-        gaps.append(f"no GPU config for {run.gpu}")
-    if model.is_moe and (
-        model.shared_experts or model.dense_layers or model.moe_ffn != model.ffn_width
-    ):
-        gaps.append("MoE with shared/fine-grained experts or dense layers")
-    if lay.precision == "fp8":
-        gaps.append("fp8 training (its 8-bit modes quantise weights)")
-    if lay.vpp > 1:
-        gaps.append(f"interleaved pipeline vpp={lay.vpp}")
-    return gaps
-
-
-def calculon_gaps(run: PublishedRun) -> list[str]:
-    model, lay = run.model(), run.layout()
-    gaps = _common_gaps(run)
-    if run.gpu not in CALCULON_SYSTEMS:
-        gaps.append(f"no system file for {run.gpu}")
-    if model.is_moe:
-        gaps.append("MoE / expert parallelism")
-    if model.n_kv_heads not in (model.heads, 1):
-        gaps.append("grouped-query attention")
-    if model.gated:
-        gaps.append("gated MLP")
-    if lay.sharding == "fsdp" or lay.uneven:
-        gaps.append("FSDP or uneven stages")
-    if lay.precision == "fp8" and run.gpu != "h100-sxm":
-        gaps.append("fp8 on this GPU")
-    return gaps
+    return [name for name, test in COMMON + checks if test(run, model, lay)]
 
 
 def llm_analysis_step_s(run: PublishedRun, calibrated: bool = False) -> float:
@@ -170,9 +153,9 @@ def _timed(fn: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def _peer(name: str, gaps: list[str], step_fn: Any, ours: Any, our_step: float) -> dict:
-    if gaps:
-        return {f"{name}_error_pct": None, f"{name}_note": "cannot express: " + "; ".join(gaps)}
+def _peer(name: str, missing: list[str], step_fn: Any, ours: Any, our_step: float) -> dict:
+    if missing:
+        return {f"{name}_error_pct": None, f"{name}_note": "cannot express: " + "; ".join(missing)}
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             step, secs = _timed(step_fn)
@@ -202,12 +185,12 @@ def compare(calculon_root: Path | None) -> dict[str, Any]:
         row: dict[str, Any] = {"in_scope": ours.in_scope, "id": run.id, "metric": ours.metric, "published": ours.published,
                                "planner_error_pct": ours.error_pct, "planner_s_per_layout": secs}  # fmt: skip
         if have_llm:
-            row |= _peer("llm_analysis", llm_analysis_gaps(run),
+            row |= _peer("llm_analysis", gaps(run, LLM_ANALYSIS),
                          lambda run=run: llm_analysis_step_s(run), ours, our_step)  # fmt: skip
-            row |= _peer("llm_analysis_cal", llm_analysis_gaps(run),
+            row |= _peer("llm_analysis_cal", gaps(run, LLM_ANALYSIS),
                          lambda run=run: llm_analysis_step_s(run, True), ours, our_step)  # fmt: skip
         if calculon_root is not None:
-            row |= _peer("calculon", calculon_gaps(run),
+            row |= _peer("calculon", gaps(run, CALCULON),
                          lambda run=run: calculon_step_s(run, calculon_root), ours, our_step)  # fmt: skip
         rows.append(row)
     summary = {}
