@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from gigafactory.cli import app, main
-from gigafactory.errors import LayoutError
+from gigafactory.errors import LayoutError, SpecError
 from gigafactory.plan import comms
 from gigafactory.plan.compute import (
     efficiency,
@@ -265,14 +265,13 @@ def test_no_prediction_above_physical_limits(spec, causal):
 
 
 def test_roofline_floor_and_efficiency_cap():
-    """1 PFLOP on a 989.5-TFLOP/s GPU takes at least 1.0106 s; an fp8 grouped GEMM whose
-    calibration would compose above peak (0.6 × 0.9 / 0.4 = 1.35) is capped at 1."""
+    """1 PFLOP on a 989.5-TFLOP/s GPU takes at least 1.0106 s; a calibration above peak is
+    refused, and every GEMM kind and precision reads the one matmul fraction (≤ 1)."""
     assert roofline_s(1e15, 989.5) == pytest.approx(1.0106, abs=1e-4)
-    hw = dataclasses.replace(
-        H100, efficiency={"matmul": 0.4, "grouped_matmul": 0.9, "matmul_fp8": 0.6}
-    )
-    assert efficiency(hw, "grouped_matmul", "fp8") == 1.0
-    assert efficiency(hw, "grouped_matmul", "bf16") == 0.9
+    with pytest.raises(SpecError, match="fraction of peak"):
+        dataclasses.replace(H100, efficiency={"matmul": 1.35})
+    hw = dataclasses.replace(H100, efficiency={"matmul": 0.9})
+    assert efficiency(hw, "grouped_matmul", "fp8") == efficiency(hw, "matmul", "bf16") == 0.9
 
 
 @pytest.mark.parametrize(

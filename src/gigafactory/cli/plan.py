@@ -330,44 +330,87 @@ def register(app: typer.Typer) -> None:
     @app.command("validate")
     def validate_cmd(
         file: Path | None = typer.Argument(None, help="CSV of published runs (default: packaged)."),
+        holdout: bool = typer.Option(
+            False,
+            "--holdout",
+            help="Validate the packaged hold-out runs the calibration never saw.",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
         plot: Path | None = typer.Option(None, help="Write a predicted-vs-published PNG."),
     ) -> None:
-        """Predict published training runs with their own layouts; report the errors."""
+        """Predict published training runs with their own layouts; report the errors.
+
+        The headline is out of sample: each row is predicted from a calibration refitted
+        without the row's source (leave-one-source-out), shown next to the in-sample error
+        of the catalog calibration. Blank layout fields are completed and shown.
+        """
+        from gigafactory.plan.calibrate import out_of_sample
+        from gigafactory.plan.runs import default_holdout_path
         from gigafactory.plan.validate import validate
 
-        report = validate(file)
+        if holdout and file is not None:
+            from gigafactory.errors import SpecError
+
+            raise SpecError("validate", "file", "give a CSV file or --holdout, not both")
+        path = default_holdout_path() if holdout else file
+        report = validate(path)
+        oos = out_of_sample(path)
         if as_json:
+            keys = ("id", "source", "metric", "published", "predicted", "error_pct", "in_scope")
             rows = [
-                {k: getattr(r, k) for k in ("id", "metric", "published", "predicted", "error_pct")}
-                for r in report.rows
+                {
+                    **{k: getattr(r, k) for k in keys},
+                    "out_of_sample_predicted": o.predicted,
+                    "out_of_sample_error_pct": o.error_pct,
+                    "completed": r.completed,
+                }
+                for r, o in zip(report.rows, oos.rows, strict=True)
             ]
-            typer.echo(
-                json.dumps(
-                    {
-                        "rows": rows,
-                        "median_abs_error_pct": report.median_abs_error_pct,
-                        "max_abs_error_pct": report.max_abs_error_pct,
-                    }
-                )
-            )
+            summary = {
+                name: {"median_abs_error_pct": rep.median_abs_error_pct,
+                       "max_abs_error_pct": rep.max_abs_error_pct}
+                for name, rep in (("out_of_sample", oos), ("in_sample", report))
+            }  # fmt: skip
+            summary["out_of_sample"]["method"] = "leave-one-source-out"
+            typer.echo(json.dumps({"rows": rows, **summary}))
         else:
             t = Table(title="planner vs published runs")
-            for col in ("id", "metric", "published", "predicted", "error %"):
+            for col in (
+                "id",
+                "metric",
+                "published",
+                "in-sample",
+                "err %",
+                "out-of-sample",
+                "err %",
+            ):
                 t.add_column(col, justify="left" if col in ("id", "metric") else "right")
-            for r in report.rows:
+            for r, o in zip(report.rows, oos.rows, strict=True):
                 flag = "" if r.in_scope else " (out of scope)"
                 t.add_row(
                     r.id + flag, r.metric, f"{r.published:,.1f}", f"{r.predicted:,.1f}",
-                    f"{r.error_pct:+.1f}",
+                    f"{r.error_pct:+.1f}", f"{o.predicted:,.1f}", f"{o.error_pct:+.1f}",
                 )  # fmt: skip
             console.print(t)
+            filled = [r for r in report.rows if r.completed]
+            if filled:
+                t = Table(title="blank fields completed by the planner")
+                t.add_column("id")
+                t.add_column("completion")
+                for r in filled:
+                    t.add_row(r.id, "; ".join(f"{k} {v}" for k, v in r.completed.items()))
+                console.print(t)
             console.print(
-                f"median |error| {report.median_abs_error_pct:.1f}%, "
-                f"max |error| {report.max_abs_error_pct:.1f}% (rows in scope)"
+                f"[bold]out of sample (leave-one-source-out): median |error| "
+                f"{oos.median_abs_error_pct:.1f}%, max {oos.max_abs_error_pct:.1f}%[/]"
+            )
+            console.print(
+                f"in sample (catalog calibration): median |error| "
+                f"{report.median_abs_error_pct:.1f}%, max {report.max_abs_error_pct:.1f}% "
+                f"(rows in scope)"
             )
         if plot:
-            _plot_validation(report, plot)
+            _plot_validation(oos, plot)
 
 
 def _plot_validation(report: Any, path: Path) -> None:

@@ -20,6 +20,7 @@ buffer over its own NIC (rail-optimised fabrics; Jeaugey, NCCL, GTC 2019).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -132,3 +133,14 @@ def bubble_fraction(pp: int, microbatches: int, vpp: int = 1) -> float:
     """Pipeline bubble over ideal compute: (p−1)/m for 1F1B (Narayanan et al. 2021 Sec. 2.2),
     (p−1)/(v·m) with v interleaved chunks per stage (Sec. 2.2.2)."""
     return where(pp > 1, (pp - 1) / (vpp * vmax(microbatches, 1)), 0.0)
+
+
+def dualpipe_bubble_s(pp: Any, forward_s: Any, backward_s: Any) -> Any:
+    """DualPipe's pipeline bubble (DeepSeek-V3 report Table 2): (PP/2 − 1)·(F&B + B − 3W),
+    with F&B the time of an overlapped forward-and-backward chunk pair (≈ F + B when both
+    are compute-bound), B the full backward and W its weight-gradient half (the backward's
+    GEMMs split evenly between input and weight gradients, 2mnk each): W = B/2. Seconds per
+    step for one micro-batch's ``forward_s`` and ``backward_s`` on one stage."""
+    weight_s = backward_s / 2.0
+    per_pair = vmax(0.0, forward_s + 2.0 * backward_s - 3.0 * weight_s)
+    return where(pp > 1, (pp / 2.0 - 1.0) * per_pair, 0.0)

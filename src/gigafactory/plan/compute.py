@@ -13,7 +13,7 @@ per-kernel cost. The reachable rate depends on the kernel kind and on the operat
   of the loss, MoE permutation) move bytes at ``memory_bw · e_memory``.
 
 ``e_kind`` are the accelerator's calibrated ``efficiency`` block in its catalog YAML
-(``matmul``, ``matmul_fp8``, ``grouped_matmul``, ``attention``, ``memory``): one number per
+(``matmul``, ``attention``, ``memory``): one number per
 accelerator and kernel kind, never per model or per run.
 """
 
@@ -38,7 +38,6 @@ ATTENTION_BWD_RATIO = 2.5
 #: Defaults for an accelerator whose YAML lacks a calibration block.
 DEFAULT_EFFICIENCY = {
     "matmul": 0.7,
-    "matmul_fp8": 0.55,
     "attention": 0.5,
     "memory": 0.7,
 }
@@ -112,6 +111,34 @@ class Software:
     * NeMo 2: ``MegatronMixedPrecision(grad_reduce_in_fp32=True)`` by default.
 
     fp16 runs reduce in fp16 in every stack above (``FP16_GRADS_IN_FP32``).
+
+    ``ep_overlap``: the expert all-to-all (dispatch and combine) runs beside the computation
+    of another micro-batch instead of on the critical path. DeepSeek-V3's DualPipe
+    (DeepSeek-V3 report Sec. 3.2.1, Fig. 4) pairs a forward chunk with a backward chunk of
+    different micro-batches and interleaves their attention, dispatch, MLP and combine, "so
+    that both all-to-all and PP communication can be fully hidden during execution";
+    ``pipeline_schedule = "dualpipe"`` gives its bubble (``comms.dualpipe_bubble_s``).
+    Megatron-Core's 1F1B schedule with ``overlap_moe_expert_parallel_comm`` does the same
+    for the all-to-all (2025); no packaged row sets it, so other stacks keep it off.
+
+    ``dp_overlap``: the data-parallel gradient reduction (and the distributed optimizer's
+    parameter all-gather) overlap the backward (and the next forward), as Megatron-Core's
+    DDP does with ``overlap_grad_reduce``/``overlap_param_gather``. Two older stacks
+    reduce only after the last micro-batch, on the critical path:
+
+    * DeepSpeed's pipeline engine (Megatron-DeepSpeed: BLOOM, MT-NLG):
+      ``deepspeed/runtime/pipe/schedule.py`` ``TrainSchedule.steps`` appends
+      ``ReduceTiedGrads()``, ``ReduceGrads()`` and ``OptimizerStep()`` after the final
+      step, and the engine executes the instruction stream in order.
+    * Megatron-LM 2021: ``megatron/training.py`` ``train_step`` calls
+      ``model_module.allreduce_gradients()`` after ``forward_backward_func`` returns (local
+      DDP); overlapping the reduction came with Megatron-Core's DDP (2023).
+
+    ``fused_elementwise``: norms, rotary embeddings and the gated activation run as fused
+    kernels (Transformer Engine, Apex and Megatron-Core fusions). torchtitan's 2024 Llama
+    runs (its ``docs/performance.md``: FSDP2, no ``torch.compile``, ``norm_type =
+    "rmsnorm"``) execute them as eager PyTorch ops, each a kernel through HBM
+    (``eager_op``).
     """
 
     name: str = "megatron-core"
@@ -120,6 +147,10 @@ class Software:
     fused_sink_attention: bool = True
     default_sharding: str = "none"
     grad_reduce_in_fp32: bool = True
+    ep_overlap: bool = False
+    pipeline_schedule: str = "1f1b"
+    dp_overlap: bool = True
+    fused_elementwise: bool = True
 
 
 #: fp16 training keeps fp16 gradient buffers and reduces them in fp16: Megatron-LM only turns
@@ -130,12 +161,29 @@ FP16_GRADS_IN_FP32 = False
 MODERN = Software()
 #: Known frameworks of the published runs; anything else is treated as modern.
 FRAMEWORKS = {
-    "megatron-lm-2021": Software("megatron-lm-2021", flash_attention=False, tp_overlap=False),
-    "megatron-deepspeed": Software("megatron-deepspeed", flash_attention=False, tp_overlap=False),
+    "megatron-lm-2021": Software(
+        "megatron-lm-2021", flash_attention=False, tp_overlap=False, dp_overlap=False
+    ),
+    "megatron-deepspeed": Software(
+        "megatron-deepspeed", flash_attention=False, tp_overlap=False, dp_overlap=False
+    ),
     "megatron-core": MODERN,
     "megatron-bridge": Software("megatron-bridge", default_sharding="zero1"),
     "nemo": Software("nemo"),
+    # torchtitan 2024 (docs/performance.md): FSDP2, eager (no compile), default sharding fsdp
+    "torchtitan": Software("torchtitan", default_sharding="fsdp", fused_elementwise=False),
+    # DeepSeek's HAI-LLM (DeepSeek-V3 report Sec. 3.2): DualPipe, ZeRO-1 data parallelism.
+    "hai-llm": Software(
+        "hai-llm", default_sharding="zero1", ep_overlap=True, pipeline_schedule="dualpipe"
+    ),
 }
+
+
+def prior_hardware(hardware: HardwareSpec) -> HardwareSpec:
+    """``hardware`` with its fitted efficiencies removed: every kernel kind reads the
+    documented prior (``DEFAULT_EFFICIENCY``); unfitted entries (``nvlink``) stay."""
+    keep = {k: v for k, v in hardware.efficiency.items() if k not in DEFAULT_EFFICIENCY}
+    return dataclasses.replace(hardware, efficiency=keep)
 
 
 def software_with(sw: Software, layout: LayoutSpec) -> Software:
@@ -158,22 +206,26 @@ def efficiency(hardware: HardwareSpec, kind: str, precision: str = "bf16") -> fl
     """The calibrated fraction of peak that ``kind`` kernels reach on ``hardware``, at most 1
     (no kernel beats its roofline).
 
-    fp8 matmuls read ``matmul_fp8`` (a share of the fp8 peak); ``grouped_matmul`` falls back
-    to the plain matmul value when the YAML does not set it.
+    One GEMM efficiency serves every GEMM, as a fraction of the peak of its precision:
+
+    * fp8 GEMMs run the same tensor-core pipeline at twice the rate (Hopper ``wgmma`` and
+      Blackwell ``tcgen05`` issue fp8 at 2× bf16 throughput, H100/B200 data sheets), so they
+      reach the same fraction of the fp8 peak; what fp8 adds is not a slower GEMM but extra
+      kernels: quantising each GEMM input (``layer_ops``' ``fp8_casts``, 3 B per element:
+      bf16 read, fp8 written) and the scaling/amax kernels per GEMM call
+      (``FP8_KERNELS_PER_GEMM``; Transformer Engine's ``Float8CurrentScaling`` and delayed
+      scaling recipes). A separately fitted fp8 efficiency was a free parameter the Hopper
+      rows could not inform (no fp8 row): dense fp8 runs on H100 came out 8–23% slow.
+    * A grouped GEMM (the routed experts) reads the plain matmul value: Transformer
+      Engine's ``GroupedLinear`` and Megatron-Core's ``GroupedMLP`` (CUTLASS grouped GEMM)
+      run the same tensor-core tiles as one GEMM per expert, so what they lose on small
+      experts is the per-expert shape (m = tokens per expert, n or k = the expert width),
+      which ``gemm_size_factor`` charges. A grouped efficiency fitted per family did not
+      transfer between sources (leave-one-source-out: MBg5 −35%).
     """
-    return min(1.0, _efficiency(hardware, kind, precision))
-
-
-def _efficiency(hardware: HardwareSpec, kind: str, precision: str) -> float:
-    eff = hardware.efficiency
-    if kind in ("matmul", "grouped_matmul") and precision == "fp8":
-        base = eff.get("matmul_fp8", DEFAULT_EFFICIENCY["matmul_fp8"])
-        if kind == "grouped_matmul" and "grouped_matmul" in eff:
-            return base * eff["grouped_matmul"] / eff.get("matmul", DEFAULT_EFFICIENCY["matmul"])
-        return base
     if kind == "grouped_matmul":
-        return eff.get("grouped_matmul", eff.get("matmul", DEFAULT_EFFICIENCY["matmul"]))
-    return eff.get(kind, DEFAULT_EFFICIENCY[kind])
+        kind = "matmul"
+    return min(1.0, hardware.efficiency.get(kind, DEFAULT_EFFICIENCY[kind]))
 
 
 def gemm_size_factor(m: float, n: float, k: float, half: float = GEMM_HALF_DIM) -> float:
@@ -335,7 +387,33 @@ def layer_ops(
     if layout.precision == "fp8":
         cast = sum(o.shape[0] * o.shape[2] * o.calls for o in ops if o.precision == "fp8")
         ops.append(memory_op("fp8_casts", 3.0 * cast))
+    if not sw.fused_elementwise:
+        ops = [eager_op(op, model.gated) for op in ops]
     return ops
+
+
+#: Bytes per element an eager PyTorch implementation moves over a fused kernel's, per
+#: elementwise op (forward; the backward's autograd kernels scale alike). Counted from the
+#: Llama reference code that torchtitan's 2024 Llama model used:
+#:
+#: * RMSNorm ``_norm(x.float()).type_as(x) * weight`` with ``x * rsqrt(x.pow(2).mean(-1) +
+#:   eps)``: ``float`` (2 B read, 4 written), ``pow`` (4, 4), ``mean`` (4), ``mul`` (4, 4),
+#:   ``type_as`` (4, 2), ``* weight`` (2, 2) = 36 B against a fused norm's 4 (read, write);
+#: * rotary ``apply_rotary_emb``: ``float().reshape`` and ``view_as_complex`` (2, 4), the
+#:   complex multiply (8, 8), ``view_as_real().flatten().type_as`` (4, 2) = 28 B against 4;
+#: * SwiGLU ``silu(w1(x)) * w3(x)``: ``silu`` (2, 2) then ``mul`` (4, 2) = 10 B per output
+#:   element against a fused gated activation's 6 (two reads, one write).
+EAGER_BYTES_FACTOR = {"norms": 36.0 / 4.0, "rope": 28.0 / 4.0}
+EAGER_GLU_FACTOR = 10.0 / 6.0
+
+
+def eager_op(op: Op, gated: bool) -> Op:
+    """``op`` as eager PyTorch runs it (``Software.fused_elementwise`` off): the unfused
+    elementwise ops move ``EAGER_BYTES_FACTOR`` times the bytes; GEMMs are unchanged."""
+    factor = EAGER_BYTES_FACTOR.get(op.name, 1.0)
+    if gated and op.name.endswith("_act"):
+        factor = EAGER_GLU_FACTOR
+    return op if factor == 1.0 else dataclasses.replace(op, bytes=op.bytes * factor)
 
 
 def head_ops(model: ModelSpec, layout: LayoutSpec, tokens: float) -> list[Op]:

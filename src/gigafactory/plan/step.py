@@ -61,6 +61,27 @@ def dp_overlap_window_s(backward_s: float, recompute_s: float) -> float:
     return backward_s + recompute_s
 
 
+def fsdp_once_per_step_s(
+    gather_s: float, scatter_s: float, forward_s: float, backward_window_s: float
+) -> float:
+    """Exposed FSDP traffic when a pipeline stage keeps its gathered weights for the whole
+    step: one parameter all-gather, prefetched layer by layer under the first micro-batch's
+    forward, and one gradient reduce-scatter under the last micro-batch's backward.
+
+    Sources: torchtitan ``apply_fsdp`` sets ``reshard_after_forward = not pp_enabled``
+    ("for PP, by default do not reshard after forward to avoid per-microbatch all-gathers,
+    which can be expensive and non-overlapped"); PyTorch's pipelining stage
+    (``torch/distributed/pipelining/stage.py``, ``backward_maybe_with_nosync``) calls
+    ``set_reshard_after_backward(False)`` and ``set_requires_gradient_sync(False)`` on the
+    FSDP module for every backward but the last; Llama 3 keeps FSDP weights gathered
+    between forward and backward under PP (Dubey et al. 2024 Sec. 3.3.2).
+    exposed = max(0, AG − forward) + max(0, RS − backward window).
+    """
+    return comms.exposed_after_overlap_s(gather_s, forward_s) + comms.exposed_after_overlap_s(
+        scatter_s, backward_window_s
+    )
+
+
 @dataclass(frozen=True)
 class StepTime:
     """Seconds of one optimizer step, by part (every exposed kind reported separately)."""
@@ -259,15 +280,18 @@ def estimate_step(
     cp_layer = _cp_comm_per_layer_s(model, layout, tokens, net)
     cp_mb = layers * comms.exposed_after_overlap_s(cp_layer, 3.5 * passes.attention_core_s)
     ep_mb = _ep_comm_per_mb_s(model, layout, tokens, net, layers)
+    if software.ep_overlap:  # hidden behind another micro-batch's computation (DualPipe)
+        ep_mb = comms.exposed_after_overlap_s(ep_mb, passes.total_s)
 
     split = params_per_gpu(model, layout)
     grad_bytes = grad_bytes_per_param(layout.precision, software)
     dense_n, dense_stride = split.dense_dp_group, layout.tp
     exp_n, exp_stride = split.expert_dp_group, layout.tp * layout.cp * layout.ep
-    fsdp_mb = 0.0
+    fsdp_mb = fsdp_step = 0.0
     dp_raw = dp_exposed = 0.0
     if layout.sharding == "fsdp":
-        # every micro-batch: gather weights for forward and backward, scatter gradients
+        # without pipeline parallelism, every micro-batch: gather weights for forward and
+        # backward (resharded after forward), reduce-scatter gradients
         gather = comms.group_collective_s(
             "allgather", split.dense * PARAM_GATHER_BYTES, dense_n, dense_stride, net
         ) + comms.group_collective_s(
@@ -277,8 +301,13 @@ def estimate_step(
             "allgather", split.dense * grad_bytes, dense_n, dense_stride, net
         ) + comms.group_collective_s("allgather", split.expert * grad_bytes, exp_n, exp_stride, net)
         raw_mb = 2 * gather + scatter
-        dp_raw = m * raw_mb
-        fsdp_mb = comms.exposed_after_overlap_s(raw_mb, passes.total_s)
+        # with pipeline parallelism the gathered weights stay for every micro-batch and the
+        # gradients are reduce-scattered once, after the last backward (fsdp_once_per_step)
+        once = where(layout.pp > 1, 1.0, 0.0)
+        dp_raw = where(layout.pp > 1, gather + scatter, m * raw_mb)
+        fsdp_mb = (1.0 - once) * comms.exposed_after_overlap_s(raw_mb, passes.total_s)
+        window = dp_overlap_window_s(passes.backward_s, passes.recompute_s)
+        fsdp_step = once * fsdp_once_per_step_s(gather, scatter, passes.forward_s, window)
     else:
         kind = "allreduce" if layout.sharding == "none" else "allgather"
         rs = comms.group_collective_s(
@@ -293,13 +322,16 @@ def estimate_step(
             )
         dp_raw = rs + ag
         tail = vmin(1.0, dp_bucket_params(dense_n) / vmax(1.0, split.total))
-        window = dp_overlap_window_s(passes.backward_s, passes.recompute_s)
+        overlap = 1.0 if software.dp_overlap else 0.0  # else reduced after the last micro-batch
+        window = overlap * dp_overlap_window_s(passes.backward_s, passes.recompute_s)
         dp_exposed = comms.exposed_after_overlap_s(rs, window, tail * rs)
-        dp_exposed += comms.exposed_after_overlap_s(ag, passes.forward_s, tail * ag)
+        dp_exposed += comms.exposed_after_overlap_s(ag, overlap * passes.forward_s, tail * ag)
 
     # pipeline
     per_mb = passes.total_s + tp_mb + cp_mb + ep_mb + fsdp_mb
     bubble = comms.bubble_fraction(layout.pp, m, layout.vpp) * m * per_mb
+    if software.pipeline_schedule == "dualpipe":
+        bubble = comms.dualpipe_bubble_s(layout.pp, passes.forward_s, per_mb - passes.forward_s)
     act = tokens * model.hidden * 2.0 / (layout.tp if layout.sequence_parallel else 1)
     stride = layout.tp * layout.cp * layout.dp
     bw = where(stride < net.nvlink_domain, net.nvlink_bytes_s, net.nic_bytes_s)
@@ -324,7 +356,7 @@ def estimate_step(
         ep_exposed_s=m * ep_mb,
         pp_exposed_s=pp_exposed,
         dp_exposed_s=dp_exposed,
-        fsdp_exposed_s=m * fsdp_mb,
+        fsdp_exposed_s=m * fsdp_mb + fsdp_step,
         bubble_s=bubble,
         optimizer_s=optimizer_step_s(local_opt, hardware),
         dp_raw_s=dp_raw,
