@@ -9,6 +9,7 @@ one odd row) by coordinate descent over a grid of fractions of peak.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -178,8 +179,14 @@ def leave_one_source_out(
 
 
 def out_of_sample(path: str | Path | None = None) -> ValidationReport:
+    """See ``_out_of_sample``; computed once per file and process (the folds refit)."""
+    return _out_of_sample(str(path) if path is not None else "")
+
+
+@functools.lru_cache(maxsize=8)
+def _out_of_sample(path: str) -> ValidationReport:
     """Leave-one-source-out predictions of every row of ``path`` (default: the packaged
     set), calibrated on the packaged rows of the other sources. Rows whose source is not in
     the packaged set (a user's own runs, ``data/published_runs_holdout.csv``) are predicted
     from a fit on every packaged row: the calibration never saw them either way."""
-    return summarise(leave_one_source_out(read_runs(), read_runs(path)))
+    return summarise(leave_one_source_out(read_runs(), read_runs(path or None)))

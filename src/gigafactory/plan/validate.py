@@ -34,6 +34,7 @@ from typing import Any
 
 from gigafactory.plan.compute import prior_hardware
 from gigafactory.plan.runs import PublishedRun, read_runs
+from gigafactory.plan.shard import uneven_stages
 from gigafactory.plan.step import StepEstimate, estimate_step
 from gigafactory.spec.catalog import load_hardware
 from gigafactory.spec.hardware import ClusterSpec, HardwareSpec
@@ -127,24 +128,25 @@ def _vpp_choices(run: PublishedRun, layers: int, pp: int) -> list[int]:
     return [v for v in range(1, slots + 1) if slots % v == 0]
 
 
-def uneven_stages(layers: int, pp: int, vpp: int) -> dict[str, int]:
+def stage_split(layers: int, pp: int, vpp: int) -> dict[str, int]:
     """First- and last-stage layer counts for a run whose layers do not divide pp·vpp.
 
-    Megatron-Core refuses such a model unless the first and last stages are given their own
-    counts (``num_layers_in_first_pipeline_stage``/``..._last_...``; the others split the
-    rest evenly), so a published run that had this shape ran some split the source does not
-    state. The completion keeps the inner stages at ⌈L/pp⌉ rounded up to a multiple of vpp
-    (no stage can hold fewer than the average and still fit the layers) and splits the rest
-    between the first and last stage, which also carry the embedding and the head: Llama 3
-    405B's own split, 126 layers on pp 16 as 7 + 14 × 8 + 7 (Dubey et al. 2024 Sec. 3.3.2).
-    Empty when the layers divide evenly."""
+    Megatron-Core refuses such a model unless the first and last stages get their own
+    counts, so a published run with this shape ran some split its source does not state:
+    ``shard.uneven_stages`` (middle stages at ⌈L/(pp·vpp)⌉·vpp, the rest split between first
+    and last in multiples of vpp; Llama 3 405B's 7 + 14 × 8 + 7 on pp 16). Where no split in
+    multiples of vpp exists (Qwen3 235B's 94 layers on pp 8 × vpp 4), the rest is split
+    evenly: Megatron-Bridge's Qwen3 recipes count the embedding and the loss as pipeline
+    slots (``account_for_embedding_in_pipeline_split``/``..._loss_...``), which frees one
+    layer on each end stage. Empty when the layers divide evenly."""
     if pp < 2 or layers % (pp * vpp) == 0:
         return {}
-    inner = -(-layers // pp)
-    inner = -(-inner // vpp) * vpp
-    rest = layers - inner * (pp - 2)
-    first = max(1, rest // 2)
-    return {"first_stage_layers": first, "last_stage_layers": max(1, rest - first)}
+    split = uneven_stages(layers, pp, vpp)
+    if split is None:
+        mid = -(-layers // (pp * vpp)) * vpp
+        rest = layers - (pp - 2) * mid
+        split = (max(1, rest // 2), max(1, rest - rest // 2))
+    return {"first_stage_layers": split[0], "last_stage_layers": split[1]}
 
 
 def _candidates(run: PublishedRun, layers: int) -> list[dict[str, Any]]:
@@ -155,7 +157,7 @@ def _candidates(run: PublishedRun, layers: int) -> list[dict[str, Any]]:
         per_dp = base.global_batch // base.dp if not run.blank("global_batch") else 0
         mbs = [m for m in MICRO_BATCH_CANDIDATES if not per_dp or per_dp % m == 0] or [1]
     return [
-        {"micro_batch": mb, "vpp": v, **uneven_stages(layers, base.pp, v)}
+        {"micro_batch": mb, "vpp": v, **stage_split(layers, base.pp, v)}
         for mb in mbs
         for v in _vpp_choices(run, layers, base.pp)
     ]
