@@ -8,12 +8,14 @@ downgrade) with its own default efficiencies, and, when ``--calculon PATH`` poin
 checkout of github.com/calculon-ai/calculon, Calculon with its shipped system files. Each
 peer predicts the step time of the row's own layout; a throughput metric scales as 1/step,
 so a peer's prediction of the row's published metric is the planner's prediction × (the
-planner's step / the peer's step). A row a peer cannot express (MoE, context or expert
+planner's step / the peer's step). ``--holdout`` runs the hold-out set instead, rows the
+planner's calibration never saw. A row a peer cannot express (MoE, context or expert
 parallelism, MLA, fp8, an interleaved pipeline, an accelerator it has no file for) is listed
-with the reason and left out of its error. The planner's own error is in-sample here: its
-kernel efficiencies were calibrated on these rows (``gigafactory validate``).
+with the reason and left out of its error. On the packaged set the planner's own error is
+in-sample (its kernel efficiencies were calibrated on those rows); on ``--holdout`` it is
+out of sample.
 
-    .venv/bin/python bench/plan_vs_peers.py [--calculon PATH] [--json]
+    .venv/bin/python bench/plan_vs_peers.py [--calculon PATH] [--holdout] [--json]
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from gigafactory.plan.runs import PublishedRun, read_runs
+from gigafactory.plan.runs import PublishedRun, default_holdout_path, read_runs
 from gigafactory.plan.validate import compare_run, predict_run
 
 LLM_ANALYSIS_GPUS = {"a100-80gb": "a100-sxm-80gb", "h100-sxm": "h100-sxm-80gb"}
@@ -169,7 +171,9 @@ def _peer(name: str, missing: list[str], step_fn: Any, ours: Any, our_step: floa
     return {f"{name}_error_pct": error, f"{name}_s_per_layout": secs, f"{name}_note": ""}
 
 
-def compare(calculon_root: Path | None) -> dict[str, Any]:
+def compare(calculon_root: Path | None, runs_path: Path | None = None) -> dict[str, Any]:
+    """Every row of ``runs_path`` (default: the packaged published runs) through the planner
+    and each available peer."""
     try:
         import llm_analysis  # noqa: F401
 
@@ -179,7 +183,7 @@ def compare(calculon_root: Path | None) -> dict[str, Any]:
     if calculon_root is not None:
         sys.path.insert(0, str(calculon_root))
     rows = []
-    for run in read_runs():
+    for run in read_runs(runs_path):
         ours, secs = _timed(lambda run=run: compare_run(run))
         our_step = predict_run(run).step_s
         row: dict[str, Any] = {"in_scope": ours.in_scope, "id": run.id, "metric": ours.metric, "published": ours.published,
@@ -215,12 +219,17 @@ def compare(calculon_root: Path | None) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calculon", type=Path, help="a local checkout of calculon-ai/calculon")
+    parser.add_argument(
+        "--holdout",
+        action="store_true",
+        help="the hold-out set (data/published_runs_holdout.csv): out of sample for the planner",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.calculon is not None and not (args.calculon / "calculon" / "llm").is_dir():
         parser.error(f"--calculon {args.calculon}: no calculon/llm package there")
     logging.disable(logging.WARNING)
-    result = compare(args.calculon)
+    result = compare(args.calculon, default_holdout_path() if args.holdout else None)
     if args.json:
         print(json.dumps(result))
         return

@@ -37,3 +37,10 @@ def test_planner_side_matches_validate_and_bad_checkout_is_refused(monkeypatch, 
         peers.main()
     assert exit_.value.code == 2
     assert "no calculon/llm package" in capsys.readouterr().err
+
+
+def test_holdout_set_is_compared_row_by_row():
+    from gigafactory.plan.runs import default_holdout_path
+
+    result = peers.compare(None, default_holdout_path())
+    assert [r["id"] for r in result["rows"]] == [r.id for r in read_runs(default_holdout_path())]
