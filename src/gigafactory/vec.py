@@ -65,4 +65,6 @@ def _spread(value: Any, index: np.ndarray) -> Any:
         return dataclasses.replace(value, **fields)
     if isinstance(value, dict):
         return {k: _spread(v, index) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_spread(v, index) for v in value)
     return value[index] if is_array(value) else value

@@ -20,6 +20,7 @@ from gigafactory.plan.compute import (
     layer_pass_times,
     op_time_s,
     stage_pass_times,
+    stage_total_s,
 )
 from gigafactory.plan.search import (
     ArrayLayout,
@@ -68,8 +69,10 @@ def test_vectorised_evaluation_equals_the_scalar_one(
                        recompute=recompute, precision=precision, grad_reduce=grad)  # fmt: skip
     vec = _parts(estimate_step(model, cand, H100, cluster, check=False))
     vec = {k: np.broadcast_to(v, (len(cand),)) for k, v in vec.items()}
+    vec["stage"] = stage_total_s(model, cand, H100)  # the search's bound, same numbers
     for i in range(len(cand)):
         one = _parts(estimate_step(model, cand.layout(i), H100, cluster))
+        one["stage"] = stage_pass_times(model, cand.layout(i), H100).total_s
         for key, value in one.items():
             assert vec[key][i] == pytest.approx(value, rel=1e-9, abs=1e-15), (key, i)
 

@@ -60,7 +60,8 @@ def p2p_s(nbytes: float, bw_bytes_s: float) -> float:
 
 def latency_s(n: int, hop_s: float, kind: str = "allreduce") -> float:
     """Latency of one collective over n ranks, in hops as NCCL's tuner counts them
-    (NVIDIA/nccl ``src/graph/tuning.cc``, ``ncclTopoTuneModel``): all-reduce runs on the
+    (NVIDIA/nccl 5067397, ``src/graph/tuning.cc``, ``ncclTopoTuneModel``, lines 289–290 and
+    418): all-reduce runs on the
     double binary tree at scale, 2·log2(n) hops (the ``NCCL_ALGO_TREE`` latency,
     ``2 * (... + log2i(nNodes) * interLat)``); reduce-scatter and all-gather have no tree
     algorithm and run on the ring, ``nsteps = nRanks - 1`` hops (``coll ==

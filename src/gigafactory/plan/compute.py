@@ -528,6 +528,43 @@ def layer_pass_times(
     return LayerTimes(fwd, bwd, rec, core_fwd, hf, hb)
 
 
+def _layer_and_head_s(one: LayerTimes) -> tuple[float, float]:
+    """Seconds of one average layer (forward, backward, recompute) and of the head."""
+    per_layer = sum(one.forward.values()) + sum(one.backward.values()) + one.recompute_s
+    return per_layer, sum(one.head_forward.values()) + sum(one.head_backward.values())
+
+
+def _slowest_stage(
+    model: ModelSpec, layout: LayoutSpec, per_layer_s: float, head_s: float
+) -> tuple[float, float]:
+    """(layers, 1 if it holds the head else 0) of the slowest pipeline stage: the last (its
+    layers and the head) or the largest other one."""
+    first, middle, last = layout.stage_layers(model.layers)
+    last_slowest = last * per_layer_s + head_s >= vmax(first, middle) * per_layer_s
+    return where(last_slowest, last, vmax(first, middle)), where(last_slowest, 1.0, 0.0)
+
+
+def stage_total_s(
+    model: ModelSpec,
+    layout: LayoutSpec,
+    hardware: HardwareSpec,
+    seq_len: int | None = None,
+    sw: Software = MODERN,
+) -> float:
+    """``stage_pass_times(...).total_s`` without the breakdown by kernel kind: the layer and
+    head totals are summed once per distinct layer shape (what the search bounds with)."""
+    s = seq_len or model.seq_len
+    if s != model.seq_len:
+        model = model.replace(seq_len=s)
+    per_layer, head = per_unique(
+        layout,
+        LAYER_FIELDS,
+        lambda lay: _layer_and_head_s(layer_pass_times(model, lay, hardware, sw)),
+    )
+    layers, with_head = _slowest_stage(model, layout, per_layer, head)
+    return per_layer * layers + head * with_head
+
+
 def stage_pass_times(
     model: ModelSpec,
     layout: LayoutSpec,
@@ -543,12 +580,7 @@ def stage_pass_times(
     if s != model.seq_len:
         model = model.replace(seq_len=s)
     one = per_unique(layout, LAYER_FIELDS, lambda lay: layer_pass_times(model, lay, hardware, sw))
-    first, middle, last = layout.stage_layers(model.layers)
-    per_layer = sum(one.forward.values()) + sum(one.backward.values()) + one.recompute_s
-    head_s = sum(one.head_forward.values()) + sum(one.head_backward.values())
-    last_slowest = last * per_layer + head_s >= vmax(first, middle) * per_layer
-    layers = where(last_slowest, last, vmax(first, middle))
-    with_head = where(last_slowest, 1.0, 0.0)
+    layers, with_head = _slowest_stage(model, layout, *_layer_and_head_s(one))
     fwd = {k: one.forward[k] * layers + one.head_forward[k] * with_head for k in KINDS}
     bwd = {k: one.backward[k] * layers + one.head_backward[k] * with_head for k in KINDS}
     by_kind = {k: fwd[k] + bwd[k] for k in KINDS}

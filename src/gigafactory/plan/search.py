@@ -29,7 +29,7 @@ import numpy as np
 
 from gigafactory.errors import LayoutError
 from gigafactory.plan.comms import bubble_fraction
-from gigafactory.plan.compute import MODERN, Software, stage_pass_times
+from gigafactory.plan.compute import MODERN, Software, stage_total_s
 from gigafactory.plan.memory import memory_per_gpu
 from gigafactory.plan.shard import nvlink_domain, uneven_stages
 from gigafactory.plan.step import StepEstimate, estimate_step
@@ -268,38 +268,43 @@ def search_layouts(
         degrees = enumerate_degrees(model, hardware, cluster, n, [batch], s)
         if not len(degrees["tp"]):
             continue
-        for recompute, prec in dict.fromkeys((r, p) for _, r, p, _ in choices):
-            base = ArrayLayout(**degrees, recompute=recompute, precision=prec)
+        for prec in dict.fromkeys(p for _, _, p, _ in choices):
             # branch and bound: compute, recompute and the bubble of compute alone bound the
             # step from below (every other part is >= 0), so a layout already slower by them
-            # than the top-th best found so far cannot enter the ranking
-            passes = stage_pass_times(model, base, hardware, s, software)
-            m = base.microbatches
-            bubble = bubble_fraction(base.pp, m, base.vpp)
-            floor = m * passes.total_s * (1 + bubble) / (batch * s)
-            keep = floor <= _bound(pool, top) * (1 + TIME_TIE)
-            keep |= (base.gpus == n) & (floor <= _bound(pool_all, 1))
-            groups = [c for c in choices if c[1:3] == (recompute, prec)]
-            evaluated += len(base) * len(groups)
-            bounded += int((~keep).sum()) * len(groups)
-            if not keep.any():
-                continue
-            base = base.subset(keep)
-            for sharding, _, _, grad in groups:
-                cand = dataclasses.replace(base, sharding=sharding, grad_reduce=grad)
-                fits = np.asarray(memory_per_gpu(model, cand, hardware, s, software).fits)
-                fitting += int(fits.sum())
-                if not fits.any():
+            # than the top-th best found so far cannot enter the ranking. Without recompute
+            # the bound holds for every recompute mode (recompute only adds), so it prunes
+            # all three at once; each mode's own bound then prunes its survivors.
+            rest = ArrayLayout(**degrees, recompute="none", precision=prec)
+            n_prec = sum(c[2] == prec for c in choices)
+            evaluated += len(rest) * n_prec
+            keep = _within_bound(model, rest, hardware, s, software, pool, pool_all, top, n)
+            bounded += int((~keep).sum()) * n_prec
+            rest = rest.subset(keep)
+            for recompute in RECOMPUTE:
+                groups = [c for c in choices if c[1:3] == (recompute, prec)]
+                if not len(rest) or not groups:
                     continue
-                cand = cand.subset(fits)  # only layouts that fit are timed
-                est = estimate_step(
-                    model, cand, hardware, cluster, s, check=False, software=software
-                )
-                per_token = est.step_s / (cand.global_batch * s)
-                pool = _top(pool + _best(per_token, cand, top), top)
-                pool_all = _top(
-                    pool_all + _best(np.where(cand.gpus == n, per_token, np.inf), cand, 1), 1
-                )
+                base = dataclasses.replace(rest, recompute=recompute)
+                keep = _within_bound(model, base, hardware, s, software, pool, pool_all, top, n)
+                bounded += int((~keep).sum()) * len(groups)
+                if not keep.any():
+                    continue
+                base = base.subset(keep)
+                for sharding, _, _, grad in groups:
+                    cand = dataclasses.replace(base, sharding=sharding, grad_reduce=grad)
+                    fits = np.asarray(memory_per_gpu(model, cand, hardware, s, software).fits)
+                    fitting += int(fits.sum())
+                    if not fits.any():
+                        continue
+                    cand = cand.subset(fits)  # only layouts that fit are timed
+                    est = estimate_step(
+                        model, cand, hardware, cluster, s, check=False, software=software
+                    )
+                    per_token = est.step_s / (cand.global_batch * s)
+                    pool = _top(pool + _best(per_token, cand, top), top)
+                    pool_all = _top(
+                        pool_all + _best(np.where(cand.gpus == n, per_token, np.inf), cand, 1), 1
+                    )
     best = [
         _scalar(model, c.layout(i), hardware, cluster, s, software) for _, i, c in _top(pool, top)
     ]
@@ -312,6 +317,28 @@ def search_layouts(
     return SearchResult(
         best, evaluated, fitting, time.perf_counter() - t0, n, global_batch, best_all, bounded
     )
+
+
+def _within_bound(
+    model: ModelSpec,
+    cand: ArrayLayout,
+    hardware: HardwareSpec,
+    seq_len: int,
+    software: Software,
+    pool: list[tuple[float, int, Any]],
+    pool_all: list[tuple[float, int, Any]],
+    top: int,
+    gpus: int,
+) -> np.ndarray:
+    """Candidates whose lower bound on seconds per token (m micro-batches of the slowest
+    stage's compute and recompute, plus the bubble of that compute) can still enter the
+    ranking, or be the best layout on all ``gpus``."""
+    m = cand.microbatches
+    stage = stage_total_s(model, cand, hardware, seq_len, software)
+    floor = m * stage * (1 + bubble_fraction(cand.pp, m, cand.vpp))
+    floor = floor / (cand.global_batch * seq_len)
+    keep = floor <= _bound(pool, top) * (1 + TIME_TIE)
+    return keep | ((cand.gpus == gpus) & (floor <= _bound(pool_all, 1)))
 
 
 def _bound(pool: list[tuple[float, int, Any]], k: int) -> float:

@@ -37,7 +37,8 @@ PARAM_GATHER_BYTES = 2.0
 #: of the communication hidden).
 TP_OVERLAP_RESIDUAL = 0.3
 #: Megatron-Core's default DDP bucket, in parameters: max(40M, 1M · DP size)
-#: (``megatron/core/distributed/distributed_data_parallel.py``: ``ddp_config.bucket_size =
+#: (NVIDIA/Megatron-LM d98e8a6, ``megatron/core/distributed/distributed_data_parallel.py``
+#: line 134: ``ddp_config.bucket_size =
 #: max(40000000, 1000000 * dp_group.size())``; "larger DP sizes need larger buckets", its
 #: ``distributed_data_parallel_config.py``). The last bucket's reduction cannot overlap.
 DP_BUCKET_MIN_PARAMS = 40e6
@@ -52,10 +53,11 @@ def dp_bucket_params(dp_size: int) -> float:
 def dp_overlap_window_s(backward_s: float, recompute_s: float) -> float:
     """Compute the DP gradient reduce-scatter can hide behind: the last micro-batch's backward,
     including the forward it recomputes. Megatron recomputes inside the backward
-    (``megatron/core/tensor_parallel/random.py``, ``CheckpointFunction.backward`` reruns
-    ``ctx.run_function`` before ``torch.autograd.backward``), and the gradient hooks that
-    launch each bucket's reduction (``_make_backward_post_hook`` in
-    ``distributed_data_parallel.py``) fire as that backward produces the gradients."""
+    (NVIDIA/Megatron-LM d98e8a6, ``megatron/core/tensor_parallel/random.py`` line 635,
+    ``CheckpointFunction.backward`` reruns ``ctx.run_function`` before
+    ``torch.autograd.backward``), and the gradient hooks that launch each bucket's reduction
+    (``_make_backward_post_hook``, ``distributed_data_parallel.py`` lines 453–473) fire as
+    that backward produces the gradients."""
     return backward_s + recompute_s
 
 

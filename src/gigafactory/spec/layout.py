@@ -29,7 +29,10 @@ class LayoutSpec:
     ``first_stage_layers``/``last_stage_layers``: uneven pipeline stages, Megatron-Core's
     ``num_layers_in_first_pipeline_stage``/``num_layers_in_last_pipeline_stage``
     (``--decoder-first/last-pipeline-num-layers``); 0 means an even split. The other
-    stages share the remaining layers evenly (``transformer_block.get_num_layers_to_build``).
+    stages share the remaining layers evenly (NVIDIA/Megatron-LM d98e8a6,
+    ``megatron/core/transformer/transformer_block.py`` lines 103–146,
+    ``get_num_layers_to_build``; every stage a multiple of vpp, ``transformer_config.py``
+    lines 2296–2330).
 
     ``grad_reduce``: the dtype gradients are accumulated and reduced in (Megatron's
     ``--grad-reduce-in-bf16``/``grad_reduce_in_fp32``); "" keeps the framework's default.
