@@ -108,6 +108,10 @@ def test_blank_fields_are_completed_and_shown():
     nob = PublishedRun({**big.as_dict(), "global_batch": "", "micro_batch": "2"})
     layout, notes = complete_layout(nob)
     assert layout.global_batch == 2 * 48 and "Megatron default" in notes["global_batch"]
+    # a blank dp is the GPUs over the model-parallel degrees, said as well
+    nodp = PublishedRun({**big.as_dict(), "dp": ""})
+    layout, notes = complete_layout(nodp)
+    assert layout.dp == 6144 // (8 * 16) and "tp·pp·cp" in notes["dp"]
 
 
 def test_validate_json_contract():

@@ -116,7 +116,8 @@ class PublishedRun:
         if fsdp not in ("fsdp", "zero1", "none"):
             fsdp = fill.get("sharding") or self.software().default_sharding
         mb = self._int("micro_batch", fill.get("micro_batch", 1))
-        dp = self._int("dp", 1)
+        model_parallel = self._int("tp", 1) * self._int("pp", 1) * self._int("cp", 1)
+        dp = self._int("dp", max(1, self.gpus // model_parallel))  # blank: gpus / (tp·pp·cp)
         vpp_text = (self.row.get("vpp") or "").strip().lower()
         vpp = fill.get("vpp", 1) if vpp_text in ("", "auto") else self._int("vpp", 1)
         recompute = (self.row.get("recompute") or "").strip() or fill.get("recompute", "none")

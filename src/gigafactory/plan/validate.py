@@ -186,6 +186,8 @@ def _complete(key: tuple[tuple[str, str], ...]) -> tuple[LayoutSpec, tuple[tuple
     notes: dict[str, str] = {}
     if run.blank("fsdp"):
         notes["sharding"] = f"{layout.sharding} ({sw.name} default)"
+    if run.blank("dp"):
+        notes["dp"] = f"{layout.dp} (the GPUs over tp·pp·cp)"
     if run.blank("micro_batch"):
         notes["micro_batch"] = f"{layout.micro_batch} (searched: fastest that fits)"
     if run.blank("global_batch"):
