@@ -112,7 +112,8 @@ def generic_cluster(hardware: HardwareSpec, gpus: int) -> ClusterSpec:
 
 
 #: Micro-batch sizes tried for a row that does not give one: Megatron-LM has no default
-#: (``--micro-batch-size`` must be set), so the planner takes the fastest that fits.
+#: (``validate_args`` asserts ``args.micro_batch_size is not None``), so the planner takes
+#: the fastest that fits.
 MICRO_BATCH_CANDIDATES = (1, 2, 4, 8)
 
 
