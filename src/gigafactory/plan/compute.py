@@ -139,6 +139,16 @@ class Software:
     runs (its ``docs/performance.md``: FSDP2, no ``torch.compile``, ``norm_type =
     "rmsnorm"``) execute them as eager PyTorch ops, each a kernel through HBM
     (``eager_op``).
+
+    ``grad_accumulation``: how each micro-batch's weight gradients join the accumulated ones
+    (``grad_accumulation_s``). ``fused``: the weight-gradient GEMM accumulates in place into
+    the main gradient (Megatron-Core ``gradient_accumulation_fusion``,
+    ``LinearWithGradAccumulationAndAsyncCommunication``; FSDP2 reduce-scatters each
+    micro-batch's own), no extra pass. ``main_grad_add``: Megatron-LM 2021's local DDP hook
+    runs ``param.main_grad.add_(param.grad.data)`` after every backward. ``bf16_optimizer``:
+    DeepSpeed's pipeline engine calls ``optimizer.update_hp_grads()`` after every backward
+    (``_exec_backward_pass``), and ``BF16_Optimizer._update_hp_grad`` does
+    ``hp_grad.add_(lp.grad.to(float32))``.
     """
 
     name: str = "megatron-core"
@@ -151,6 +161,7 @@ class Software:
     pipeline_schedule: str = "1f1b"
     dp_overlap: bool = True
     fused_elementwise: bool = True
+    grad_accumulation: str = "fused"
 
 
 #: fp16 training keeps fp16 gradient buffers and reduces them in fp16: Megatron-LM only turns
@@ -162,10 +173,18 @@ MODERN = Software()
 #: Known frameworks of the published runs; anything else is treated as modern.
 FRAMEWORKS = {
     "megatron-lm-2021": Software(
-        "megatron-lm-2021", flash_attention=False, tp_overlap=False, dp_overlap=False
+        "megatron-lm-2021",
+        flash_attention=False,
+        tp_overlap=False,
+        dp_overlap=False,
+        grad_accumulation="main_grad_add",
     ),
     "megatron-deepspeed": Software(
-        "megatron-deepspeed", flash_attention=False, tp_overlap=False, dp_overlap=False
+        "megatron-deepspeed",
+        flash_attention=False,
+        tp_overlap=False,
+        dp_overlap=False,
+        grad_accumulation="bf16_optimizer",
     ),
     "megatron-core": MODERN,
     "megatron-bridge": Software("megatron-bridge", default_sharding="zero1"),
@@ -593,6 +612,32 @@ def stage_pass_times(
         attention_core_s=one.attention_core_s,
         stage_layers=layers,
     )
+
+
+def grad_accumulation_bytes_per_param(software: Software, precision: str) -> float:
+    """Bytes per local parameter that one micro-batch's gradient accumulation moves outside
+    the GEMMs (``Software.grad_accumulation``): ``main_grad_add`` reads the 2-byte gradient
+    and reads and writes the main gradient (fp32 for bf16 when the stack accumulates in fp32,
+    else 2 B): 6 B for fp16, 10 B for bf16; DeepSpeed's ``bf16_optimizer`` also writes and
+    reads the fp32 copy ``lp.grad.to(float32)`` makes: 2 + 4 + 4 + 4 + 4 = 18 B (fp16 runs
+    accumulate in the fp16 ``.grad``, 6 B); ``fused``: 0."""
+    if software.grad_accumulation == "fused":
+        return 0.0
+    if precision == "fp16":
+        return 6.0
+    if software.grad_accumulation == "bf16_optimizer":
+        return 18.0
+    main = 4.0 if software.grad_reduce_in_fp32 else 2.0
+    return 2.0 + 2.0 * main
+
+
+def grad_accumulation_s(
+    params_local: float, hardware: HardwareSpec, software: Software, precision: str
+) -> float:
+    """Seconds per micro-batch of the gradient accumulation pass over the local parameters,
+    memory-bound at the calibrated bandwidth."""
+    bw = hardware.memory_bw_tbs * 1e12 * efficiency(hardware, "memory")
+    return params_local * grad_accumulation_bytes_per_param(software, precision) / bw
 
 
 def optimizer_step_s(params_local: float, hardware: HardwareSpec) -> float:

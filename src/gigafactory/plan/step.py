@@ -16,6 +16,7 @@ from gigafactory.plan import comms
 from gigafactory.plan.compute import (
     MODERN,
     Software,
+    grad_accumulation_s,
     optimizer_step_s,
     software_with,
     stage_pass_times,
@@ -328,7 +329,8 @@ def estimate_step(
         dp_exposed += comms.exposed_after_overlap_s(ag, overlap * passes.forward_s, tail * ag)
 
     # pipeline
-    per_mb = passes.total_s + tp_mb + cp_mb + ep_mb + fsdp_mb
+    accumulate_mb = grad_accumulation_s(split.total, hardware, software, layout.precision)
+    per_mb = passes.total_s + tp_mb + cp_mb + ep_mb + fsdp_mb + accumulate_mb
     bubble = comms.bubble_fraction(layout.pp, m, layout.vpp) * m * per_mb
     if software.pipeline_schedule == "dualpipe":
         bubble = comms.dualpipe_bubble_s(layout.pp, passes.forward_s, per_mb - passes.forward_s)
@@ -346,7 +348,10 @@ def estimate_step(
         hardware_flops_per_token(model, layout.recompute, s, causal=causal_flops) * tokens_step
     )
     peak = hardware.peak(layout.precision)
-    compute = vmax(m * (passes.forward_s + passes.backward_s), roofline_s(model_flops / gpus, peak))
+    compute = vmax(
+        m * (passes.forward_s + passes.backward_s + accumulate_mb),
+        roofline_s(model_flops / gpus, peak),
+    )
     recompute = vmax(m * passes.recompute_s, roofline_s(hardware_flops / gpus, peak) - compute)
     step = StepTime(
         compute_s=compute,
@@ -360,7 +365,10 @@ def estimate_step(
         bubble_s=bubble,
         optimizer_s=optimizer_step_s(local_opt, hardware),
         dp_raw_s=dp_raw,
-        compute_by_kind_s={k: m * v for k, v in passes.by_kind_s.items()},
+        compute_by_kind_s={
+            k: m * (v + (accumulate_mb if k == "memory" else 0.0))
+            for k, v in passes.by_kind_s.items()
+        },
     )
     return StepEstimate(
         model=model.name,
