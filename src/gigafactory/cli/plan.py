@@ -289,6 +289,7 @@ def register(app: typer.Typer) -> None:
             if searched is not None:
                 out["search"] = {
                     "evaluated": searched.evaluated,
+                    "bounded": searched.bounded,
                     "fitting": searched.fitting,
                     "seconds": searched.seconds,
                     "cluster_gpus": searched.cluster_gpus,
@@ -304,8 +305,9 @@ def register(app: typer.Typer) -> None:
         else:
             if searched is not None:
                 t = Table(
-                    title=f"layouts that train {budget:.3g} tokens soonest ({searched.fitting:,} "
-                    f"fit of {searched.evaluated:,} evaluated in {searched.seconds:.2f} s)"
+                    title=f"layouts that train {budget:.3g} tokens soonest: {searched.evaluated:,} "
+                    f"evaluated in {searched.seconds:.2f} s ({searched.bounded:,} bounded out by "
+                    f"compute alone, {searched.fitting:,} fit and timed)"
                 )
                 for col in ("layout", "GPUs", "step s", "MFU", "GB/GPU", "days"):
                     t.add_column(col, justify="left" if col == "layout" else "right")
