@@ -126,6 +126,13 @@ def compare_columns(comparison: Any) -> tuple[str, ...]:
     return ("", *(p.cluster for p in comparison.plans))
 
 
+def _gpus_used(plan: Any) -> str:
+    """GPUs the best layout uses, and the cluster's size when it leaves hot spares."""
+    used = plan.step.gpus
+    of = f" of {plan.gpus:,}" if used != plan.gpus else ""
+    return f"{used:,}{of} × {plan.hardware}"
+
+
 def compare_rows(comparison: Any) -> Rows:
     """One row per quantity, one column per cluster of a comparison."""
 
@@ -133,7 +140,7 @@ def compare_rows(comparison: Any) -> Rows:
         return f"{run.power_mw:,.1f}" + (" (OVER supply)" if run.power_exceeds_budget else "")
 
     quantities = (
-        ("GPUs", lambda p: f"{p.gpus:,} × {p.hardware}"),
+        ("GPUs", _gpus_used),
         ("best layout", lambda p: layout_text(p.step.layout)),
         ("step s", lambda p: f"{p.step.step_s:.3f}"),
         ("MFU", lambda p: f"{100 * p.step.mfu:.1f}%"),
@@ -162,7 +169,7 @@ def scaling_rows(comparison: Any) -> Rows:
             f"{100 * s.mfu:.1f}%", f"{100 * s.goodput:.1f}%", f"{s.power_mw:,.1f}",
         )
         if s.fits
-        else (s.cluster, f"{s.gpus:,}", "no layout fits", "", "", "", "")
+        else (s.cluster, f"{s.gpus:,}", "no layout fits on exactly these GPUs", "", "", "", "")
         for s in comparison.scaling
     ]  # fmt: skip
 
