@@ -13,7 +13,10 @@ fastest, fewer GPUs rank first.
 
 Evaluation is vectorised: the numeric degrees of all candidates of one (sharding, recompute,
 precision, gradient dtype) group go through ``estimate_step`` as numpy arrays in one call
-(``ArrayLayout``), the same code that plans one layout (``gigafactory.vec``).
+(``ArrayLayout``), the same code that plans one layout (``gigafactory.vec``). It is a
+branch and bound: compute, recompute and the bubble of compute bound each candidate's step
+from below (``compute.stage_total_s``), and a candidate already slower by them than the
+``top``-th best found so far is not timed in full.
 """
 
 from __future__ import annotations
