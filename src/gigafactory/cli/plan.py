@@ -247,6 +247,7 @@ def register(app: typer.Typer) -> None:
             if searched is not None:
                 out["search"] = {
                     "evaluated": searched.evaluated,
+                    "bounded": searched.bounded,
                     "fitting": searched.fitting,
                     "seconds": searched.seconds,
                     "cluster_gpus": searched.cluster_gpus,
@@ -261,21 +262,14 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(out, default=str))
         else:
             if searched is not None:
-                from gigafactory.plan.report import layout_text
+                from gigafactory.plan.report import LAYOUT_COLUMNS, layout_rows
 
-                t = Table(
-                    title=f"layouts that train {budget:.3g} tokens soonest ({searched.fitting:,} "
-                    f"fit of {searched.evaluated:,} evaluated in {searched.seconds:.2f} s)"
+                title = (
+                    f"layouts that train {budget:.3g} tokens soonest: {searched.evaluated:,} "
+                    f"evaluated in {searched.seconds:.2f} s ({searched.bounded:,} bounded out by "
+                    f"compute alone, {searched.fitting:,} fit and timed)"
                 )
-                for col in ("layout", "GPUs", "step s", "MFU", "GB/GPU", "days"):
-                    t.add_column(col, justify="left" if col == "layout" else "right")
-                for e in shown:
-                    t.add_row(
-                        layout_text(e.layout), f"{e.gpus:,}", f"{e.step_s:.2f}",
-                        f"{100 * e.mfu:.1f}%", f"{e.memory.total_bytes / 1e9:.1f}",
-                        f"{budget / e.tokens_per_s / 86400:,.2f}",
-                    )  # fmt: skip
-                console.print(t)
+                console.print(rows_table(title, LAYOUT_COLUMNS, layout_rows(shown, budget)))
             for note in notes:
                 console.print(f"[yellow]note:[/] {note}")
             _render_step(best, run)
@@ -321,6 +315,7 @@ def register(app: typer.Typer) -> None:
             from gigafactory.errors import SpecError
 
             raise SpecError("validate", "file", "give a CSV file or --holdout, not both")
+        check_output_path(plot)
         path = default_holdout_path() if holdout else file
         report = validate(path)
         oos = out_of_sample(path)

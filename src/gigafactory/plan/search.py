@@ -13,7 +13,10 @@ fastest, fewer GPUs rank first.
 
 Evaluation is vectorised: the numeric degrees of all candidates of one (sharding, recompute,
 precision, gradient dtype) group go through ``estimate_step`` as numpy arrays in one call
-(``ArrayLayout``), the same code that plans one layout (``gigafactory.vec``).
+(``ArrayLayout``), the same code that plans one layout (``gigafactory.vec``). It is a
+branch and bound: compute, recompute and the bubble of compute bound each candidate's step
+from below (``compute.stage_total_s``), and a candidate already slower by them than the
+``top``-th best found so far is not timed in full.
 """
 
 from __future__ import annotations
@@ -172,10 +175,11 @@ def enumerate_degrees(
     gpus: int,
     batches: list[int],
     seq_len: int,
+    exact_gpus: bool = False,
 ) -> dict[str, np.ndarray]:
     """Arrays of every valid numeric layout (one element per candidate) on at most ``gpus``
-    GPUs with a global batch from ``batches``: the checks of ``LayoutSpec.check`` and
-    ``check_layout`` applied to whole arrays."""
+    GPUs (exactly ``gpus`` with ``exact_gpus``) with a global batch from ``batches``: the
+    checks of ``LayoutSpec.check`` and ``check_layout`` applied to whole arrays."""
     tps = np.array(_tensor_parallel(model, nvlink_domain(hardware, cluster)))
     pipes = np.array(_pipelines(model))
     cps = np.array([c for c in CONTEXT_PARALLEL if c == 1 or seq_len % (2 * c) == 0])
@@ -192,7 +196,7 @@ def enumerate_degrees(
     ti, pi, ci, model_gpus = ti[keep], pi[keep], ci[keep], model_gpus[keep]
     gi, si = (a.ravel() for a in np.meshgrid(np.arange(len(ti)), np.arange(len(shapes))))
     dp = shapes[si, 1]
-    keep = model_gpus[gi] * dp <= gpus
+    keep = model_gpus[gi] * dp == gpus if exact_gpus else model_gpus[gi] * dp <= gpus
     gi, si = gi[keep], si[keep]
     pp, vpp = pipes[pi[gi], 0], pipes[pi[gi], 1]
     batch, dp, mb = shapes[si, 0], shapes[si, 1], shapes[si, 2]
@@ -243,10 +247,12 @@ def search_layouts(
     *,
     batch_range: tuple[int, int] | None = None,
     software: Software = MODERN,
+    exact_gpus: bool = False,
 ) -> SearchResult:
     """Rank every layout of ``model`` on up to ``gpus`` GPUs of ``cluster`` by the time to
     train (step seconds per token). ``precision`` None searches bf16 and fp8;
-    ``batch_range`` (lo, hi) lets the global batch vary within it."""
+    ``batch_range`` (lo, hi) lets the global batch vary within it; ``exact_gpus`` keeps
+    only layouts on exactly ``gpus`` GPUs (a scaling sweep's points)."""
     t0 = time.perf_counter()
     n = gpus or cluster.gpus
     s = seq_len or model.seq_len
@@ -264,8 +270,10 @@ def search_layouts(
     pool: list[tuple[float, int, ArrayLayout]] = []
     pool_all: list[tuple[float, int, ArrayLayout]] = []
     choices = _choices(hardware, precision)
-    for batch in batches:
-        degrees = enumerate_degrees(model, hardware, cluster, n, [batch], s)
+    # largest batch first: its layouts are usually the fastest per token, which tightens
+    # the bound early (the result does not depend on the order)
+    for batch in sorted(batches, reverse=True):
+        degrees = enumerate_degrees(model, hardware, cluster, n, [batch], s, exact_gpus)
         if not len(degrees["tp"]):
             continue
         for prec in dict.fromkeys(p for _, _, p, _ in choices):
