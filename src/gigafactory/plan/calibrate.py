@@ -9,22 +9,28 @@ one odd row) by coordinate descent over a grid of fractions of peak.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
-from gigafactory.plan.compute import software_for
-from gigafactory.plan.runs import PublishedRun
-from gigafactory.plan.validate import compare_run, out_of_scope
+from gigafactory.plan.compute import prior_hardware, software_for
+from gigafactory.plan.runs import PublishedRun, read_runs
+from gigafactory.plan.validate import (
+    RowResult,
+    ValidationReport,
+    compare_run,
+    out_of_scope,
+    summarise,
+)
 from gigafactory.spec.hardware import HardwareSpec
 
 #: The kinds a fit may set, and the grid it searches (fractions of peak or bandwidth).
-FIT_KINDS = ("matmul", "matmul_fp8", "grouped_matmul", "attention", "memory")
+FIT_KINDS = ("matmul", "attention", "memory")
 #: Physical bounds per kind: below them a kernel would be broken, above them no measured
 #: kernel of that kind has reached (dense GEMMs ~0.9 of peak on large shapes).
 BOUNDS = {
     "matmul": (0.5, 0.9),
-    "matmul_fp8": (0.4, 0.85),
-    "grouped_matmul": (0.2, 0.9),
     "attention": (0.3, 0.8),
     "memory": (0.5, 0.9),
 }
@@ -39,14 +45,12 @@ def grid(kind: str) -> list[float]:
 
 
 def relevant_kinds(runs: Sequence[PublishedRun]) -> list[str]:
-    """Only kinds the rows can inform: fp8 GEMMs need fp8 rows, grouped GEMMs MoE rows."""
+    """Only kinds the rows can inform: fused attention needs rows of a stack with flash
+    attention. fp8 and grouped (expert) GEMMs share the matmul value
+    (``compute.efficiency``)."""
     kinds = ["matmul", "memory"]
     if any(software_for(r.row.get("framework", "") or "").flash_attention for r in runs):
         kinds.insert(1, "attention")
-    if any(r.row.get("precision", "").strip() == "fp8" for r in runs):
-        kinds.insert(1, "matmul_fp8")
-    if any(r.model().is_moe for r in runs):
-        kinds.insert(2, "grouped_matmul")
     return kinds
 
 
@@ -113,3 +117,76 @@ def fit_families(runs: Sequence[PublishedRun]) -> dict[str, dict[str, float]]:
         hw = [load_hardware(name) for name in sorted({r.gpu for r in rows})]
         out[fam] = fit_efficiency(hw, rows)
     return out
+
+
+def source_of(run: PublishedRun) -> str:
+    """The publication a row comes from (its ``source`` column; the row id when blank)."""
+    return (run.row.get("source") or "").strip() or run.id
+
+
+def fold_hardware(train: Sequence[PublishedRun], gpus: Sequence[str]) -> dict[str, HardwareSpec]:
+    """The accelerators ``gpus`` calibrated on ``train`` alone, starting from the priors.
+
+    A family with rows in ``train`` gets its own fit. A family with none (a new generation,
+    as Hopper is when its only source is left out) gets one block fitted jointly over every
+    row of ``train``, as fractions of its own data-sheet peaks and bandwidths: the best the
+    rows can say about an accelerator they never ran on.
+    """
+    from gigafactory.spec.catalog import load_hardware
+
+    train = [r for r in train if not out_of_scope(r)]
+    bare = {n: prior_hardware(load_hardware(n)) for n in {r.gpu for r in train} | set(gpus)}
+    groups: dict[str, list[PublishedRun]] = {}
+    for run in train:
+        groups.setdefault(family(run.gpu), []).append(run)
+    joint: dict[str, float] | None = None
+    out = {}
+    for name in gpus:
+        rows = groups.get(family(name))
+        if rows:
+            members = [bare[g] for g in sorted({r.gpu for r in rows})]
+            eff = fit_efficiency(members, rows)
+        else:
+            if joint is None:
+                joint = fit_efficiency([bare[g] for g in sorted({r.gpu for r in train})], train)
+            eff = joint
+        out[name] = dataclasses.replace(bare[name], efficiency={**bare[name].efficiency, **eff})
+    return out
+
+
+def leave_one_source_out(
+    runs: Sequence[PublishedRun], targets: Sequence[PublishedRun] | None = None
+) -> list[RowResult]:
+    """Out-of-sample predictions: for each source, refit every efficiency on the in-scope
+    rows of the other sources (``fold_hardware``) and predict that source's rows.
+
+    ``targets`` are the rows to predict (default ``runs``); a target whose source has no row
+    in ``runs`` is predicted from a fit on all of ``runs``. Results keep the targets' order.
+    """
+    targets = list(runs if targets is None else targets)
+    gpus = sorted({t.gpu for t in targets})
+    folds: dict[tuple[str, ...], dict[str, HardwareSpec]] = {}  # same training rows, one fit
+    out: dict[int, RowResult] = {}
+    for src in dict.fromkeys(source_of(t) for t in targets):
+        train = [r for r in runs if source_of(r) != src]
+        key = tuple(r.id for r in train)
+        if key not in folds:
+            folds[key] = fold_hardware(train, gpus)
+        for i, t in enumerate(targets):
+            if source_of(t) == src:
+                out[i] = compare_run(t, folds[key][t.gpu])
+    return [out[i] for i in range(len(targets))]
+
+
+def out_of_sample(path: str | Path | None = None) -> ValidationReport:
+    """See ``_out_of_sample``; computed once per file and process (the folds refit)."""
+    return _out_of_sample(str(path) if path is not None else "")
+
+
+@functools.lru_cache(maxsize=8)
+def _out_of_sample(path: str) -> ValidationReport:
+    """Leave-one-source-out predictions of every row of ``path`` (default: the packaged
+    set), calibrated on the packaged rows of the other sources. Rows whose source is not in
+    the packaged set (a user's own runs, ``data/published_runs_holdout.csv``) are predicted
+    from a fit on every packaged row: the calibration never saw them either way."""
+    return summarise(leave_one_source_out(read_runs(), read_runs(path or None)))

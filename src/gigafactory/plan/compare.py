@@ -73,12 +73,16 @@ def plan_on_cluster(
     tokens: float = DEFAULT_TOKENS,
     reliability: ReliabilityScenario | None = None,
     top: int = 5,
+    exact_gpus: bool = False,
 ) -> tuple[SearchResult, RunEstimate]:
-    """Search ``model`` on ``gpus`` GPUs of ``cluster`` (default all) and total the best run."""
+    """Search ``model`` on up to ``gpus`` GPUs of ``cluster`` (default all; exactly ``gpus``
+    with ``exact_gpus``) and total the best run."""
     hardware = load_hardware(cluster.gpu)
     n = gpus or cluster.gpus
     sized = cluster.with_gpus(n) if n != cluster.gpus else cluster
-    found = search_layouts(model, hardware, sized, n, global_batch, precision, top)
+    found = search_layouts(
+        model, hardware, sized, n, global_batch, precision, top, exact_gpus=exact_gpus
+    )
     if not found.best:
         raise LayoutError(
             f"no layout of {model.name} fits on {n:,} × {hardware.name} ({cluster.name}) with a "
@@ -108,16 +112,34 @@ def compare_clusters(
     reliability: ReliabilityScenario | None = None,
     points: int = 6,
 ) -> Comparison:
-    """Plan ``model`` on each cluster, then sweep each cluster's GPU count."""
+    """Plan ``model`` on each cluster (its best use: up to every GPU, the rest hot spares),
+    then sweep each cluster's GPU count (layouts on exactly that many GPUs)."""
     if not clusters:
         raise LayoutError("name at least one cluster to compare")
     plans, scaling = [], []
     for cluster in clusters:
+        try:
+            found, run = plan_on_cluster(
+                model, cluster, 0, global_batch, precision, tokens, reliability
+            )
+        except LayoutError as exc:
+            raise LayoutError(
+                f"no layout of {model.name} fits on {cluster.name} ({cluster.gpus:,} GPUs) "
+                f"with a global batch near {global_batch}"
+            ) from exc
+        best = found.best[0]
+        plans.append(
+            ClusterPlan(
+                cluster.name, best.hardware, cluster.gpus, best, run, found.considered,
+                found.fitting, found.best,
+            )
+        )  # fmt: skip
         for n in sweep_sizes(cluster, points):
             try:
                 found, run = plan_on_cluster(
-                    model, cluster, n, global_batch, precision, tokens, reliability
-                )
+                    model, cluster, n, global_batch, precision, tokens, reliability,
+                    exact_gpus=True,
+                )  # fmt: skip
             except LayoutError:
                 scaling.append(ScalePoint(cluster.name, n, fits=False))
                 continue
@@ -133,23 +155,5 @@ def compare_clusters(
                     run.goodput,
                     run.power_mw,
                 )
-            )
-            if n == cluster.gpus:
-                plans.append(
-                    ClusterPlan(
-                        cluster.name,
-                        best.hardware,
-                        n,
-                        best,
-                        run,
-                        found.considered,
-                        found.fitting,
-                        found.best,
-                    )
-                )
-        if not plans or plans[-1].cluster != cluster.name:
-            raise LayoutError(
-                f"no layout of {model.name} fits on the whole of {cluster.name} "
-                f"({cluster.gpus:,} GPUs) with a global batch near {global_batch}"
             )
     return Comparison(model.name, tokens, global_batch, plans, scaling)

@@ -13,18 +13,20 @@ per-kernel cost. The reachable rate depends on the kernel kind and on the operat
   of the loss, MoE permutation) move bytes at ``memory_bw · e_memory``.
 
 ``e_kind`` are the accelerator's calibrated ``efficiency`` block in its catalog YAML
-(``matmul``, ``matmul_fp8``, ``grouped_matmul``, ``attention``, ``memory``): one number per
+(``matmul``, ``attention``, ``memory``): one number per
 accelerator and kernel kind, never per model or per run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from gigafactory.plan.flops import attention_head_dims, attention_span
 from gigafactory.spec.hardware import HardwareSpec
 from gigafactory.spec.layout import LayoutSpec
 from gigafactory.spec.model import ModelSpec
+from gigafactory.vec import per_unique, vmax, where
 
 #: GEMM dimension at which a tensor-core kernel reaches half its large-size efficiency.
 GEMM_HALF_DIM = 128.0
@@ -36,7 +38,6 @@ ATTENTION_BWD_RATIO = 2.5
 #: Defaults for an accelerator whose YAML lacks a calibration block.
 DEFAULT_EFFICIENCY = {
     "matmul": 0.7,
-    "matmul_fp8": 0.55,
     "attention": 0.5,
     "memory": 0.7,
 }
@@ -110,6 +111,44 @@ class Software:
     * NeMo 2: ``MegatronMixedPrecision(grad_reduce_in_fp32=True)`` by default.
 
     fp16 runs reduce in fp16 in every stack above (``FP16_GRADS_IN_FP32``).
+
+    ``ep_overlap``: the expert all-to-all (dispatch and combine) runs beside the computation
+    of another micro-batch instead of on the critical path. DeepSeek-V3's DualPipe
+    (DeepSeek-V3 report Sec. 3.2.1, Fig. 4) pairs a forward chunk with a backward chunk of
+    different micro-batches and interleaves their attention, dispatch, MLP and combine, "so
+    that both all-to-all and PP communication can be fully hidden during execution";
+    ``pipeline_schedule = "dualpipe"`` gives its bubble (``comms.dualpipe_bubble_s``).
+    Megatron-Core's 1F1B schedule with ``overlap_moe_expert_parallel_comm`` does the same
+    for the all-to-all (2025); no packaged row sets it, so other stacks keep it off.
+
+    ``dp_overlap``: the data-parallel gradient reduction (and the distributed optimizer's
+    parameter all-gather) overlap the backward (and the next forward), as Megatron-Core's
+    DDP does with ``overlap_grad_reduce``/``overlap_param_gather``. Two older stacks
+    reduce only after the last micro-batch, on the critical path:
+
+    * DeepSpeed's pipeline engine (Megatron-DeepSpeed: BLOOM, MT-NLG):
+      ``deepspeed/runtime/pipe/schedule.py`` ``TrainSchedule.steps`` appends
+      ``ReduceTiedGrads()``, ``ReduceGrads()`` and ``OptimizerStep()`` after the final
+      step, and the engine executes the instruction stream in order.
+    * Megatron-LM 2021: ``megatron/training.py`` ``train_step`` calls
+      ``model_module.allreduce_gradients()`` after ``forward_backward_func`` returns (local
+      DDP); overlapping the reduction came with Megatron-Core's DDP (2023).
+
+    ``fused_elementwise``: norms, rotary embeddings and the gated activation run as fused
+    kernels (Transformer Engine, Apex and Megatron-Core fusions). torchtitan's 2024 Llama
+    runs (its ``docs/performance.md``: FSDP2, no ``torch.compile``, ``norm_type =
+    "rmsnorm"``) execute them as eager PyTorch ops, each a kernel through HBM
+    (``eager_op``).
+
+    ``grad_accumulation``: how each micro-batch's weight gradients join the accumulated ones
+    (``grad_accumulation_s``). ``fused``: the weight-gradient GEMM accumulates in place into
+    the main gradient (Megatron-Core ``gradient_accumulation_fusion``,
+    ``LinearWithGradAccumulationAndAsyncCommunication``; FSDP2 reduce-scatters each
+    micro-batch's own), no extra pass. ``main_grad_add``: Megatron-LM 2021's local DDP hook
+    runs ``param.main_grad.add_(param.grad.data)`` after every backward. ``bf16_optimizer``:
+    DeepSpeed's pipeline engine calls ``optimizer.update_hp_grads()`` after every backward
+    (``_exec_backward_pass``), and ``BF16_Optimizer._update_hp_grad`` does
+    ``hp_grad.add_(lp.grad.to(float32))``.
     """
 
     name: str = "megatron-core"
@@ -118,6 +157,11 @@ class Software:
     fused_sink_attention: bool = True
     default_sharding: str = "none"
     grad_reduce_in_fp32: bool = True
+    ep_overlap: bool = False
+    pipeline_schedule: str = "1f1b"
+    dp_overlap: bool = True
+    fused_elementwise: bool = True
+    grad_accumulation: str = "fused"
 
 
 #: fp16 training keeps fp16 gradient buffers and reduces them in fp16: Megatron-LM only turns
@@ -128,12 +172,44 @@ FP16_GRADS_IN_FP32 = False
 MODERN = Software()
 #: Known frameworks of the published runs; anything else is treated as modern.
 FRAMEWORKS = {
-    "megatron-lm-2021": Software("megatron-lm-2021", flash_attention=False, tp_overlap=False),
-    "megatron-deepspeed": Software("megatron-deepspeed", flash_attention=False, tp_overlap=False),
+    "megatron-lm-2021": Software(
+        "megatron-lm-2021",
+        flash_attention=False,
+        tp_overlap=False,
+        dp_overlap=False,
+        grad_accumulation="main_grad_add",
+    ),
+    "megatron-deepspeed": Software(
+        "megatron-deepspeed",
+        flash_attention=False,
+        tp_overlap=False,
+        dp_overlap=False,
+        grad_accumulation="bf16_optimizer",
+    ),
     "megatron-core": MODERN,
     "megatron-bridge": Software("megatron-bridge", default_sharding="zero1"),
     "nemo": Software("nemo"),
+    # torchtitan 2024 (docs/performance.md): FSDP2, eager (no compile), default sharding fsdp
+    "torchtitan": Software("torchtitan", default_sharding="fsdp", fused_elementwise=False),
+    # DeepSeek's HAI-LLM (DeepSeek-V3 report Sec. 3.2): DualPipe, ZeRO-1 data parallelism.
+    "hai-llm": Software(
+        "hai-llm", default_sharding="zero1", ep_overlap=True, pipeline_schedule="dualpipe"
+    ),
 }
+
+
+def prior_hardware(hardware: HardwareSpec) -> HardwareSpec:
+    """``hardware`` with its fitted efficiencies removed: every kernel kind reads the
+    documented prior (``DEFAULT_EFFICIENCY``); unfitted entries (``nvlink``) stay."""
+    keep = {k: v for k, v in hardware.efficiency.items() if k not in DEFAULT_EFFICIENCY}
+    return dataclasses.replace(hardware, efficiency=keep)
+
+
+def software_with(sw: Software, layout: LayoutSpec) -> Software:
+    """``sw`` with the layout's own gradient-reduce dtype when it sets one."""
+    if not layout.grad_reduce:
+        return sw
+    return dataclasses.replace(sw, grad_reduce_in_fp32=layout.grad_reduce == "fp32")
 
 
 def software_for(framework: str) -> Software:
@@ -146,20 +222,29 @@ def software_for(framework: str) -> Software:
 
 
 def efficiency(hardware: HardwareSpec, kind: str, precision: str = "bf16") -> float:
-    """The calibrated fraction of peak that ``kind`` kernels reach on ``hardware``.
+    """The calibrated fraction of peak that ``kind`` kernels reach on ``hardware``, at most 1
+    (no kernel beats its roofline).
 
-    fp8 matmuls read ``matmul_fp8`` (a share of the fp8 peak); ``grouped_matmul`` falls back
-    to the plain matmul value when the YAML does not set it.
+    One GEMM efficiency serves every GEMM, as a fraction of the peak of its precision:
+
+    * fp8 GEMMs run the same tensor-core pipeline at twice the rate (Hopper ``wgmma`` and
+      Blackwell ``tcgen05`` issue fp8 at 2× bf16 throughput, H100/B200 data sheets), so they
+      reach the same fraction of the fp8 peak; what fp8 adds is not a slower GEMM but extra
+      kernels: quantising each GEMM input (``layer_ops``' ``fp8_casts``, 3 B per element:
+      bf16 read, fp8 written) and the scaling/amax kernels per GEMM call
+      (``FP8_KERNELS_PER_GEMM``; Transformer Engine's ``Float8CurrentScaling`` and delayed
+      scaling recipes). A separately fitted fp8 efficiency was a free parameter the Hopper
+      rows could not inform (no fp8 row): dense fp8 runs on H100 came out 8–23% slow.
+    * A grouped GEMM (the routed experts) reads the plain matmul value: Transformer
+      Engine's ``GroupedLinear`` and Megatron-Core's ``GroupedMLP`` (CUTLASS grouped GEMM)
+      run the same tensor-core tiles as one GEMM per expert, so what they lose on small
+      experts is the per-expert shape (m = tokens per expert, n or k = the expert width),
+      which ``gemm_size_factor`` charges. A grouped efficiency fitted per family did not
+      transfer between sources (leave-one-source-out: MBg5 −35%).
     """
-    eff = hardware.efficiency
-    if kind in ("matmul", "grouped_matmul") and precision == "fp8":
-        base = eff.get("matmul_fp8", DEFAULT_EFFICIENCY["matmul_fp8"])
-        if kind == "grouped_matmul" and "grouped_matmul" in eff:
-            return base * eff["grouped_matmul"] / eff.get("matmul", DEFAULT_EFFICIENCY["matmul"])
-        return base
     if kind == "grouped_matmul":
-        return eff.get("grouped_matmul", eff.get("matmul", DEFAULT_EFFICIENCY["matmul"]))
-    return eff.get(kind, DEFAULT_EFFICIENCY[kind])
+        kind = "matmul"
+    return min(1.0, hardware.efficiency.get(kind, DEFAULT_EFFICIENCY[kind]))
 
 
 def gemm_size_factor(m: float, n: float, k: float, half: float = GEMM_HALF_DIM) -> float:
@@ -218,7 +303,7 @@ def op_time_s(op: Op, hardware: HardwareSpec, bwd_factor: float = 1.0) -> float:
         rate = hardware.peak(op.precision) * 1e12 * efficiency(hardware, op.kind, op.precision)
         rate *= gemm_size_factor(*op.shape)
     bw = hardware.memory_bw_tbs * 1e12 * efficiency(hardware, "memory")
-    t = max(op.flops / rate, op.bytes / bw)
+    t = vmax(op.flops / rate, op.bytes / bw)
     return op.calls * (bwd_factor * t + KERNEL_OVERHEAD_S * max(1.0, bwd_factor))
 
 
@@ -294,7 +379,7 @@ def mlp_ops(model: ModelSpec, layout: LayoutSpec, tokens: float, moe: bool) -> l
         ffn("mlp", tokens, model.ffn_width, 1, "matmul")
         return ops
     ops.append(gemm("router", tokens, model.experts, h, "bf16"))
-    local = max(1, model.experts // layout.ep)
+    local = vmax(1, model.experts // layout.ep)
     per_expert = tokens * model.top_k * layout.ep / model.experts
     ops.append(memory_op("moe_permute", tokens * model.top_k * h * 2.0 * 2 * 2 / t))
     ffn("expert", per_expert, model.moe_ffn, local, "grouped_matmul")
@@ -321,7 +406,33 @@ def layer_ops(
     if layout.precision == "fp8":
         cast = sum(o.shape[0] * o.shape[2] * o.calls for o in ops if o.precision == "fp8")
         ops.append(memory_op("fp8_casts", 3.0 * cast))
+    if not sw.fused_elementwise:
+        ops = [eager_op(op, model.gated) for op in ops]
     return ops
+
+
+#: Bytes per element an eager PyTorch implementation moves over a fused kernel's, per
+#: elementwise op (forward; the backward's autograd kernels scale alike). Counted from the
+#: Llama reference code that torchtitan's 2024 Llama model used:
+#:
+#: * RMSNorm ``_norm(x.float()).type_as(x) * weight`` with ``x * rsqrt(x.pow(2).mean(-1) +
+#:   eps)``: ``float`` (2 B read, 4 written), ``pow`` (4, 4), ``mean`` (4), ``mul`` (4, 4),
+#:   ``type_as`` (4, 2), ``* weight`` (2, 2) = 36 B against a fused norm's 4 (read, write);
+#: * rotary ``apply_rotary_emb``: ``float().reshape`` and ``view_as_complex`` (2, 4), the
+#:   complex multiply (8, 8), ``view_as_real().flatten().type_as`` (4, 2) = 28 B against 4;
+#: * SwiGLU ``silu(w1(x)) * w3(x)``: ``silu`` (2, 2) then ``mul`` (4, 2) = 10 B per output
+#:   element against a fused gated activation's 6 (two reads, one write).
+EAGER_BYTES_FACTOR = {"norms": 36.0 / 4.0, "rope": 28.0 / 4.0}
+EAGER_GLU_FACTOR = 10.0 / 6.0
+
+
+def eager_op(op: Op, gated: bool) -> Op:
+    """``op`` as eager PyTorch runs it (``Software.fused_elementwise`` off): the unfused
+    elementwise ops move ``EAGER_BYTES_FACTOR`` times the bytes; GEMMs are unchanged."""
+    factor = EAGER_BYTES_FACTOR.get(op.name, 1.0)
+    if gated and op.name.endswith("_act"):
+        factor = EAGER_GLU_FACTOR
+    return op if factor == 1.0 else dataclasses.replace(op, bytes=op.bytes * factor)
 
 
 def head_ops(model: ModelSpec, layout: LayoutSpec, tokens: float) -> list[Op]:
@@ -336,13 +447,14 @@ def head_ops(model: ModelSpec, layout: LayoutSpec, tokens: float) -> list[Op]:
 
 @dataclass(frozen=True)
 class PassTimes:
-    """Seconds of one micro-batch through one pipeline stage, by pass and kernel kind."""
+    """Seconds of one micro-batch through the slowest pipeline stage, by pass and kernel kind."""
 
     forward_s: float
     backward_s: float
     recompute_s: float
     by_kind_s: dict[str, float]
     attention_core_s: float  # forward attention-core time per layer (CP overlap window)
+    stage_layers: float = 0.0  # transformer layers on that stage
 
     @property
     def total_s(self) -> float:
@@ -359,7 +471,7 @@ def _ops_time(ops: list[Op], hardware: HardwareSpec, backward: bool) -> dict[str
         out[op.kind] += op_time_s(op, hardware, factor)
         per_call = 1 + (FP8_KERNELS_PER_GEMM if op.precision == "fp8" else 0)
         kernels += op.calls * per_call * (2 if backward else 1)
-    out["host"] = max(0.0, kernels * HOST_LAUNCH_S - sum(out.values()))
+    out["host"] = vmax(0.0, kernels * HOST_LAUNCH_S - sum(out.values()))
     return out
 
 
@@ -381,21 +493,30 @@ def ops_time(ops: list[Op], hardware: HardwareSpec, backward: bool) -> dict[str,
     return out
 
 
-def stage_pass_times(
-    model: ModelSpec,
-    layout: LayoutSpec,
-    hardware: HardwareSpec,
-    seq_len: int | None = None,
-    sw: Software = MODERN,
-) -> PassTimes:
-    """One micro-batch through the slowest (last) stage: L/pp layers of each kind plus the
-    head. Recompute: ``full`` repeats every layer's forward, ``selective`` the attention core
-    (Korthikanti et al. 2022)."""
-    s = seq_len or model.seq_len
-    if s != model.seq_len:
-        model = model.replace(seq_len=s)
-    tokens = layout.micro_batch * s / layout.cp
-    frac = 1.0 / layout.pp
+#: The layout fields one layer's (and the head's) pass times depend on.
+LAYER_FIELDS = ("tp", "cp", "ep", "micro_batch")
+
+
+@dataclass(frozen=True)
+class LayerTimes:
+    """Seconds of one micro-batch through one average layer (its kinds in proportion) and
+    through the head, by kernel kind."""
+
+    forward: dict[str, float]
+    backward: dict[str, float]
+    recompute_s: float
+    attention_core_s: float
+    head_forward: dict[str, float]
+    head_backward: dict[str, float]
+
+
+def layer_pass_times(
+    model: ModelSpec, layout: LayoutSpec, hardware: HardwareSpec, sw: Software = MODERN
+) -> LayerTimes:
+    """Forward, backward and recompute of one average layer and of the head. Recompute:
+    ``full`` repeats every layer's forward, ``selective`` the attention core (Korthikanti
+    et al. 2022)."""
+    tokens = layout.micro_batch * model.seq_len / layout.cp
     fwd = dict.fromkeys(KINDS, 0.0)
     bwd = dict.fromkeys(KINDS, 0.0)
     rec = 0.0
@@ -409,7 +530,7 @@ def stage_pass_times(
                 groups.append((moe, True, count * local_share))
     for moe, local, count in groups:
         ops = layer_ops(model, layout, tokens, moe, local, sw)
-        n = count * frac
+        n = count / model.layers
         f = ops_time(ops, hardware, backward=False)
         b = ops_time(ops, hardware, backward=True)
         core = sum(op_time_s(o, hardware) for o in ops if o.name.startswith("attention_"))
@@ -423,18 +544,100 @@ def stage_pass_times(
             rec += core * n
     head = head_ops(model, layout, tokens)
     hf, hb = ops_time(head, hardware, False), ops_time(head, hardware, True)
-    for k in KINDS:
-        fwd[k] += hf[k]
-        bwd[k] += hb[k]
+    return LayerTimes(fwd, bwd, rec, core_fwd, hf, hb)
+
+
+def _layer_and_head_s(one: LayerTimes) -> tuple[float, float]:
+    """Seconds of one average layer (forward, backward, recompute) and of the head."""
+    per_layer = sum(one.forward.values()) + sum(one.backward.values()) + one.recompute_s
+    return per_layer, sum(one.head_forward.values()) + sum(one.head_backward.values())
+
+
+def _slowest_stage(
+    model: ModelSpec, layout: LayoutSpec, per_layer_s: float, head_s: float
+) -> tuple[float, float]:
+    """(layers, 1 if it holds the head else 0) of the slowest pipeline stage: the last (its
+    layers and the head) or the largest other one."""
+    first, middle, last = layout.stage_layers(model.layers)
+    last_slowest = last * per_layer_s + head_s >= vmax(first, middle) * per_layer_s
+    return where(last_slowest, last, vmax(first, middle)), where(last_slowest, 1.0, 0.0)
+
+
+def stage_total_s(
+    model: ModelSpec,
+    layout: LayoutSpec,
+    hardware: HardwareSpec,
+    seq_len: int | None = None,
+    sw: Software = MODERN,
+) -> float:
+    """``stage_pass_times(...).total_s`` without the breakdown by kernel kind: the layer and
+    head totals are summed once per distinct layer shape (what the search bounds with)."""
+    s = seq_len or model.seq_len
+    if s != model.seq_len:
+        model = model.replace(seq_len=s)
+    per_layer, head = per_unique(
+        layout,
+        LAYER_FIELDS,
+        lambda lay: _layer_and_head_s(layer_pass_times(model, lay, hardware, sw)),
+    )
+    layers, with_head = _slowest_stage(model, layout, per_layer, head)
+    return per_layer * layers + head * with_head
+
+
+def stage_pass_times(
+    model: ModelSpec,
+    layout: LayoutSpec,
+    hardware: HardwareSpec,
+    seq_len: int | None = None,
+    sw: Software = MODERN,
+) -> PassTimes:
+    """One micro-batch through the slowest stage. Even stages: the last, L/pp layers of each
+    kind plus the head. Uneven stages (``LayoutSpec.stage_layers``): the last stage (its
+    layers plus the head) or the largest other stage, whichever takes longer. Layer kinds
+    are spread uniformly over the stages."""
+    s = seq_len or model.seq_len
+    if s != model.seq_len:
+        model = model.replace(seq_len=s)
+    one = per_unique(layout, LAYER_FIELDS, lambda lay: layer_pass_times(model, lay, hardware, sw))
+    layers, with_head = _slowest_stage(model, layout, *_layer_and_head_s(one))
+    fwd = {k: one.forward[k] * layers + one.head_forward[k] * with_head for k in KINDS}
+    bwd = {k: one.backward[k] * layers + one.head_backward[k] * with_head for k in KINDS}
     by_kind = {k: fwd[k] + bwd[k] for k in KINDS}
-    by_kind["recompute"] = rec
+    by_kind["recompute"] = one.recompute_s * layers
     return PassTimes(
         forward_s=sum(fwd.values()),
         backward_s=sum(bwd.values()),
-        recompute_s=rec,
+        recompute_s=one.recompute_s * layers,
         by_kind_s=by_kind,
-        attention_core_s=core_fwd / max(1e-9, model.layers * frac),
+        attention_core_s=one.attention_core_s,
+        stage_layers=layers,
     )
+
+
+def grad_accumulation_bytes_per_param(software: Software, precision: str) -> float:
+    """Bytes per local parameter that one micro-batch's gradient accumulation moves outside
+    the GEMMs (``Software.grad_accumulation``): ``main_grad_add`` reads the 2-byte gradient
+    and reads and writes the main gradient (fp32 for bf16 when the stack accumulates in fp32,
+    else 2 B): 6 B for fp16, 10 B for bf16; DeepSpeed's ``bf16_optimizer`` also writes and
+    reads the fp32 copy ``lp.grad.to(float32)`` makes: 2 + 4 + 4 + 4 + 4 = 18 B (fp16 runs
+    accumulate in the fp16 ``.grad``, 6 B); ``fused``: 0."""
+    if software.grad_accumulation == "fused":
+        return 0.0
+    if precision == "fp16":
+        return 6.0
+    if software.grad_accumulation == "bf16_optimizer":
+        return 18.0
+    main = 4.0 if software.grad_reduce_in_fp32 else 2.0
+    return 2.0 + 2.0 * main
+
+
+def grad_accumulation_s(
+    params_local: float, hardware: HardwareSpec, software: Software, precision: str
+) -> float:
+    """Seconds per micro-batch of the gradient accumulation pass over the local parameters,
+    memory-bound at the calibrated bandwidth."""
+    bw = hardware.memory_bw_tbs * 1e12 * efficiency(hardware, "memory")
+    return params_local * grad_accumulation_bytes_per_param(software, precision) / bw
 
 
 def optimizer_step_s(params_local: float, hardware: HardwareSpec) -> float:

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gigafactory.plan.compute import FP16_GRADS_IN_FP32, MODERN, Software
-from gigafactory.plan.shard import ParamSplit, params_per_gpu
+from gigafactory.plan.compute import FP16_GRADS_IN_FP32, MODERN, Software, software_with
+from gigafactory.plan.shard import ParamSplit, layers_per_stage, params_per_gpu
 from gigafactory.spec.hardware import HardwareSpec
 from gigafactory.spec.layout import LayoutSpec
 from gigafactory.spec.model import ModelSpec
+from gigafactory.vec import vmax, vmin, where
 
 GB = 1e9
 #: Share of HBM kept free for the CUDA context, NCCL buffers, cuBLAS/attention workspaces and
@@ -135,11 +136,8 @@ def inflight_microbatches(layout: LayoutSpec) -> float:
     chunks: p·(1 + (p−1)/(p·v)) (Korthikanti et al. 2022 Sec. 4.2.3). No pipeline: 1.
     """
     p, m = layout.pp, layout.microbatches
-    if p == 1:
-        return 1.0
-    if layout.vpp > 1:
-        return min(float(m), p * (1.0 + (p - 1) / (p * layout.vpp)))
-    return float(min(p, m))
+    interleaved = vmin(m, p * (1.0 + (p - 1) / (p * layout.vpp)))
+    return where(p == 1, 1.0, where(layout.vpp > 1, interleaved, vmin(p, m)))
 
 
 @dataclass(frozen=True)
@@ -197,9 +195,9 @@ def state_bytes(
     optimizer = sharded * ob
     if layout.sharding == "zero1":
         return split.total * wb, split.total * gb, optimizer
-    gathered = min(split.total, FSDP_LAYERS_IN_FLIGHT * layer_params)
-    weights = min(split.total, sharded + gathered) * wb
-    grads = min(split.total * gb, (sharded + gathered) * gb)
+    gathered = vmin(split.total, FSDP_LAYERS_IN_FLIGHT * layer_params)
+    weights = vmin(split.total, sharded + gathered) * wb
+    grads = vmin(split.total * gb, (sharded + gathered) * gb)
     return weights, grads, optimizer
 
 
@@ -211,7 +209,7 @@ def activation_bytes(model: ModelSpec, layout: LayoutSpec, seq_len: int | None =
     tokens = layout.micro_batch * s / layout.cp
     t = layout.tp if layout.sequence_parallel else 1
     per_stage = 0.0
-    frac = 1.0 / layout.pp
+    frac = layers_per_stage(model, layout) / model.layers  # 1/pp for even stages
     for moe, count in ((False, model.n_dense_layers), (True, model.moe_layers)):
         if count:
             per_tok = layer_activation_bytes_per_token(
@@ -234,8 +232,9 @@ def memory_per_gpu(
     software: Software = MODERN,
 ) -> MemoryBreakdown:
     """Every part of the first stage's memory and the HBM it has to fit in."""
+    software = software_with(software, layout)
     split = params_per_gpu(model, layout)
-    layer_params = split.total / max(1.0, model.layers / layout.pp)
+    layer_params = split.total / vmax(1.0, layers_per_stage(model, layout))
     weights, grads, optim = state_bytes(split, layout, layer_params, software)
     cap = hardware.memory_bytes
     return MemoryBreakdown(

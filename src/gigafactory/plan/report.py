@@ -36,11 +36,15 @@ def check_output_path(path: Path | None) -> None:
 def layout_text(layout: Any) -> str:
     """A layout in one line: tp=8 pp=1 cp=2 ep=4 dp=6250 zero1 mb=1 gbs=6250 …"""
     parts = [f"tp={layout.tp}", f"pp={layout.pp}"]
+    if layout.uneven:
+        parts.append(f"stages={layout.first_stage_layers}/…/{layout.last_stage_layers}")
     if layout.vpp > 1:
         parts.append(f"vpp={layout.vpp}")
     parts += [f"cp={layout.cp}", f"ep={layout.ep}", f"dp={layout.dp}", layout.sharding]
     parts += [f"mb={layout.micro_batch}", f"gbs={layout.global_batch}"]
     parts += [f"recompute={layout.recompute}", layout.precision]
+    if layout.grad_reduce:
+        parts.append(f"grad={layout.grad_reduce}")
     return " ".join(parts)
 
 
@@ -99,18 +103,19 @@ def throughput_rows(est: Any, run: Any | None) -> Rows:
     ]
 
 
-LAYOUT_COLUMNS = ("layout", "step s", "MFU", "GB/GPU", "tokens/s/GPU")
+LAYOUT_COLUMNS = ("layout", "GPUs", "step s", "MFU", "GB/GPU", "days")
 
 
-def layout_rows(steps: list[Any]) -> Rows:
-    """One row per layout: the fastest layouts of a search."""
+def layout_rows(steps: list[Any], tokens: float) -> Rows:
+    """One row per layout: the layouts of a search that train ``tokens`` soonest."""
     return [
         (
             layout_text(e.layout),
+            f"{e.gpus:,}",
             f"{e.step_s:.2f}",
             f"{100 * e.mfu:.1f}%",
             f"{e.memory.total_bytes / 1e9:.1f}",
-            f"{e.tokens_per_s_per_gpu:,.0f}",
+            f"{tokens / e.tokens_per_s / 86400:,.2f}",
         )
         for e in steps
     ]
@@ -121,6 +126,13 @@ def compare_columns(comparison: Any) -> tuple[str, ...]:
     return ("", *(p.cluster for p in comparison.plans))
 
 
+def _gpus_used(plan: Any) -> str:
+    """GPUs the best layout uses, and the cluster's size when it leaves hot spares."""
+    used = plan.step.gpus
+    of = f" of {plan.gpus:,}" if used != plan.gpus else ""
+    return f"{used:,}{of} × {plan.hardware}"
+
+
 def compare_rows(comparison: Any) -> Rows:
     """One row per quantity, one column per cluster of a comparison."""
 
@@ -128,7 +140,7 @@ def compare_rows(comparison: Any) -> Rows:
         return f"{run.power_mw:,.1f}" + (" (OVER supply)" if run.power_exceeds_budget else "")
 
     quantities = (
-        ("GPUs", lambda p: f"{p.gpus:,} × {p.hardware}"),
+        ("GPUs", _gpus_used),
         ("best layout", lambda p: layout_text(p.step.layout)),
         ("step s", lambda p: f"{p.step.step_s:.3f}"),
         ("MFU", lambda p: f"{100 * p.step.mfu:.1f}%"),
@@ -157,7 +169,7 @@ def scaling_rows(comparison: Any) -> Rows:
             f"{100 * s.mfu:.1f}%", f"{100 * s.goodput:.1f}%", f"{s.power_mw:,.1f}",
         )
         if s.fits
-        else (s.cluster, f"{s.gpus:,}", "no layout fits", "", "", "", "")
+        else (s.cluster, f"{s.gpus:,}", "no layout fits on exactly these GPUs", "", "", "", "")
         for s in comparison.scaling
     ]  # fmt: skip
 
@@ -295,7 +307,9 @@ def plan_report_html(est: Any, run: Any, fastest: list[Any] | None = None) -> st
         + f'<img alt="step and memory breakdown" src="{figure_data_uri(step_figure(est))}">'
     )
     if fastest:
-        body += "<h2>Fastest layouts that fit</h2>" + _table(LAYOUT_COLUMNS, layout_rows(fastest))
+        body += "<h2>Layouts that train the budget soonest</h2>" + _table(
+            LAYOUT_COLUMNS, layout_rows(fastest, run.tokens)
+        )
     return _page(f"Plan: {est.model} on {est.cluster or est.hardware}", body)
 
 
@@ -319,7 +333,7 @@ def compare_report_html(comparison: Any) -> str:
             + _table(("part", "GB"), memory_rows(p.step))
             + f'<img alt="{html.escape(p.cluster)} breakdown" '
             f'src="{figure_data_uri(step_figure(p.step))}">'
-            + _table(LAYOUT_COLUMNS, layout_rows(p.fastest))
+            + _table(LAYOUT_COLUMNS, layout_rows(p.fastest, comparison.tokens))
         )
     names = " vs ".join(p.cluster for p in comparison.plans)
     return _page(f"Compare: {comparison.model} on {names}", body)

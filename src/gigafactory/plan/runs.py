@@ -32,6 +32,12 @@ def default_runs_path() -> Path:
     return Path(str(resources.files("gigafactory") / "data" / "published_runs.csv"))
 
 
+def default_holdout_path() -> Path:
+    """Published runs the calibration never sees (sources in
+    data/published_runs_holdout.README.md): the planner's out-of-sample test set."""
+    return Path(str(resources.files("gigafactory") / "data" / "published_runs_holdout.csv"))
+
+
 @dataclass(frozen=True)
 class PublishedRun:
     """One row: what ran, on what, how, and what the source measured."""
@@ -96,24 +102,39 @@ class PublishedRun:
             norm=(self.row.get("norm") or "rmsnorm").strip(),
         )
 
-    def layout(self) -> LayoutSpec:
-        """The row's layout. A blank ``fsdp`` column means the framework's default optimizer
-        sharding (``compute.Software.default_sharding``; Megatron-Bridge: ``zero1``)."""
+    def blank(self, key: str) -> bool:
+        """Whether the row leaves ``key`` blank (the source does not say)."""
+        return not (self.row.get(key, "") or "").strip()
+
+    def layout(self, **fill: Any) -> LayoutSpec:
+        """The row's layout; a blank field takes ``fill[field]`` when given, else its
+        framework's documented default (``FRAMEWORK_DEFAULTS``). ``vpp`` may say ``auto``
+        (the source ran an interleaved schedule without saying how many chunks): it reads
+        as ``fill["vpp"]``, else 1. ``validate.complete_layout`` searches the blanks that
+        have no documented default and reports every completion with the result."""
         fsdp = (self.row.get("fsdp") or "").strip()
         if fsdp not in ("fsdp", "zero1", "none"):
-            fsdp = software_for(self.row.get("framework", "") or "").default_sharding
+            fsdp = fill.get("sharding") or self.software().default_sharding
+        mb = self._int("micro_batch", fill.get("micro_batch", 1))
+        model_parallel = self._int("tp", 1) * self._int("pp", 1) * self._int("cp", 1)
+        dp = self._int("dp", max(1, self.gpus // model_parallel))  # blank: gpus / (tp·pp·cp)
+        vpp_text = (self.row.get("vpp") or "").strip().lower()
+        vpp = fill.get("vpp", 1) if vpp_text in ("", "auto") else self._int("vpp", 1)
+        recompute = (self.row.get("recompute") or "").strip() or fill.get("recompute", "none")
         return LayoutSpec(
             tp=self._int("tp", 1),
             pp=self._int("pp", 1),
-            vpp=self._int("vpp", 1),
+            vpp=vpp,
             cp=self._int("cp", 1),
             ep=self._int("ep", 1),
-            dp=self._int("dp", 1),
+            dp=dp,
             sharding=fsdp,
-            micro_batch=self._int("micro_batch", 1),
-            global_batch=self._int("global_batch", 1),
-            recompute=(self.row.get("recompute") or "none").strip() or "none",
+            micro_batch=mb,
+            global_batch=self._int("global_batch", fill.get("global_batch", mb * dp)),
+            recompute=recompute,
             precision=self.row["precision"].strip(),
+            first_stage_layers=fill.get("first_stage_layers", 0),
+            last_stage_layers=fill.get("last_stage_layers", 0),
         )
 
     def software(self) -> Software:

@@ -17,6 +17,7 @@ from gigafactory.plan.params import (
 from gigafactory.spec.hardware import ClusterSpec, HardwareSpec
 from gigafactory.spec.layout import LayoutSpec
 from gigafactory.spec.model import ModelSpec
+from gigafactory.vec import vmax, where
 
 
 def nvlink_domain(hardware: HardwareSpec, cluster: ClusterSpec | None = None) -> int:
@@ -66,8 +67,26 @@ class ParamSplit:
 
 
 def layers_per_stage(model: ModelSpec, layout: LayoutSpec) -> float:
-    """Transformer layers on one pipeline stage: L / pp (all its vpp chunks together)."""
-    return model.layers / layout.pp
+    """Transformer layers on the first pipeline stage (all its vpp chunks together): L / pp,
+    or the uneven first stage's count (``LayoutSpec.stage_layers``)."""
+    return layout.stage_layers(model.layers)[0]
+
+
+def uneven_stages(layers: int, pp: int, vpp: int = 1) -> tuple[int, int] | None:
+    """(first, last) stage layers for a model whose layers pp·vpp does not divide, the way
+    126-layer Llama 3 405B runs on 16 stages (Dubey et al. 2024 Sec. 3.3.2: the first and
+    last stages hold one layer fewer): every middle stage takes ⌈L/(pp·vpp)⌉·vpp layers and
+    the first and last split the rest, in multiples of vpp, as evenly as they can. None
+    when no such split exists (or none is needed)."""
+    if pp < 2 or layers % (pp * vpp) == 0:
+        return None
+    mid = -(-layers // (pp * vpp)) * vpp
+    rest = layers - (pp - 2) * mid
+    first = (rest // (2 * vpp)) * vpp
+    last = rest - first
+    if first < vpp or last < vpp or last > mid or last % vpp:
+        return None
+    return first, last
 
 
 def params_per_gpu(model: ModelSpec, layout: LayoutSpec) -> ParamSplit:
@@ -78,24 +97,23 @@ def params_per_gpu(model: ModelSpec, layout: LayoutSpec) -> ParamSplit:
     With pp = 1 an untied head and the final norm sit on the same GPU (their share is in
     ``embedding_params``); with pp > 1 they live on the last stage."""
     t, p = layout.tp, layout.pp
+    share = layers_per_stage(model, layout) / model.layers  # 1/pp for even stages
     split_per_layer = attention_params(model)
     dense_layers = model.n_dense_layers * mlp_params(model, model.ffn_width)
     moe_shared = model.moe_layers * model.shared_experts * mlp_params(model, model.moe_ffn)
     replicated = model.layers * layer_norms(model) + model.moe_layers * router_params(model)
-    dense = (model.layers * split_per_layer + dense_layers + moe_shared) / (p * t)
-    dense += replicated / p
+    dense = (model.layers * split_per_layer + dense_layers + moe_shared) * share / t
+    dense = dense + replicated * share
     final_norm = norm_params(model)
     emb = embedding_params(model) - final_norm
-    if p > 1:
-        if not model.tied_embeddings:
-            emb -= model.vocab * model.hidden  # the head lives on the last stage
-    else:
-        dense += final_norm
+    if not model.tied_embeddings:  # the head lives on the last stage
+        emb = emb - where(p > 1, model.vocab * model.hidden, 0)
+    dense = dense + where(p > 1, 0, final_norm)
     dense += emb / t
     expert = model.moe_layers * model.experts * mlp_params(model, model.moe_ffn)
-    expert /= p * t * layout.ep
+    expert *= share / (t * layout.ep)
     dp_group = layout.dp * layout.cp
-    return ParamSplit(dense, expert, dp_group, max(1, dp_group // layout.ep))
+    return ParamSplit(dense, expert, dp_group, vmax(1, dp_group // layout.ep))
 
 
 def tokens_per_microbatch(model: ModelSpec, layout: LayoutSpec, seq_len: int | None = None) -> int:

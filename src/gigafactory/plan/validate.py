@@ -25,14 +25,20 @@ accelerator's rate and an InfiniBand fabric at ``DEFAULT_FABRIC_EFFICIENCY``.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from gigafactory.plan.compute import prior_hardware
 from gigafactory.plan.runs import PublishedRun, read_runs
+from gigafactory.plan.shard import uneven_stages
 from gigafactory.plan.step import StepEstimate, estimate_step
 from gigafactory.spec.catalog import load_hardware
 from gigafactory.spec.hardware import ClusterSpec, HardwareSpec
+from gigafactory.spec.layout import LayoutSpec
 
 DEFAULT_FABRIC_EFFICIENCY = 0.9
 #: Model families the planner cannot yet be held to. Their rows are still predicted and
@@ -62,6 +68,8 @@ class RowResult:
     predicted: float
     error_pct: float
     in_scope: bool = True
+    completed: dict[str, str] = dataclasses.field(default_factory=dict)
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,13 +111,132 @@ def generic_cluster(hardware: HardwareSpec, gpus: int) -> ClusterSpec:
     )
 
 
+#: Micro-batch sizes tried for a row that does not give one: Megatron-LM has no default
+#: (``validate_args`` asserts ``args.micro_batch_size is not None``), so the planner takes
+#: the fastest that fits.
+MICRO_BATCH_CANDIDATES = (1, 2, 4, 8)
+
+
+def _vpp_choices(run: PublishedRun, layers: int, pp: int) -> list[int]:
+    """Virtual stages to try: the row's own; 1 for a blank (Megatron's default: no
+    interleaving); for ``auto`` every count dividing the layer slots of a stage, ⌈L/pp⌉ (a
+    model whose layers do not divide evenly, Llama 3 405B's 126 on pp 16, runs stages of
+    ⌈L/pp⌉ slots with fewer layers on the first and last; Dubey et al. 2024 Sec. 3.3.2)."""
+    text = (run.row.get("vpp") or "").strip().lower()
+    if text != "auto" or pp == 1:
+        return [1]
+    slots = -(-layers // pp)
+    return [v for v in range(1, slots + 1) if slots % v == 0]
+
+
+def stage_split(layers: int, pp: int, vpp: int) -> dict[str, int]:
+    """First- and last-stage layer counts for a run whose layers do not divide pp·vpp.
+
+    Megatron-Core refuses such a model unless the first and last stages get their own
+    counts, so a published run with this shape ran some split its source does not state:
+    ``shard.uneven_stages`` (middle stages at ⌈L/(pp·vpp)⌉·vpp, the rest split between first
+    and last in multiples of vpp; Llama 3 405B's 7 + 14 × 8 + 7 on pp 16). Where no split in
+    multiples of vpp exists (Qwen3 235B's 94 layers on pp 8 × vpp 4), the rest is split
+    evenly: Megatron-Bridge's Qwen3 recipes count the embedding and the loss as pipeline
+    slots (``account_for_embedding_in_pipeline_split``/``..._loss_...``), which frees one
+    layer on each end stage. Empty when the layers divide evenly."""
+    if pp < 2 or layers % (pp * vpp) == 0:
+        return {}
+    split = uneven_stages(layers, pp, vpp)
+    if split is None:
+        mid = -(-layers // (pp * vpp)) * vpp
+        rest = layers - (pp - 2) * mid
+        split = (max(1, rest // 2), max(1, rest - rest // 2))
+    return {"first_stage_layers": split[0], "last_stage_layers": split[1]}
+
+
+def _candidates(run: PublishedRun, layers: int) -> list[dict[str, Any]]:
+    """Every completion of the row's blank layout fields the planner searches."""
+    base = run.layout()
+    mbs = [base.micro_batch]
+    if run.blank("micro_batch"):
+        per_dp = base.global_batch // base.dp if not run.blank("global_batch") else 0
+        mbs = [m for m in MICRO_BATCH_CANDIDATES if not per_dp or per_dp % m == 0] or [1]
+    return [
+        {"micro_batch": mb, "vpp": v, **stage_split(layers, base.pp, v)}
+        for mb in mbs
+        for v in _vpp_choices(run, layers, base.pp)
+    ]
+
+
+def _row_key(run: PublishedRun) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(run.row.items()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _complete(key: tuple[tuple[str, str], ...]) -> tuple[LayoutSpec, tuple[tuple[str, str], ...]]:
+    run = PublishedRun(dict(key))
+    model, sw = run.model(), run.software()
+    hw = prior_hardware(load_hardware(run.gpu))
+    cluster = generic_cluster(hw, run.gpus)
+    best: tuple[float, float, LayoutSpec] | None = None
+    for fill in _candidates(run, model.layers):
+        layout = run.layout(**fill)
+        est = estimate_step(model, layout, hw, cluster, check=False, software=sw)
+        fits = est.memory.total_bytes <= est.memory.capacity_bytes  # it ran: physical HBM
+        score = (0.0 if fits else 1.0, -est.tokens_per_s_per_gpu, layout)
+        if best is None or score[:2] < best[:2]:
+            best = score
+    assert best is not None
+    layout = best[2]
+    notes: dict[str, str] = {}
+    if run.blank("fsdp"):
+        notes["sharding"] = f"{layout.sharding} ({sw.name} default)"
+    if run.blank("dp"):
+        notes["dp"] = f"{layout.dp} (the GPUs over tp·pp·cp)"
+    if run.blank("micro_batch"):
+        notes["micro_batch"] = f"{layout.micro_batch} (searched: fastest that fits)"
+    if run.blank("global_batch"):
+        notes["global_batch"] = f"{layout.global_batch} (micro_batch·dp: Megatron default)"
+    if (run.row.get("vpp") or "").strip().lower() == "auto":
+        notes["vpp"] = f"{layout.vpp} (searched: interleaved, count not published)"
+    elif run.blank("vpp") and layout.pp > 1:
+        notes["vpp"] = "1 (Megatron default: no interleaving)"
+    if layout.uneven:
+        notes["stages"] = (
+            f"first {layout.first_stage_layers}, last {layout.last_stage_layers} layers "
+            f"(the {model.layers} layers do not divide pp·vpp; split not published)"
+        )
+    if run.blank("recompute"):
+        notes["recompute"] = "none (framework default)"
+    if best[0]:
+        notes["memory"] = "exceeds HBM as modelled (the source ran it)"
+    return layout, tuple(notes.items())
+
+
+def complete_layout(run: PublishedRun) -> tuple[LayoutSpec, dict[str, str]]:
+    """The row's layout with every blank field completed, and how each was completed.
+
+    Blanks with a documented framework default take it (sharding: ``Software.
+    default_sharding``; global batch: micro-batch × dp, Megatron-LM's ``arguments.py``;
+    vpp: no interleaving; recompute: none, Megatron-LM's ``--recompute-granularity`` and
+    Megatron-Bridge's ``recompute_granularity`` both default to None; a completed layout
+    the memory model says does not fit is flagged, not changed: the source ran it, with
+    partial recompute or offloading the row does not state). Blanks without one are
+    searched: the micro-batch (and ``vpp = auto``) that give the most tokens/s while
+    fitting in the accelerator's physical HBM (a published run ran, so the planner's 10%
+    planning reserve does not apply) — a published run was tuned. The search scores candidates on the
+    accelerator's documented priors (``compute.prior_hardware``), never on a calibration,
+    and never looks at the published figure, so a completion cannot leak a row into its
+    own out-of-sample prediction.
+    """
+    layout, notes = _complete(_row_key(run))
+    return layout, dict(notes)
+
+
 def predict_run(run: PublishedRun, hardware: HardwareSpec | None = None) -> StepEstimate:
-    """The planner's step for one published row, with the row's own layout."""
+    """The planner's step for one published row, with the row's own layout (blanks
+    completed by ``complete_layout``)."""
     hw = hardware or load_hardware(run.gpu)
     framework = run.row.get("framework", "") or ""
     return estimate_step(
         run.model(),
-        run.layout(),
+        complete_layout(run)[0],
         hw,
         generic_cluster(hw, run.gpus),
         causal_flops=counts_causal_half(framework),
@@ -146,7 +273,10 @@ def compare_run(run: PublishedRun, hardware: HardwareSpec | None = None) -> RowR
             f"row {run.id} gives no tflops_per_gpu, util_pct or tokens_per_s_per_gpu",
         )
     error = 100.0 * (predicted - published) / published
-    return RowResult(run.id, metric, published, predicted, error, not out_of_scope(run))
+    return RowResult(
+        run.id, metric, published, predicted, error, not out_of_scope(run),
+        complete_layout(run)[1], (run.row.get("source") or "").strip(),
+    )  # fmt: skip
 
 
 def summarise(rows: list[RowResult]) -> ValidationReport:

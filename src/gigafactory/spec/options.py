@@ -18,18 +18,19 @@ SPEC = "plan"
 class PlanOptions:
     """What ``gigafactory plan`` (and ``compare``) were asked for.
 
-    ``None`` for tp/pp means "search"; 0 for gpus, global_batch, seq and tokens means "the
+    ``None`` for tp/pp means "search", for vpp/micro_batch "complete it" (``plan/complete.py``);
+    0 for gpus, global_batch, seq and tokens means "the
     default" (whole cluster, 4,096 sequences, the model's context, 6e12 tokens).
     """
 
     gpus: int = 0
     tp: int | None = None
     pp: int | None = None
-    vpp: int = 1
+    vpp: int | None = 1
     cp: int = 1
     ep: int = 1
     global_batch: int = 0
-    micro_batch: int = 1
+    micro_batch: int | None = 1
     seq: int = 0
     tokens: float = 0.0
     checkpoint_s: float = 10.0
@@ -39,10 +40,10 @@ class PlanOptions:
     def __post_init__(self) -> None:
         for name in ("gpus", "global_batch", "seq"):
             positive_int(SPEC, name, getattr(self, name), minimum=0)
-        for name in ("tp", "pp"):
+        for name in ("tp", "pp", "vpp", "micro_batch"):  # None: searched or completed
             if getattr(self, name) is not None:
                 positive_int(SPEC, name, getattr(self, name))
-        for name in ("vpp", "cp", "ep", "micro_batch", "top"):
+        for name in ("cp", "ep", "top"):
             positive_int(SPEC, name, getattr(self, name))
         positive_float(SPEC, "tokens", self.tokens, allow_zero=True)
         positive_float(SPEC, "checkpoint_s", self.checkpoint_s)
