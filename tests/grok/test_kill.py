@@ -51,7 +51,7 @@ def _healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> dict:
     while time.monotonic() - t0 < timeout:
         assert proc.poll() is None, "server exited"
         try:
-            h = httpx.get(f"{url}/healthz", timeout=2).json()
+            h = httpx.get(f"{url}/v1/status", headers=KEY, timeout=2).json()
             if h["lag"] == 0:
                 return h
         except (httpx.HTTPError, ValueError, KeyError):

@@ -1,6 +1,6 @@
 """The HTTP API of Grok's memory (FastAPI). A thin layer over ``GrokService``.
 
-Every ``/v1`` route needs an API key (``X-API-Key: K`` or ``Authorization: Bearer K``).
+``GET /healthz`` (liveness, no details) is open; every ``/v1`` route needs an API key (``X-API-Key: K`` or ``Authorization: Bearer K``).
 Errors are JSON ``{"detail": "..."}``: 401 bad key, 413 body or batch too large, 422 malformed
 body or parameter, 429 over the per-key rate (with ``Retry-After``), 503 index unavailable.
 """
@@ -16,8 +16,9 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import orjson
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
@@ -103,12 +104,15 @@ def parse_time(value: str | None, name: str) -> int | None:
         ) from None
 
 
-def _result(res: IngestResult) -> IngestOut:
-    return IngestOut(
-        accepted=res.accepted,
-        refused=[RefusalOut(**r.__dict__) for r in res.refused],
-        last_seq=res.last_seq,
-    )
+def _result(res: IngestResult) -> Response:
+    """The ``IngestOut`` body, serialised directly (the hot path of single-post clients: no
+    response-model validation of what the service built)."""
+    body = {
+        "accepted": res.accepted,
+        "refused": [r.__dict__ for r in res.refused],
+        "last_seq": res.last_seq,
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 def get_service(request: Request) -> GrokService:
@@ -201,7 +205,7 @@ def create_app(settings: GrokSettings, service: GrokService | None = None) -> Fa
         tags=["feed"],
         summary="Ingest a batch of posts (JSON array or JSON lines)",
     )
-    async def post_posts(request: Request, key: Key, s: Svc) -> IngestOut:
+    async def post_posts(request: Request, key: Key, s: Svc) -> Response:
         """Each item is accepted or refused on its own (reasons: malformed, oversized,
         future, duplicate). The answer comes after the accepted posts are committed."""
         items = await read_items(request)
@@ -214,7 +218,7 @@ def create_app(settings: GrokSettings, service: GrokService | None = None) -> Fa
         tags=["feed"],
         summary="Update engagement counts of logged posts",
     )
-    async def post_engagement(request: Request, key: Key, s: Svc) -> IngestOut:
+    async def post_engagement(request: Request, key: Key, s: Svc) -> Response:
         """Items ``{"id", "likes", "reposts", "replies", "at"?}`` with absolute counts; the
         latest in log order wins. Unknown ids are refused (reason ``unknown``)."""
         items = await read_items(request)
@@ -285,7 +289,15 @@ def create_app(settings: GrokSettings, service: GrokService | None = None) -> Fa
 
     @app.get("/healthz", tags=["ops"])
     def healthz(s: Svc) -> JSONResponse:
-        """Log and index positions; 503 when the indexer has stopped."""
+        """Liveness for load balancers, without a key: ``{"status": "ok"}``, or 503
+        ``{"status": "degraded"}`` while the indexer is down. Details: ``/v1/status``."""
+        ok = s.healthy()
+        return JSONResponse({"status": "ok" if ok else "degraded"}, 200 if ok else 503)
+
+    @app.get("/v1/status", tags=["ops"])
+    def status(key: Key, s: Svc) -> JSONResponse:
+        """Log and index positions, lag, indexer process id, restarts and last error (needs a
+        key); 503 when the indexer has stopped."""
         h = s.health()
         return JSONResponse(h, status_code=200 if h["status"] == "ok" else 503)
 
