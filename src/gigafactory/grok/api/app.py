@@ -24,9 +24,11 @@ from starlette.concurrency import run_in_threadpool
 
 from gigafactory.grok.api.ratelimit import RateLimiter
 from gigafactory.grok.memory.ingest import BatchError, BatchTooLarge, parse_batch
+from gigafactory.grok.memory.log import created_us
+from gigafactory.grok.memory.post import MAX_ENGAGEMENT, to_utc
 from gigafactory.grok.memory.search import MAX_LIMIT, SearchQuery
 from gigafactory.grok.memory.service import GrokService, IngestResult
-from gigafactory.grok.memory.trends import parse_window
+from gigafactory.grok.memory.trends import TrendWindowError, parse_window
 from gigafactory.grok.settings import GrokSettings
 
 log = logging.getLogger(__name__)
@@ -78,10 +80,12 @@ class TrendOut(BaseModel):
 
 class TrendsOut(BaseModel):
     window_s: float
-    at: datetime | None
+    at: datetime
     trends: list[TrendOut]
 
 
+_MIN_US = created_us(datetime.min.replace(tzinfo=UTC))  # times the index can hold
+_MAX_US = created_us(datetime.max.replace(tzinfo=UTC))
 _RELATIVE = re.compile(r"^\s*\d+(\.\d+)?\s*[smhd]\s*$", re.IGNORECASE)
 
 
@@ -91,11 +95,12 @@ def parse_time(value: str | None, name: str) -> int | None:
         return None
     try:
         if _RELATIVE.match(value):
-            return int((time.time() - parse_window(value)) * 1_000_000)
-        t = datetime.fromisoformat(value.strip().replace("z", "Z"))
-        if t.tzinfo is None:
-            t = t.replace(tzinfo=UTC)
-        return int(t.timestamp() * 1_000_000)
+            us = int((time.time() - parse_window(value)) * 1_000_000)
+        else:
+            us = created_us(to_utc(datetime.fromisoformat(value.strip().replace("z", "Z"))))
+        if not _MIN_US <= us <= _MAX_US:
+            raise ValueError("out of range")
+        return us
     except (ValueError, OverflowError):
         raise HTTPException(
             422,
@@ -234,7 +239,7 @@ def create_app(settings: GrokSettings, service: GrokService | None = None) -> Fa
         until: Annotated[str | None, Query(description="ISO time or duration ago")] = None,
         author: Annotated[str | None, Query(max_length=64)] = None,
         lang: Annotated[str | None, Query(max_length=16)] = None,
-        min_engagement: Annotated[int | None, Query(ge=0)] = None,
+        min_engagement: Annotated[int | None, Query(ge=0, le=MAX_ENGAGEMENT)] = None,
         limit_: Annotated[int, Query(alias="limit", ge=1, le=MAX_LIMIT)] = 20,
     ) -> SearchOut:
         """Posts ranked by BM25 relevance combined with recency and engagement."""
@@ -274,15 +279,18 @@ def create_app(settings: GrokSettings, service: GrokService | None = None) -> Fa
         min_count: Annotated[int, Query(ge=1)] = 5,
     ) -> TrendsOut:
         """Terms and hashtags whose count in the window rises most above the ``baseline``
-        windows before it (window ends at the newest post)."""
+        windows before it; the window ends at the server clock and is at most the retention
+        (``trend_retention_s``, default 6 h)."""
         limit(query_limit, key, 1)
         try:
             window_s = parse_window(window)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        trends = s.top_trends(window_s, baseline, limit_, min_count)
-        newest = s.trends.newest_us
-        at = datetime.fromtimestamp(newest / 1e6, UTC) if newest else None
+        at = datetime.now(UTC)
+        try:
+            trends = s.top_trends(window_s, baseline, limit_, min_count, created_us(at))
+        except TrendWindowError as exc:
+            raise HTTPException(422, str(exc)) from None
         bucket = s.settings.trend_bucket_s
         whole = max(1, round(window_s / bucket)) * bucket  # windows are whole buckets
         return TrendsOut(window_s=whole, at=at, trends=[TrendOut(**t.__dict__) for t in trends])

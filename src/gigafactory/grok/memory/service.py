@@ -103,10 +103,15 @@ class GrokService:
         return search(self.indexer.index, sq, self.settings.weights)
 
     def top_trends(
-        self, window_s: float, baseline: int = 6, limit: int = 20, min_count: int = 5
+        self,
+        window_s: float,
+        baseline: int = 6,
+        limit: int = 20,
+        min_count: int = 5,
+        at_us: int | None = None,
     ) -> list[Trend]:
-        """Trending terms over the last ``window_s`` seconds of posts."""
-        return self.trends.top(window_s, None, baseline, limit, min_count)
+        """Trending terms over the ``window_s`` seconds up to ``at_us`` (default: now)."""
+        return self.trends.top(window_s, at_us, baseline, limit, min_count)
 
     def healthy(self) -> bool:
         """Whether the indexer process is running and has not failed since its last start."""
