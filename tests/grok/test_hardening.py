@@ -3,7 +3,10 @@ unbounded trend windows, a post dated at the edge of the allowed clock skew."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -74,3 +77,52 @@ def test_post_at_clock_skew_edge_does_not_empty_trends_even_after_restart(make_s
     svc.close()
     again = make_service()
     assert "#eclipse" in {t.term for t in again.top_trends(900, min_count=5)}
+
+
+@pytest.mark.parametrize("kind", ["file", "devnull", "empty", "under_file"])
+def test_bad_data_dir_is_one_line_exit_2(tmp_path, capsys, kind):
+    from gigafactory.cli import main
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    value = {
+        "file": str(a_file),
+        "devnull": "/dev/null",
+        "empty": "",
+        "under_file": str(a_file / "sub"),
+    }[kind]
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--data-dir", value, "--api-key", "k", "--port", "0"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "data_dir" in err and "Traceback" not in err
+    assert not (tmp_path / "log.sqlite3").exists() and not Path("log.sqlite3").exists()
+
+
+def test_foreign_index_folder_is_never_deleted(tmp_path):
+    from gigafactory.grok.memory.indexer import IndexerError
+    from gigafactory.grok.memory.service import GrokService
+
+    foreign = tmp_path / "data" / "index"
+    foreign.mkdir(parents=True)
+    (foreign / "notes.txt").write_text("someone else's")
+    settings = GrokSettings.load({}, data_dir=tmp_path / "data", api_keys="k")
+    with pytest.raises(IndexerError, match="never deleted"):
+        GrokService(settings)
+    assert (foreign / "notes.txt").read_text() == "someone else's"
+
+
+def test_ctrl_c_stops_cleanly_without_a_false_indexer_death(tmp_path):
+    from .test_kill import _free_port, _healthy, _start
+
+    port, log = _free_port(), tmp_path / "server.log"
+    proc = _start(tmp_path / "data", port, log, start_new_session=True)
+    try:
+        _healthy(f"http://127.0.0.1:{port}", proc)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = log.read_text()
+    assert "restarting" not in out and "exited with code" not in out, out

@@ -27,6 +27,7 @@ from pathlib import Path
 import orjson
 import tantivy
 
+from gigafactory.errors import GigafactoryError
 from gigafactory.grok.memory.log import KIND_POST, LogReader, Record, with_counts
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
 POST = "post"
 SCHEMA_VERSION = 1
+MARKER = ".grok-index"
+"""A file in every index folder this service created: the only folders it deletes."""
 
 
 def build_schema() -> tantivy.Schema:
@@ -93,14 +96,32 @@ class OpenedIndex:
     rebuilt: str | None
 
 
+class ForeignIndexFolder(GigafactoryError):
+    """The index folder holds files this service did not create; it is never deleted."""
+
+
+def _create(path: Path, schema: tantivy.Schema) -> tantivy.Index:
+    """A new, empty index at ``path``, marked as ours (``MARKER``) before anything else."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).write_text("created by gigafactory grok; deleted and rebuilt when unusable\n")
+    return tantivy.Index(schema, str(path), reuse=False)
+
+
 def open_index(path: Path, postlog: LogReader) -> OpenedIndex:
     """Open the index at ``path``, or create/rebuild it when it is missing, unreadable or
-    inconsistent with ``postlog`` (the reason is returned in ``rebuilt``)."""
+    inconsistent with ``postlog`` (the reason is returned in ``rebuilt``).
+
+    Only a folder this service created (it holds ``MARKER``) is ever deleted: a non-empty
+    folder without the marker is adopted if it is a consistent index of this schema (and
+    marked), else ``ForeignIndexFolder`` is raised and nothing is touched."""
     path = Path(path)
     schema = build_schema()
     reason = None
     if path.exists() and any(path.iterdir()):
+        ours = (path / MARKER).exists()
         try:
+            if not ours and not (path / "meta.json").exists():  # opening would create one
+                raise IndexCorrupt("no tantivy index (meta.json) in it")
             index = tantivy.Index(schema, str(path), reuse=True)
             seq, docs = _checkpoint(index)
             if seq > postlog.last_seq:
@@ -108,18 +129,25 @@ def open_index(path: Path, postlog: LogReader) -> OpenedIndex:
             logged = postlog.count_posts(seq)
             if docs != logged:
                 raise IndexCorrupt(f"{docs} post documents but {logged} posts logged up to {seq}")
+            if not ours:
+                (path / MARKER).write_text("adopted by gigafactory grok: a consistent index\n")
             return OpenedIndex(index, seq, None)
         except (Exception, BaseException) as exc:  # tantivy panics surface as BaseException
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
             reason = f"{type(exc).__name__}: {exc}"
+            if not ours:
+                raise ForeignIndexFolder(
+                    f"{path} is not empty and was not created by this service (no {MARKER}) "
+                    f"and is not a usable index ({reason}); move it away or choose another "
+                    "--data-dir: it is never deleted"
+                ) from None
             log.warning("index at %s is unusable (%s); rebuilding it from the log", path, reason)
             shutil.rmtree(path, ignore_errors=True)
     elif postlog.last_seq:
         reason = "index missing"
         log.warning("no index at %s; rebuilding it from the log", path)
-    path.mkdir(parents=True, exist_ok=True)
-    return OpenedIndex(tantivy.Index(schema, str(path), reuse=False), 0, reason)
+    return OpenedIndex(_create(path, schema), 0, reason)
 
 
 def take_writer(

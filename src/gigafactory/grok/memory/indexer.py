@@ -91,6 +91,9 @@ def child_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     _die_with_parent(args.parent_pid)
+    # Ctrl-C in a terminal signals the whole process group: the parent stops this process
+    # with ("stop",) after its own shutdown, so the child must not die (and be mourned) first
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level="WARNING", format="%(asctime)s indexer %(levelname)s %(message)s")
     conn = Connection(args.fd)
     halt = threading.Event()

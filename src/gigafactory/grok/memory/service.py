@@ -36,7 +36,7 @@ class GrokService:
 
     def __init__(self, settings: GrokSettings):
         self.settings = settings
-        d = settings.data_dir
+        d = settings.prepare_data_dir()
         self.log = PostLog(d / "log.sqlite3", settings.synchronous)
         try:
             self.indexer = IndexerProcess(
