@@ -12,7 +12,7 @@ from gigafactory.grok.memory.rank import (
     engagement_score,
     recency_score,
 )
-from gigafactory.grok.memory.search import SearchQuery, build_query, query_terms, search
+from gigafactory.grok.memory.search import SearchQuery, build_query, query_clauses, search
 from gigafactory.grok.memory.trends import TrendCounter, parse_window, trend_score, trend_terms
 
 from .conftest import NOW, ingest_and_wait, post
@@ -83,7 +83,10 @@ def test_any_query_text_builds_a_query(q):
 
     schema = build_schema()
     build_query(schema, SearchQuery(q=q, author=q[:10] or None))
-    assert all(0 < len(t.encode()) < 40 for t in query_terms(q))
+    clauses = query_clauses(q)
+    assert len(clauses) <= 32
+    tokens = [t for c in clauses for t in ((c,) if isinstance(c, str) else c)]
+    assert all(0 < len(t.encode()) <= 40 for t in tokens)
     index = tantivy.Index(schema)
     index.searcher().search(build_query(schema, SearchQuery(q=q))[0], 5)
 

@@ -42,7 +42,7 @@ from typing import Any
 import tantivy
 
 from gigafactory.errors import GigafactoryError
-from gigafactory.grok.memory.index import IndexFeeder, open_index
+from gigafactory.grok.memory.index import IndexFeeder, open_index, register_analyzers
 from gigafactory.grok.memory.log import LogReader
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ class IndexerProcess:
         self._started.set()
 
     def _on_ready(self, checkpoint_seq: int, rebuilt: str | None, pid: int) -> None:
-        index = tantivy.Index.open(str(self.data_dir / "index"))
+        index = register_analyzers(tantivy.Index.open(str(self.data_dir / "index")))
         index.config_reader("Manual")
         with self._visible:
             self.index = index
