@@ -17,18 +17,21 @@ log, and a good one catches up from its checkpoint.
 from __future__ import annotations
 
 import logging
+import queue
 import shutil
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import tantivy
 
 from gigafactory.errors import GigafactoryError
 from gigafactory.grok.memory.log import KIND_POST, LogReader, Record, with_counts
+from gigafactory.grok.memory.trends import TrendCounter, TrendStore
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +220,13 @@ def take_writer(
 class IndexFeeder:
     """The one writer: tails ``postlog`` into ``index``, committing at most every
     ``commit_interval_s`` with the covered log sequence in the commit (checkpoint document).
-    It runs in the indexer process (``gigafactory.grok.memory.indexer``)."""
+    It runs in the indexer process (``gigafactory.grok.memory.indexer``).
+
+    With ``trends``, it also counts every post it reads into that ``TrendCounter`` (in log
+    order, so the counts reflect exactly the log up to ``trend_seq``), saves them to
+    ``trend_store`` every ``trend_save_s`` and at the end, and answers trend queries put on
+    ``queries`` between batches (this loop is the counter's only user: no lock is held
+    against ingest)."""
 
     def __init__(
         self,
@@ -228,6 +237,9 @@ class IndexFeeder:
         heap_bytes: int = 256_000_000,
         threads: int = 1,
         poll_s: float = 0.005,
+        trends: TrendCounter | None = None,
+        trend_store: TrendStore | None = None,
+        trend_save_s: float = 5.0,
     ):
         self.index = opened.index
         self.postlog = postlog
@@ -238,6 +250,12 @@ class IndexFeeder:
         self.indexed_seq = opened.checkpoint_seq
         self.searchable_seq = opened.checkpoint_seq
         self.commits = 0
+        self.trends = trends
+        self.trend_store = trend_store
+        self.trend_save_s = trend_save_s
+        self.trend_seq = 0
+        self.saved_trend_seq = -1
+        self.queries: queue.SimpleQueue[tuple[int, tuple]] = queue.SimpleQueue()
 
     def _apply(self, records: list[Record]) -> None:
         updates = [r for r in records if r.kind != KIND_POST]
@@ -278,16 +296,75 @@ class IndexFeeder:
         self.commits += 1
         self.searchable_seq = self.indexed_seq
 
-    def run(self, halt: threading.Event, on_commit: Callable[[int], None]) -> None:
+    # -- trends ----------------------------------------------------------------------------
+    def _count(self, records: list[Record]) -> None:
+        """Count the posts of ``records`` not yet counted into ``trends``."""
+        assert self.trends is not None
+        if not records:
+            return
+        seq = self.trend_seq
+        docs = [orjson.loads(r.body) for r in records if r.kind == KIND_POST and r.seq > seq]
+        if docs:
+            self.trends.add_many([(d["created_us"], d["text"]) for d in docs])
+        self.trend_seq = max(seq, records[-1].seq)
+
+    def load_trends(self, halt: threading.Event) -> None:
+        """Trend counts from the last save, then the log after it up to the index's position
+        (the loop counts the rest as it indexes); without a usable save, the log from the
+        start of the retention period."""
+        trends = self.trends
+        assert trends is not None
+        seq = self.trend_store.load(trends) if self.trend_store is not None else None
+        if seq is None or seq > self.postlog.last_seq:  # none, or of another (longer) log
+            trends.restore({})
+            since_us = time.time_ns() // 1000 - trends.retention_s * 1_000_000
+            seq = self.postlog.first_seq_since(since_us) - 1
+        self.trend_seq = seq
+        while self.trend_seq < self.indexed_seq and not halt.is_set():
+            records = self.postlog.read_after(self.trend_seq, self.batch)
+            self._count([r for r in records if r.seq <= self.indexed_seq])
+            if not records:
+                break
+
+    def _save_trends(self) -> None:
+        store, trends = self.trend_store, self.trends
+        if store is not None and trends is not None and self.trend_seq != self.saved_trend_seq:
+            store.save(trends, self.trend_seq)
+            self.saved_trend_seq = self.trend_seq
+
+    def _answer(self, answer: Callable[[int, Any], None]) -> None:
+        """Answer the trend queries waiting: ``answer(id, list of Trend or error text)``."""
+        while not self.queries.empty():
+            rid, args = self.queries.get()
+            try:
+                assert self.trends is not None, "this indexer counts no trends"
+                result: Any = self.trends.top(*args)
+            except Exception as exc:  # the asker gets the reason, the loop goes on
+                result = f"{type(exc).__name__}: {exc}"
+            answer(rid, result)
+
+    def run(
+        self,
+        halt: threading.Event,
+        on_commit: Callable[[int], None],
+        answer: Callable[[int, Any], None] | None = None,
+    ) -> None:
         """Tail the log until ``halt`` is set, then index what is left, commit and release
-        the writer. ``on_commit(seq)`` is called after every commit."""
-        last_commit = 0.0
+        the writer. ``on_commit(seq)`` is called after every commit; trend queries are
+        answered through ``answer``."""
+        if self.trends is not None:
+            self.load_trends(halt)
+        last_commit = last_save = time.monotonic()
         while True:
             stopping = halt.is_set()
             records = self.postlog.read_after(self.indexed_seq, self.batch)
             if records:
                 self._apply(records)
                 self.indexed_seq = records[-1].seq
+                if self.trends is not None:
+                    self._count(records)
+            if answer is not None:
+                self._answer(answer)
             dirty = self.indexed_seq > self.searchable_seq
             now = time.monotonic()
             if dirty and (now - last_commit >= self.commit_interval_s or stopping):
@@ -295,6 +372,9 @@ class IndexFeeder:
                 on_commit(self.searchable_seq)
                 last_commit = now
                 continue
+            if now - last_save >= self.trend_save_s:
+                self._save_trends()
+                last_save = now
             if stopping and not records:
                 break
             if len(records) == self.batch:
@@ -303,6 +383,7 @@ class IndexFeeder:
             if dirty:
                 wait = min(wait, max(0.0, self.commit_interval_s - (now - last_commit)))
             halt.wait(wait)
+        self._save_trends()
         self.close()
 
     def close(self) -> None:

@@ -215,6 +215,22 @@ class LogReader:
                 yield Record(*row)
             top = rows[-1][0] - 1
 
+    def first_seq_since(self, since_us: int) -> int:
+        """The first sequence number ingested at or after ``since_us`` (``last_seq + 1``
+        when none): a binary search over ``seq``, along which ingestion times only grow."""
+        con = self._reader()
+        lo, hi = 1, self.last_seq + 1  # the answer is in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            row = con.execute(
+                "SELECT ingested_us FROM log WHERE seq >= ? ORDER BY seq LIMIT 1", (mid,)
+            ).fetchone()
+            if row is not None and row[0] >= since_us:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
     def post_bodies(self, ids: Sequence[str]) -> dict[str, str]:
         """The logged body of each post in ``ids`` that exists."""
         out: dict[str, str] = {}
