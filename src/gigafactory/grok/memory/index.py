@@ -9,9 +9,10 @@ read-only and reloads its searcher after each commit.
 The last indexed log sequence is stored *inside* each commit as a checkpoint document
 (``kind=checkpoint``, replaced at every commit): tantivy commits are atomic, so the documents
 and the sequence they cover can never disagree. On open, ``open_index`` checks the index
-(readable, checkpoint present, not ahead of the log, one live document per logged post up to
-the checkpoint); a missing, unreadable or inconsistent index is deleted and rebuilt from the
-log, and a good one catches up from its checkpoint.
+in constant time (readable, checkpoint present, as many post documents as the checkpoint
+counted, and the log's event at the checkpoint's seq is the one the index saw there); a
+missing, unreadable or inconsistent index is deleted (only if this service created it) and
+rebuilt from the log, and a good one catches up from its checkpoint.
 """
 
 from __future__ import annotations
@@ -103,8 +104,12 @@ def build_schema() -> tantivy.Schema:
     sb.add_integer_field("likes", stored=True)
     sb.add_integer_field("reposts", stored=True)
     sb.add_integer_field("replies", stored=True)
-    sb.add_integer_field("seq", stored=True, indexed=True)  # of the checkpoint document
+    # of the checkpoint document (see Checkpoint)
+    sb.add_integer_field("seq", stored=True, indexed=True)
     sb.add_integer_field("version", stored=True)
+    sb.add_integer_field("posts", stored=True)
+    sb.add_text_field("log_id", stored=True, tokenizer_name="raw", index_option="basic")
+    sb.add_integer_field("log_us", stored=True)
     return sb.build()
 
 
@@ -116,8 +121,19 @@ class IndexOutdated(IndexCorrupt):
     """The index is this service's (its checkpoint document says so) of another schema."""
 
 
-def _checkpoint(index: tantivy.Index) -> tuple[int, int]:
-    """(checkpoint seq, live post documents) of an opened index; raises IndexCorrupt."""
+@dataclass(frozen=True)
+class Checkpoint:
+    """What the last commit covers: log events up to ``seq`` (the event at ``seq`` has
+    ``log_id`` and ``log_us``), ``posts`` post documents."""
+
+    seq: int = 0
+    posts: int = 0
+    log_id: str = ""
+    log_us: int = 0
+
+
+def _checkpoint(index: tantivy.Index) -> Checkpoint:
+    """The checkpoint of an opened index; raises IndexCorrupt."""
     index.reload()
     searcher = index.searcher()
     schema = index.schema
@@ -126,7 +142,7 @@ def _checkpoint(index: tantivy.Index) -> tuple[int, int]:
     if not hits:
         if docs:
             raise IndexCorrupt(f"{docs} documents but no checkpoint document")
-        return 0, 0
+        return Checkpoint()
     if len(hits) > 1:
         raise IndexCorrupt("more than one checkpoint document")
     cp = searcher.doc(hits[0][1])
@@ -135,7 +151,28 @@ def _checkpoint(index: tantivy.Index) -> tuple[int, int]:
     probe = searcher.search(tantivy.Query.term_query(schema, "kind", POST), 1).hits
     for _score, addr in probe:
         searcher.doc(addr)  # the doc store must decode
-    return int(cp.get_first("seq")), docs - 1
+    got = Checkpoint(
+        int(cp.get_first("seq")),
+        int(cp.get_first("posts")),
+        cp.get_first("log_id") or "",
+        int(cp.get_first("log_us") or 0),
+    )
+    if docs - 1 != got.posts:
+        raise IndexCorrupt(f"{docs - 1} post documents but the checkpoint says {got.posts}")
+    return got
+
+
+def _check_against_log(cp: Checkpoint, postlog: LogReader) -> None:
+    """Raise IndexCorrupt unless the log holds, at the checkpoint's seq, the event the index
+    saw there (a constant-time check, whatever the log's size: a log replaced by another,
+    shorter or not, differs there)."""
+    if cp.seq > postlog.last_seq:
+        raise IndexCorrupt(f"index at seq {cp.seq} is ahead of the log ({postlog.last_seq})")
+    if cp.seq == 0:
+        return
+    rec = postlog.record_at(cp.seq)
+    if rec is None or (rec.post_id, rec.ingested_us) != (cp.log_id, cp.log_us):
+        raise IndexCorrupt(f"the log's event {cp.seq} is not the one the index covered")
 
 
 @dataclass(frozen=True)
@@ -143,8 +180,12 @@ class OpenedIndex:
     """An opened (and if needed rebuilt) index and how it was found."""
 
     index: tantivy.Index
-    checkpoint_seq: int
+    checkpoint: Checkpoint
     rebuilt: str | None
+
+    @property
+    def checkpoint_seq(self) -> int:
+        return self.checkpoint.seq
 
 
 class ForeignIndexFolder(GigafactoryError):
@@ -174,15 +215,11 @@ def open_index(path: Path, postlog: LogReader) -> OpenedIndex:
             if not ours and not (path / "meta.json").exists():  # opening would create one
                 raise IndexCorrupt("no tantivy index (meta.json) in it")
             index = register_analyzers(tantivy.Index(schema, str(path), reuse=True))
-            seq, docs = _checkpoint(index)
-            if seq > postlog.last_seq:
-                raise IndexCorrupt(f"index at seq {seq} is ahead of the log ({postlog.last_seq})")
-            logged = postlog.count_posts(seq)
-            if docs != logged:
-                raise IndexCorrupt(f"{docs} post documents but {logged} posts logged up to {seq}")
+            cp = _checkpoint(index)
+            _check_against_log(cp, postlog)
             if not ours:
                 (path / MARKER).write_text("adopted by gigafactory grok: a consistent index\n")
-            return OpenedIndex(index, seq, None)
+            return OpenedIndex(index, cp, None)
         except (Exception, BaseException) as exc:  # tantivy panics surface as BaseException
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
@@ -198,7 +235,7 @@ def open_index(path: Path, postlog: LogReader) -> OpenedIndex:
     elif postlog.last_seq:
         reason = "index missing"
         log.warning("no index at %s; rebuilding it from the log", path)
-    return OpenedIndex(_create(path, schema), 0, reason)
+    return OpenedIndex(_create(path, schema), Checkpoint(), reason)
 
 
 def take_writer(
@@ -249,6 +286,8 @@ class IndexFeeder:
         self.writer: tantivy.IndexWriter | None = take_writer(self.index, heap_bytes, threads)
         self.indexed_seq = opened.checkpoint_seq
         self.searchable_seq = opened.checkpoint_seq
+        self.posts = opened.checkpoint.posts  # post documents added so far
+        self.last = (opened.checkpoint.log_id, opened.checkpoint.log_us)  # event at indexed_seq
         self.commits = 0
         self.trends = trends
         self.trend_store = trend_store
@@ -270,6 +309,7 @@ class IndexFeeder:
         for r in records:
             if r.kind == KIND_POST:
                 w.add_json(r.body)  # the logged body is already the index document
+                self.posts += 1
             else:
                 body = bodies.get(r.post_id)
                 if body is None:  # cannot happen: the log refuses updates of unknown posts
@@ -277,6 +317,8 @@ class IndexFeeder:
                     continue
                 w.delete_documents_by_term("id", r.post_id)
                 w.add_json(with_counts(body, r.body))
+        last = records[-1]
+        self.last = (last.post_id, last.ingested_us)
 
     def _commit(self) -> None:
         w = self.writer
@@ -289,6 +331,9 @@ class IndexFeeder:
                     "id": "~checkpoint",
                     "seq": self.indexed_seq,
                     "version": SCHEMA_VERSION,
+                    "posts": self.posts,
+                    "log_id": self.last[0],
+                    "log_us": self.last[1],
                 }
             ).decode()
         )

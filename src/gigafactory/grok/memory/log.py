@@ -215,6 +215,15 @@ class LogReader:
                 yield Record(*row)
             top = rows[-1][0] - 1
 
+    def record_at(self, seq: int) -> Record | None:
+        """The event with sequence number ``seq``, if any."""
+        row = (
+            self._reader()
+            .execute("SELECT seq, kind, post_id, body, ingested_us FROM log WHERE seq = ?", (seq,))
+            .fetchone()
+        )
+        return None if row is None else Record(*row)
+
     def first_seq_since(self, since_us: int) -> int:
         """The first sequence number ingested at or after ``since_us`` (``last_seq + 1``
         when none): a binary search over ``seq``, along which ingestion times only grow."""
