@@ -306,19 +306,17 @@ class TrendCounter:
         last = at_us // bsize
         first_win = last - n_win + 1
         first_base = last - n_win * (1 + baseline) + 1
-        with self._lock:  # only references and copies of the window's buckets
-            keys = [b for b in self._buckets if first_base <= b <= last]
-            win = [Counter(self._buckets[b]) for b in keys if b >= first_win]
-            base = [Counter(self._buckets[b]) for b in keys if b < first_win]
+        now: Counter[str] = Counter()
+        before: Counter[str] = Counter()
+        with self._lock:  # the indexer process's loop is the only user: never contended
+            for b, counts in self._buckets.items():
+                if first_win <= b <= last:
+                    now.update(counts)
+                elif first_base <= b < first_win:
+                    before.update(counts)
             oldest = min(self._buckets, default=last)
         # baseline buckets since data began count, even the silent (absent) ones
         n_base = max(0, first_win - max(first_base, oldest))
-        now: Counter[str] = Counter()
-        for c in win:
-            now.update(c)
-        before: Counter[str] = Counter()
-        for c in base:
-            before.update(c)
         # the newest bucket is only partly elapsed: compare like with like
         covered = n_win - 1 + ((at_us % bsize) + 1) / bsize
         scale = covered / max(1, n_base)
