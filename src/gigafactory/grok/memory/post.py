@@ -29,6 +29,7 @@ Lang = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 _HASHTAG = re.compile(r"(?<![\w#])#(\w{1,64})")
 _MENTION = re.compile(r"(?<![\w@])@(\w{1,32})")
+_WORD = re.compile(r"[^\W_]+")
 
 
 def strip_controls(text: str) -> str:
@@ -45,6 +46,12 @@ def hashtags(text: str) -> list[str]:
 def mentions(text: str) -> list[str]:
     """Mentioned handles in ``text``, without the ``@``, in order of appearance."""
     return _MENTION.findall(text)
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased alphanumeric runs of ``text`` (a plain split for comparing texts; the
+    index's own analysis is ``index.text_analyzer``)."""
+    return _WORD.findall(text.lower())
 
 
 def to_utc(value: datetime) -> datetime:

@@ -117,6 +117,12 @@ def query_clauses(q: str) -> list[Clause]:
     return out
 
 
+def query_terms(q: str) -> list[str]:
+    """The ``text``-field terms of the query's words (``query_clauses`` less the phrases of
+    unspaced scripts): what a term query on ``text`` can match."""
+    return [c for c in query_clauses(q) if isinstance(c, str)]
+
+
 def build_query(
     schema: tantivy.Schema, sq: SearchQuery, clauses: list[Clause] | None = None
 ) -> tuple[tantivy.Query, bool]:
