@@ -8,7 +8,10 @@ probe threads each, again and again, post one post carrying a unique word and po
 interval is included, so the figure errs high by up to one interval).
 
     .venv/bin/python bench/grok_ingest.py [--duration 20] [--batch 2000] [--clients 2]
-        [--rate POSTS_PER_S] [--probes 2] [--poll-ms 10] [--sync FULL] [--json]
+        [--rate POSTS_PER_S] [--probes 2] [--poll-ms 10] [--sync FULL] [--burn N] [--json]
+
+``--burn N`` starts N processes that each keep one core busy for the whole run (the issue's
+"while another process keeps one core busy").
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +32,7 @@ import orjson
 from rich.console import Console
 
 from _report import emit, pct
+from _server import free_port, start_server, wait_up
 from gigafactory.grok.memory.generator import generate_posts
 
 KEY = {"x-api-key": "bench", "content-type": "application/json"}
@@ -46,13 +49,14 @@ def main() -> None:
     ap.add_argument("--poll-ms", type=float, default=10.0, help="search poll interval")
     ap.add_argument("--sync", default="FULL")
     ap.add_argument("--commit-interval", type=float, default=0.1)
+    ap.add_argument(
+        "--burn", type=int, default=0, help="processes that each keep one core busy meanwhile"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     console = Console(stderr=args.json)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     tmp = Path(tempfile.mkdtemp(prefix="grok-bench-"))
     console.print(f"pre-generating {args.posts:,} posts ...")
@@ -66,30 +70,20 @@ def main() -> None:
         if len(chunk) == args.batch:
             batches.append((len(chunk), orjson.dumps(chunk)))
             chunk = []
-    env_cmd = [
-        sys.executable,
-        "-c",
-        "from gigafactory.cli import main; main()",
-        "serve",
-        "--data-dir",
-        str(tmp / "data"),
-        "--port",
-        str(port),
-        "--api-key",
+    server = start_server(
+        tmp / "data",
+        port,
         "bench",
         "--synchronous",
         args.sync,
         "--commit-interval",
         str(args.commit_interval),
+    )
+    burners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.burn)
     ]
-    server = subprocess.Popen(env_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(300):
-            try:
-                httpx.get(f"{url}/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_up(url)
         next_batch = iter(enumerate(batches))
         lock = threading.Lock()
         stop = threading.Event()
@@ -148,8 +142,11 @@ def main() -> None:
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - t0
-        health = httpx.get(f"{url}/healthz").json()
+        health = httpx.get(f"{url}/v1/status", headers=KEY).json()
     finally:
+        for b in burners:
+            b.kill()
+            b.wait()
         server.send_signal(signal.SIGTERM)
         server.wait(60)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -158,6 +155,7 @@ def main() -> None:
         "seconds": round(elapsed, 2),
         "posts_per_s": round(acked[0] / elapsed),
         "offered_rate": args.rate or "max",
+        "busy_cores": args.burn,
         "batch": args.batch,
         "clients": args.clients,
         "synchronous": args.sync,

@@ -7,7 +7,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from gigafactory.cli.grok import serve_argv
 
 from .conftest import post
 from .test_indexer_process import _gone, _wait_until
@@ -28,22 +29,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(data: Path, port: int, log: Path) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-c",
-        "from gigafactory.cli import main; main()",
-        "serve",
-        "--data-dir",
-        str(data),
-        "--port",
-        str(port),
-        "--api-key",
-        "k",
-        "--commit-interval",
-        "0.05",
-    ]
-    return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+def _start(data: Path, port: int, log: Path, **popen) -> subprocess.Popen:
+    cmd = serve_argv(data, port, "k", "--commit-interval", "0.05")
+    return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, **popen)
 
 
 def _healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> dict:
@@ -51,7 +39,7 @@ def _healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> dict:
     while time.monotonic() - t0 < timeout:
         assert proc.poll() is None, "server exited"
         try:
-            h = httpx.get(f"{url}/healthz", timeout=2).json()
+            h = httpx.get(f"{url}/v1/status", headers=KEY, timeout=2).json()
             if h["lag"] == 0:
                 return h
         except (httpx.HTTPError, ValueError, KeyError):

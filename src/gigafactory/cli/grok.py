@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -29,7 +30,7 @@ def feed_progress() -> Progress:
 
 def serve(
     data_dir: Annotated[
-        Path | None,
+        str | None,
         typer.Option(help="where the log and index live [env GROK_DATA_DIR; default grok-data]"),
     ] = None,
     host: Annotated[str | None, typer.Option(help="[env GROK_HOST; 127.0.0.1]")] = None,
@@ -78,6 +79,7 @@ def serve(
     import uvicorn
 
     from gigafactory.grok.api.app import create_app
+    from gigafactory.grok.memory.service import GrokService
     from gigafactory.grok.settings import GrokSettings
 
     settings = GrokSettings.load(
@@ -97,17 +99,21 @@ def serve(
     if not settings.api_keys:
         raise GigafactoryError("no API key: pass --api-key K or set GROK_API_KEYS=K1,K2")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    service = GrokService(settings)  # opened here, so a bad data dir is one line, exit 2
     console.print(
         f"[bold]grok[/] on http://{settings.host}:{settings.port} "
         f"(data {settings.data_dir}, answers by {settings.answer_backend}, docs at /docs)"
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level.lower(),
-        access_log=False,
-    )
+    try:
+        uvicorn.run(
+            create_app(settings, service, close_service=True),
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level.lower(),
+            access_log=False,
+        )
+    finally:
+        service.close()  # idempotent: the app's shutdown closed it already
 
 
 def feed(
@@ -189,6 +195,24 @@ def feed(
         str(stats.throttled),
     )
     console.print(table)
+
+
+def serve_argv(data_dir: Path, port: int, api_key: str, *options: str) -> list[str]:
+    """The command line that runs ``gigafactory serve`` in a child process with this
+    interpreter (tests and benchmarks start real servers with it)."""
+    return [
+        sys.executable,
+        "-c",
+        "from gigafactory.cli import main; main()",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        "--api-key",
+        api_key,
+        *options,
+    ]
 
 
 def register(app: typer.Typer) -> None:

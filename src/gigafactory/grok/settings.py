@@ -50,6 +50,7 @@ class GrokSettings(BaseModel):
     # trends
     trend_bucket_s: int = Field(60, ge=1)
     trend_retention_s: int = Field(6 * 3600, ge=60)
+    trend_save_s: float = Field(5.0, gt=0, le=3600, description="seconds between trend saves")
     # answers (see gigafactory.grok.answers)
     answer_backend: str = Field("offline", pattern="^(offline|checkpoint|remote)$")
     checkpoint: Path | None = Field(None, description="gigafactory train output (backend 2)")
@@ -60,6 +61,36 @@ class GrokSettings(BaseModel):
     answer_timeout_s: float = Field(60.0, gt=0, le=3600)
     max_message_chars: int = Field(32_000, ge=100)
     citation_url: str = Field("https://x.com/{author}/status/{id}", pattern=r"\{id\}")
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir_given(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty: give a directory path (it is created if missing)")
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir_is_dir(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} exists and is not a directory: give a directory path")
+        return value
+
+    def prepare_data_dir(self) -> Path:
+        """Create ``data_dir`` if missing and check it is a writable directory; raises
+        ``SettingsError`` saying what to change."""
+        d = self.data_dir
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            probe = d / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise SettingsError(
+                f"setting data_dir (env GROK_DATA_DIR): cannot use {d} as the data directory "
+                f"({exc.strerror or exc}); give a writable directory path"
+            ) from None
+        return d
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -9,43 +9,94 @@ read-only and reloads its searcher after each commit.
 The last indexed log sequence is stored *inside* each commit as a checkpoint document
 (``kind=checkpoint``, replaced at every commit): tantivy commits are atomic, so the documents
 and the sequence they cover can never disagree. On open, ``open_index`` checks the index
-(readable, checkpoint present, not ahead of the log, one live document per logged post up to
-the checkpoint); a missing, unreadable or inconsistent index is deleted and rebuilt from the
-log, and a good one catches up from its checkpoint.
+in constant time (readable, checkpoint present, as many post documents as the checkpoint
+counted, and the log's event at the checkpoint's seq is the one the index saw there); a
+missing, unreadable or inconsistent index is deleted (only if this service created it) and
+rebuilt from the log, and a good one catches up from its checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import shutil
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import tantivy
 
+from gigafactory.errors import GigafactoryError
 from gigafactory.grok.memory.log import KIND_POST, LogReader, Record, with_counts
+from gigafactory.grok.memory.trends import TrendCounter, TrendStore
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
 POST = "post"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: multilingual text analyzer with positions
+MARKER = ".grok-index"
+"""A file in every index folder this service created: the only folders it deletes."""
+
+
+TEXT_ANALYZER = "grok_text"
+"""Name under which ``text_analyzer`` is registered on every opened index."""
+MAX_TOKEN_BYTES = 40  # longer tokens are dropped (tantivy's RemoveLongFilter limit)
+_UNSPACED = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}"
+_SYMBOLS = r"\p{So}\p{Sc}\p{Sm}\p{Sk}"
+TOKEN_PATTERN = (
+    rf"[{_UNSPACED}]"  # one token per character of a script written without spaces
+    rf"|[{_SYMBOLS}]"  # one token per symbol: emoji are content on a post stream
+    rf"|[[\p{{L}}\p{{N}}]--[{_UNSPACED}]][[\p{{L}}\p{{M}}\p{{N}}]--[{_UNSPACED}]]*"  # words
+)
+"""How post text (and query text) becomes tokens (Rust regex syntax, Unicode-aware):
+
+- scripts written without spaces between words (Han, kana, Thai, Lao, Khmer, Myanmar) and
+  Hangul (whose particles attach to words) give one token per character; a query for a word
+  of them is a phrase of its characters (``search.build_query``), so "東京" finds
+  "東京タワーに行きました" and "서울" finds "서울에서" (character n-gram indexing in its
+  unigram-plus-positions form, as Lucene's CJK analysers index bigrams);
+- words of other scripts are runs of letters, digits and combining marks (so Devanagari
+  "हिन्दी" stays one word; Unicode TR#29 word boundaries, simplified);
+- each symbol (emoji, currency, math) is a token of its own; punctuation is dropped.
+
+Then ``ascii_fold`` (Lucene's ASCIIFoldingFilter: "İ" -> "I", "ç" -> "c", "ß" -> "ss") and
+``lowercase`` fold case and accents, so "istanbul" finds "İstanbul"."""
+
+
+def text_analyzer() -> tantivy.TextAnalyzer:
+    """The analyzer of the ``text`` field (``TOKEN_PATTERN``, long tokens dropped, accents
+    folded, lower-cased); queries go through the same one."""
+    return (
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(TOKEN_PATTERN))
+        .filter(tantivy.Filter.remove_long(MAX_TOKEN_BYTES))
+        .filter(tantivy.Filter.ascii_fold())
+        .filter(tantivy.Filter.lowercase())
+        .build()
+    )
+
+
+def register_analyzers(index: tantivy.Index) -> tantivy.Index:
+    """Register ``text_analyzer`` on ``index`` (tokenizers are not stored in the index, so
+    every process opening it does this) and return it."""
+    index.register_tokenizer(TEXT_ANALYZER, text_analyzer())
+    return index
 
 
 def build_schema() -> tantivy.Schema:
-    """Fields of the index. ``text`` is tokenised (tantivy's default tokenizer: split on
-    non-alphanumerics, lower-case, drop tokens of 40+ bytes); ids and names are raw terms;
-    time and engagement are fast fields for filters and re-ranking."""
+    """Fields of the index. ``text`` is analysed by ``text_analyzer`` with positions (phrase
+    queries over characters of unspaced scripts); ids and names are raw terms; time and
+    engagement are fast fields for filters and re-ranking."""
     sb = tantivy.SchemaBuilder()
     sb.add_text_field("kind", stored=False, tokenizer_name="raw", index_option="basic")
     sb.add_text_field("id", stored=True, tokenizer_name="raw", index_option="basic")
     sb.add_text_field("author", stored=True, tokenizer_name="raw", index_option="basic")
     sb.add_text_field("lang", stored=True, tokenizer_name="raw", index_option="basic")
-    sb.add_text_field("text", stored=True, tokenizer_name="default", index_option="freq")
+    sb.add_text_field("text", stored=True, tokenizer_name=TEXT_ANALYZER, index_option="position")
     sb.add_text_field("reply_to", stored=True, tokenizer_name="raw", index_option="basic")
     sb.add_text_field("quote_of", stored=True, tokenizer_name="raw", index_option="basic")
     sb.add_integer_field("created_us", stored=True, indexed=True, fast=True)
@@ -53,17 +104,40 @@ def build_schema() -> tantivy.Schema:
     sb.add_integer_field("likes", stored=True)
     sb.add_integer_field("reposts", stored=True)
     sb.add_integer_field("replies", stored=True)
-    sb.add_integer_field("seq", stored=True, indexed=True)  # of the checkpoint document
+    # of the checkpoint document (see Checkpoint)
+    sb.add_integer_field("seq", stored=True, indexed=True)
     sb.add_integer_field("version", stored=True)
+    sb.add_integer_field("posts", stored=True)
+    sb.add_text_field("log_id", stored=True, tokenizer_name="raw", index_option="basic")
+    sb.add_integer_field("log_us", stored=True)
     return sb.build()
+
+
+class TrendsLoading(Exception):
+    """Trend counts are still being replayed from the log after a start."""
 
 
 class IndexCorrupt(Exception):
     """The on-disk index cannot be trusted; it will be rebuilt from the log."""
 
 
-def _checkpoint(index: tantivy.Index) -> tuple[int, int]:
-    """(checkpoint seq, live post documents) of an opened index; raises IndexCorrupt."""
+class IndexOutdated(IndexCorrupt):
+    """The index is this service's (its checkpoint document says so) of another schema."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What the last commit covers: log events up to ``seq`` (the event at ``seq`` has
+    ``log_id`` and ``log_us``), ``posts`` post documents."""
+
+    seq: int = 0
+    posts: int = 0
+    log_id: str = ""
+    log_us: int = 0
+
+
+def _checkpoint(index: tantivy.Index) -> Checkpoint:
+    """The checkpoint of an opened index; raises IndexCorrupt."""
     index.reload()
     searcher = index.searcher()
     schema = index.schema
@@ -72,16 +146,37 @@ def _checkpoint(index: tantivy.Index) -> tuple[int, int]:
     if not hits:
         if docs:
             raise IndexCorrupt(f"{docs} documents but no checkpoint document")
-        return 0, 0
+        return Checkpoint()
     if len(hits) > 1:
         raise IndexCorrupt("more than one checkpoint document")
     cp = searcher.doc(hits[0][1])
     if cp.get_first("version") != SCHEMA_VERSION:
-        raise IndexCorrupt(f"index schema version {cp.get_first('version')} != {SCHEMA_VERSION}")
+        raise IndexOutdated(f"index schema version {cp.get_first('version')} != {SCHEMA_VERSION}")
     probe = searcher.search(tantivy.Query.term_query(schema, "kind", POST), 1).hits
     for _score, addr in probe:
         searcher.doc(addr)  # the doc store must decode
-    return int(cp.get_first("seq")), docs - 1
+    got = Checkpoint(
+        int(cp.get_first("seq")),
+        int(cp.get_first("posts")),
+        cp.get_first("log_id") or "",
+        int(cp.get_first("log_us") or 0),
+    )
+    if docs - 1 != got.posts:
+        raise IndexCorrupt(f"{docs - 1} post documents but the checkpoint says {got.posts}")
+    return got
+
+
+def _check_against_log(cp: Checkpoint, postlog: LogReader) -> None:
+    """Raise IndexCorrupt unless the log holds, at the checkpoint's seq, the event the index
+    saw there (a constant-time check, whatever the log's size: a log replaced by another,
+    shorter or not, differs there)."""
+    if cp.seq > postlog.last_seq:
+        raise IndexCorrupt(f"index at seq {cp.seq} is ahead of the log ({postlog.last_seq})")
+    if cp.seq == 0:
+        return
+    rec = postlog.record_at(cp.seq)
+    if rec is None or (rec.post_id, rec.ingested_us) != (cp.log_id, cp.log_us):
+        raise IndexCorrupt(f"the log's event {cp.seq} is not the one the index covered")
 
 
 @dataclass(frozen=True)
@@ -89,37 +184,62 @@ class OpenedIndex:
     """An opened (and if needed rebuilt) index and how it was found."""
 
     index: tantivy.Index
-    checkpoint_seq: int
+    checkpoint: Checkpoint
     rebuilt: str | None
+
+    @property
+    def checkpoint_seq(self) -> int:
+        return self.checkpoint.seq
+
+
+class ForeignIndexFolder(GigafactoryError):
+    """The index folder holds files this service did not create; it is never deleted."""
+
+
+def _create(path: Path, schema: tantivy.Schema) -> tantivy.Index:
+    """A new, empty index at ``path``, marked as ours (``MARKER``) before anything else."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).write_text("created by gigafactory grok; deleted and rebuilt when unusable\n")
+    return register_analyzers(tantivy.Index(schema, str(path), reuse=False))
 
 
 def open_index(path: Path, postlog: LogReader) -> OpenedIndex:
     """Open the index at ``path``, or create/rebuild it when it is missing, unreadable or
-    inconsistent with ``postlog`` (the reason is returned in ``rebuilt``)."""
+    inconsistent with ``postlog`` (the reason is returned in ``rebuilt``).
+
+    Only a folder this service created (it holds ``MARKER``) is ever deleted: a non-empty
+    folder without the marker is adopted if it is a consistent index of this schema (and
+    marked), else ``ForeignIndexFolder`` is raised and nothing is touched."""
     path = Path(path)
     schema = build_schema()
     reason = None
     if path.exists() and any(path.iterdir()):
+        ours = (path / MARKER).exists()
         try:
-            index = tantivy.Index(schema, str(path), reuse=True)
-            seq, docs = _checkpoint(index)
-            if seq > postlog.last_seq:
-                raise IndexCorrupt(f"index at seq {seq} is ahead of the log ({postlog.last_seq})")
-            logged = postlog.count_posts(seq)
-            if docs != logged:
-                raise IndexCorrupt(f"{docs} post documents but {logged} posts logged up to {seq}")
-            return OpenedIndex(index, seq, None)
+            if not ours and not (path / "meta.json").exists():  # opening would create one
+                raise IndexCorrupt("no tantivy index (meta.json) in it")
+            index = register_analyzers(tantivy.Index(schema, str(path), reuse=True))
+            cp = _checkpoint(index)
+            _check_against_log(cp, postlog)
+            if not ours:
+                (path / MARKER).write_text("adopted by gigafactory grok: a consistent index\n")
+            return OpenedIndex(index, cp, None)
         except (Exception, BaseException) as exc:  # tantivy panics surface as BaseException
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
             reason = f"{type(exc).__name__}: {exc}"
+            if not ours and not isinstance(exc, IndexOutdated):
+                raise ForeignIndexFolder(
+                    f"{path} is not empty and was not created by this service (no {MARKER}) "
+                    f"and is not a usable index ({reason}); move it away or choose another "
+                    "--data-dir: it is never deleted"
+                ) from None
             log.warning("index at %s is unusable (%s); rebuilding it from the log", path, reason)
             shutil.rmtree(path, ignore_errors=True)
     elif postlog.last_seq:
         reason = "index missing"
         log.warning("no index at %s; rebuilding it from the log", path)
-    path.mkdir(parents=True, exist_ok=True)
-    return OpenedIndex(tantivy.Index(schema, str(path), reuse=False), 0, reason)
+    return OpenedIndex(_create(path, schema), Checkpoint(), reason)
 
 
 def take_writer(
@@ -141,7 +261,13 @@ def take_writer(
 class IndexFeeder:
     """The one writer: tails ``postlog`` into ``index``, committing at most every
     ``commit_interval_s`` with the covered log sequence in the commit (checkpoint document).
-    It runs in the indexer process (``gigafactory.grok.memory.indexer``)."""
+    It runs in the indexer process (``gigafactory.grok.memory.indexer``).
+
+    With ``trends``, it also counts every post it reads into that ``TrendCounter`` (in log
+    order, so the counts reflect exactly the log up to ``indexed_seq``), saves them to
+    ``trend_store`` every ``trend_save_s`` and at the end, and answers trend queries put on
+    ``queries`` between batches (this loop is the counter's only user: no lock is held
+    against ingest)."""
 
     def __init__(
         self,
@@ -152,6 +278,9 @@ class IndexFeeder:
         heap_bytes: int = 256_000_000,
         threads: int = 1,
         poll_s: float = 0.005,
+        trends: TrendCounter | None = None,
+        trend_store: TrendStore | None = None,
+        trend_save_s: float = 5.0,
     ):
         self.index = opened.index
         self.postlog = postlog
@@ -161,7 +290,15 @@ class IndexFeeder:
         self.writer: tantivy.IndexWriter | None = take_writer(self.index, heap_bytes, threads)
         self.indexed_seq = opened.checkpoint_seq
         self.searchable_seq = opened.checkpoint_seq
+        self.posts = opened.checkpoint.posts  # post documents added so far
+        self.last = (opened.checkpoint.log_id, opened.checkpoint.log_us)  # event at indexed_seq
         self.commits = 0
+        self.trends = trends
+        self.trend_store = trend_store
+        self.trend_save_s = trend_save_s
+        self.replay_seq = self.live_from = 0
+        self.saved_trend_seq = -1
+        self.queries: queue.SimpleQueue[tuple[int, tuple]] = queue.SimpleQueue()
 
     def _apply(self, records: list[Record]) -> None:
         updates = [r for r in records if r.kind != KIND_POST]
@@ -176,6 +313,7 @@ class IndexFeeder:
         for r in records:
             if r.kind == KIND_POST:
                 w.add_json(r.body)  # the logged body is already the index document
+                self.posts += 1
             else:
                 body = bodies.get(r.post_id)
                 if body is None:  # cannot happen: the log refuses updates of unknown posts
@@ -183,6 +321,8 @@ class IndexFeeder:
                     continue
                 w.delete_documents_by_term("id", r.post_id)
                 w.add_json(with_counts(body, r.body))
+        last = records[-1]
+        self.last = (last.post_id, last.ingested_us)
 
     def _commit(self) -> None:
         w = self.writer
@@ -195,6 +335,9 @@ class IndexFeeder:
                     "id": "~checkpoint",
                     "seq": self.indexed_seq,
                     "version": SCHEMA_VERSION,
+                    "posts": self.posts,
+                    "log_id": self.last[0],
+                    "log_us": self.last[1],
                 }
             ).decode()
         )
@@ -202,16 +345,89 @@ class IndexFeeder:
         self.commits += 1
         self.searchable_seq = self.indexed_seq
 
-    def run(self, halt: threading.Event, on_commit: Callable[[int], None]) -> None:
+    # -- trends ----------------------------------------------------------------------------
+    # Counted: the log up to ``replay_seq`` (loaded or replayed) and every post the loop
+    # indexes after ``live_from``; complete (and saved, at ``indexed_seq``) once the replay
+    # has reached ``live_from``. The replay goes a chunk per loop turn, beside indexing.
+    def _count(self, records: list[Record], after: int) -> None:
+        """Count the posts of ``records`` with a seq above ``after``."""
+        assert self.trends is not None
+        docs = [orjson.loads(r.body) for r in records if r.kind == KIND_POST and r.seq > after]
+        if docs:
+            self.trends.add_many([(d["created_us"], d["text"]) for d in docs])
+
+    @property
+    def trends_complete(self) -> bool:
+        """Whether the counts cover the whole log up to ``indexed_seq``."""
+        return self.trends is not None and self.replay_seq >= self.live_from
+
+    def load_trends(self) -> None:
+        """Trend counts from the last save; the log between it and the index's checkpoint
+        is then replayed (``_replay_trends``), the loop counting what it indexes after.
+        Without a usable save, the replay starts at the retention period's first post."""
+        trends = self.trends
+        assert trends is not None
+        seq = self.trend_store.load(trends) if self.trend_store is not None else None
+        if seq is None or seq > self.postlog.last_seq:  # none, or of another (longer) log
+            trends.restore({})
+            since_us = time.time_ns() // 1000 - trends.retention_s * 1_000_000
+            seq = self.postlog.first_seq_since(since_us) - 1
+        self.replay_seq = seq
+        self.live_from = max(seq, self.indexed_seq)
+
+    def _replay_trends(self) -> None:
+        """Count one chunk of the log the save did not cover, up to ``live_from``."""
+        records = self.postlog.read_after(self.replay_seq, self.batch)
+        records = [r for r in records if r.seq <= self.live_from]
+        self._count(records, self.replay_seq)
+        self.replay_seq = records[-1].seq if records else self.live_from
+
+    def _save_trends(self) -> None:
+        store, trends = self.trend_store, self.trends
+        if store is None or trends is None or not self.trends_complete:
+            return  # a partial count is never saved as if complete
+        if self.indexed_seq != self.saved_trend_seq:
+            store.save(trends, self.indexed_seq)
+            self.saved_trend_seq = self.indexed_seq
+
+    def _answer(self, answer: Callable[[int, Any], None]) -> None:
+        """Answer the trend queries waiting: ``answer(id, list of Trend or error text)``."""
+        while not self.queries.empty():
+            rid, args = self.queries.get()
+            try:
+                assert self.trends is not None, "this indexer counts no trends"
+                if not self.trends_complete:
+                    done = self.replay_seq / max(1, self.live_from)
+                    raise TrendsLoading(f"trend counts are loading ({done:.0%} of the log read)")
+                result: Any = self.trends.top(*args)
+            except Exception as exc:  # the asker gets the reason, the loop goes on
+                result = f"{type(exc).__name__}: {exc}"
+            answer(rid, result)
+
+    def run(
+        self,
+        halt: threading.Event,
+        on_commit: Callable[[int], None],
+        answer: Callable[[int, Any], None] | None = None,
+    ) -> None:
         """Tail the log until ``halt`` is set, then index what is left, commit and release
-        the writer. ``on_commit(seq)`` is called after every commit."""
-        last_commit = 0.0
+        the writer. ``on_commit(seq)`` is called after every commit; trend queries are
+        answered through ``answer``."""
+        if self.trends is not None:
+            self.load_trends()
+        last_commit = last_save = time.monotonic()
         while True:
             stopping = halt.is_set()
+            if self.trends is not None and not self.trends_complete and not stopping:
+                self._replay_trends()
             records = self.postlog.read_after(self.indexed_seq, self.batch)
             if records:
                 self._apply(records)
                 self.indexed_seq = records[-1].seq
+                if self.trends is not None:
+                    self._count(records, self.live_from)
+            if answer is not None:
+                self._answer(answer)
             dirty = self.indexed_seq > self.searchable_seq
             now = time.monotonic()
             if dirty and (now - last_commit >= self.commit_interval_s or stopping):
@@ -219,14 +435,19 @@ class IndexFeeder:
                 on_commit(self.searchable_seq)
                 last_commit = now
                 continue
+            if now - last_save >= self.trend_save_s:
+                self._save_trends()
+                last_save = now
             if stopping and not records:
                 break
-            if len(records) == self.batch:
+            replaying = self.trends is not None and not self.trends_complete
+            if len(records) == self.batch or (replaying and not stopping):
                 continue
             wait = self.poll_s
             if dirty:
                 wait = min(wait, max(0.0, self.commit_interval_s - (now - last_commit)))
             halt.wait(wait)
+        self._save_trends()
         self.close()
 
     def close(self) -> None:

@@ -7,8 +7,11 @@ after its transaction has committed.
 Durability: ``synchronous=FULL`` (the default) makes SQLite fsync the WAL at every commit, so
 an acknowledged batch survives a process kill *and* a power loss. ``NORMAL`` skips that fsync
 (WAL commits then survive a process crash but the last ones may roll back on power loss); it
-is offered for machines whose fsync is slow, at the price of that weaker promise. One fsync
-per batch is cheap when batches hold hundreds of posts.
+is offered for machines whose fsync is slow, at the price of that weaker promise.
+
+Group commit: batches appended while a commit is in flight share the next transaction (one
+fsync for all of them), so many clients sending one post per request cost one fsync per
+round, not one per post; each is still answered only after its own data has committed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -135,6 +139,16 @@ class AppendResult:
     last_seq: int
 
 
+class _Pending:
+    """A batch waiting for its group commit; ``future`` gets its result (or the error)."""
+
+    __slots__ = ("bodies", "future", "ids", "kind")
+
+    def __init__(self, kind: int, ids: Sequence[str], bodies: Sequence[str]):
+        self.kind, self.ids, self.bodies = kind, ids, bodies
+        self.future: Future[AppendResult] = Future()
+
+
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     con = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     con.execute("PRAGMA journal_mode=WAL")
@@ -195,6 +209,31 @@ class LogReader:
                 yield Record(*row)
             top = rows[-1][0] - 1
 
+    def record_at(self, seq: int) -> Record | None:
+        """The event with sequence number ``seq``, if any."""
+        row = (
+            self._reader()
+            .execute("SELECT seq, kind, post_id, body, ingested_us FROM log WHERE seq = ?", (seq,))
+            .fetchone()
+        )
+        return None if row is None else Record(*row)
+
+    def first_seq_since(self, since_us: int) -> int:
+        """The first sequence number ingested at or after ``since_us`` (``last_seq + 1``
+        when none): a binary search over ``seq``, along which ingestion times only grow."""
+        con = self._reader()
+        lo, hi = 1, self.last_seq + 1  # the answer is in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            row = con.execute(
+                "SELECT ingested_us FROM log WHERE seq >= ? ORDER BY seq LIMIT 1", (mid,)
+            ).fetchone()
+            if row is not None and row[0] >= since_us:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
     def post_bodies(self, ids: Sequence[str]) -> dict[str, str]:
         """The logged body of each post in ``ids`` that exists."""
         out: dict[str, str] = {}
@@ -238,7 +277,15 @@ class PostLog(LogReader):
                 f"cannot open the post log {self.path}: {exc}; "
                 "check the data dir is writable and not a corrupt file"
             ) from exc
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the writer connection
+        self._turn = threading.Condition()  # the group-commit queue
+        self._queue: list[_Pending] = []
+        self._closing = False
+        self._committer = threading.Thread(
+            target=self._commit_loop, name="grok-log-commit", daemon=True
+        )
+        self._committer.start()
+        self.commits = 0  # transactions committed by ``append``
         self._last_seq = self._w.execute("SELECT coalesce(max(seq), 0) FROM log").fetchone()[0]
 
     @property
@@ -258,66 +305,114 @@ class PostLog(LogReader):
 
     # -- writing ---------------------------------------------------------------------------
     def append(self, kind: int, ids: Sequence[str], bodies: Sequence[str]) -> AppendResult:
-        """Append events of one ``kind`` (already serialised ``bodies``) in one transaction:
-        a post whose id is already logged or repeated in the batch is refused as a
-        duplicate, an engagement update of an unlogged post as unknown. Returns once the
-        transaction has committed (durable per ``synchronous``)."""
-        now_us = time.time_ns() // 1000
-        with self._lock:
-            if kind == KIND_POST:  # optimistic: a batch of new, distinct ids in one go
-                done = self._write(kind, ids, bodies, list(range(len(ids))), now_us, True)
-                if done is not None:
-                    return AppendResult(done, {}, self._last_seq)
-            existing = self._existing(self._w, ids)
-            refused: dict[int, str] = {}
-            accepted: list[int] = []
-            seen: set[str] = set()
-            for i, pid in enumerate(ids):
-                if kind != KIND_POST:
-                    if pid in existing:
-                        accepted.append(i)
-                    else:
-                        refused[i] = "unknown: no post with this id is in the log"
-                elif pid in existing:
-                    refused[i] = "duplicate: a post with this id is already in the log"
-                elif pid in seen:
-                    refused[i] = "duplicate: this id appears earlier in the batch"
-                else:
-                    seen.add(pid)
-                    accepted.append(i)
-            self._write(kind, ids, bodies, accepted, now_us, False)
-            return AppendResult(accepted, refused, self._last_seq)
+        """Append events of one ``kind`` (already serialised ``bodies``): a post whose id is
+        already logged or repeated in the batch is refused as a duplicate, an engagement
+        update of an unlogged post as unknown. Returns once the transaction holding the batch
+        has committed (durable per ``synchronous``). See ``submit``."""
+        return self.submit(kind, ids, bodies).result()
 
-    def _write(
+    def submit(self, kind: int, ids: Sequence[str], bodies: Sequence[str]) -> Future[AppendResult]:
+        """``append`` without waiting: the future is done once the batch has committed.
+
+        Group commit: one committer thread takes every batch queued while it was committing
+        and commits them in one transaction (one fsync), each batch in its own savepoint so
+        that the verdicts are those of appending them one by one in arrival order. A failing
+        commit fails every batch of its group. Callers may be threads or, through
+        ``asyncio.wrap_future``, an event loop (no thread waits per request)."""
+        req = _Pending(kind, ids, bodies)
+        with self._turn:
+            if self._closing:
+                raise LogError("the post log is closed")
+            self._queue.append(req)
+            self._turn.notify()
+        return req.future
+
+    def _commit_loop(self) -> None:
+        """The committer thread: commit what is queued, as one group, until closed."""
+        while True:
+            with self._turn:
+                while not self._queue and not self._closing:
+                    self._turn.wait()
+                if not self._queue:
+                    return  # closing, and everything queued is committed
+                group, self._queue = self._queue, []
+            self._commit_group(group)
+
+    def _commit_group(self, group: list[_Pending]) -> None:
+        """One transaction for the batches of ``group``; sets each one's result or error."""
+        con = self._w
+        seq0 = self._last_seq
+        now_us = time.time_ns() // 1000
+        try:
+            with self._lock:
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    results = [self._append_one(r, now_us) for r in group]
+                    con.execute("COMMIT")
+                    self.commits += 1
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    self._last_seq = seq0
+                    raise
+        except BaseException as exc:
+            for r in group:
+                r.future.set_exception(exc)
+            return
+        for r, res in zip(group, results, strict=True):
+            r.future.set_result(res)
+
+    def _append_one(self, req: _Pending, now_us: int) -> AppendResult:
+        """Insert one batch inside the open transaction, in a savepoint: optimistically all
+        of it, else the accepted items after checking ids against the log."""
+        con, kind, ids, bodies = self._w, req.kind, req.ids, req.bodies
+        if kind == KIND_POST:  # optimistic: a batch of new, distinct ids in one go
+            con.execute("SAVEPOINT batch")
+            try:
+                done = self._insert(kind, ids, bodies, range(len(ids)), now_us)
+                con.execute("RELEASE batch")
+                return AppendResult(done, {}, self._last_seq)
+            except sqlite3.IntegrityError:
+                con.execute("ROLLBACK TO batch")
+                con.execute("RELEASE batch")
+        existing = self._existing(con, ids)
+        refused: dict[int, str] = {}
+        accepted: list[int] = []
+        seen: set[str] = set()
+        for i, pid in enumerate(ids):
+            if kind != KIND_POST:
+                if pid in existing:
+                    accepted.append(i)
+                else:
+                    refused[i] = "unknown: no post with this id is in the log"
+            elif pid in existing:
+                refused[i] = "duplicate: a post with this id is already in the log"
+            elif pid in seen:
+                refused[i] = "duplicate: this id appears earlier in the batch"
+            else:
+                seen.add(pid)
+                accepted.append(i)
+        self._insert(kind, ids, bodies, accepted, now_us)
+        return AppendResult(accepted, refused, self._last_seq)
+
+    def _insert(
         self,
         kind: int,
         ids: Sequence[str],
         bodies: Sequence[str],
-        accepted: list[int],
+        accepted: Sequence[int],
         now_us: int,
-        optimistic: bool,
-    ) -> list[int] | None:
-        """Insert the ``accepted`` events in one transaction (caller holds the lock). With
-        ``optimistic``, a duplicate post id rolls the transaction back and returns None."""
+    ) -> list[int]:
+        """Insert the ``accepted`` events (inside the caller's transaction) and advance
+        ``last_seq``; a duplicate post id raises ``sqlite3.IntegrityError`` with nothing
+        advanced."""
         con = self._w
         seq0 = self._last_seq
         rows = [(seq0 + n + 1, kind, ids[i], bodies[i], now_us) for n, i in enumerate(accepted)]
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            con.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", rows)
-            if kind == KIND_POST:
-                con.executemany("INSERT INTO posts VALUES (?, ?)", [(r[2], r[0]) for r in rows])
-            con.execute("COMMIT")
-        except sqlite3.IntegrityError:
-            con.execute("ROLLBACK")
-            if optimistic:
-                return None
-            raise
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        con.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", rows)
+        if kind == KIND_POST:
+            con.executemany("INSERT INTO posts VALUES (?, ?)", [(r[2], r[0]) for r in rows])
         self._last_seq = seq0 + len(rows)
-        return accepted
+        return list(accepted)
 
     def append_posts(self, posts: Sequence[Post]) -> AppendResult:
         """Append new posts in one transaction (see ``append``)."""
@@ -330,6 +425,12 @@ class PostLog(LogReader):
         )
 
     def close(self) -> None:
-        """Close the writer connection (readers close with their threads)."""
+        """Commit what is queued, stop the committer and close the writer connection
+        (readers close with their threads). Idempotent."""
+        with self._turn:
+            self._closing = True
+            self._turn.notify()
+        if self._committer is not threading.current_thread():
+            self._committer.join()
         with self._lock:
             self._w.close()

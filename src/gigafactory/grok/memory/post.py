@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 MAX_TEXT_CHARS = 4000
 """Longest accepted post text, in characters (after control characters are removed)."""
+MAX_COUNT = 10**12
+"""Largest accepted likes, reposts or replies count of a post."""
+MAX_ENGAGEMENT = 3 * MAX_COUNT
+"""Largest possible engagement (likes + reposts + replies) of a post."""
 
 PostId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 Handle = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,32}$")]
@@ -45,16 +49,23 @@ def mentions(text: str) -> list[str]:
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased alphanumeric runs of ``text``: the same split as tantivy's default
-    (SimpleTokenizer: split on non-alphanumeric characters, then LowerCaser)."""
+    """Lower-cased alphanumeric runs of ``text`` (a plain split for comparing texts; the
+    index's own analysis is ``index.text_analyzer``)."""
     return _WORD.findall(text.lower())
 
 
-def _utc(value: datetime) -> datetime:
-    """A naive datetime is taken as UTC; an aware one is converted to UTC."""
+def to_utc(value: datetime) -> datetime:
+    """A naive datetime is taken as UTC; an aware one is converted to UTC. A time whose UTC
+    equivalent falls outside years 1..9999 (``0001-01-01T00:00:00+01:00``) raises
+    ``ValueError`` (a validation error for the item, not an ``OverflowError``)."""
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            f"{value.isoformat()} is outside the representable range in UTC (years 1-9999)"
+        ) from None
 
 
 class Engagement(BaseModel):
@@ -62,9 +73,9 @@ class Engagement(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    likes: int = Field(0, ge=0, le=10**12)
-    reposts: int = Field(0, ge=0, le=10**12)
-    replies: int = Field(0, ge=0, le=10**12)
+    likes: int = Field(0, ge=0, le=MAX_COUNT)
+    reposts: int = Field(0, ge=0, le=MAX_COUNT)
+    replies: int = Field(0, ge=0, le=MAX_COUNT)
 
     @property
     def total(self) -> int:
@@ -95,7 +106,7 @@ class Post(Engagement):
     @field_validator("created_at")
     @classmethod
     def _to_utc(cls, value: datetime) -> datetime:
-        return _utc(value)
+        return to_utc(value)
 
 
 class EngagementUpdate(Engagement):
@@ -107,4 +118,4 @@ class EngagementUpdate(Engagement):
     @field_validator("at")
     @classmethod
     def _to_utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else _utc(value)
+        return None if value is None else to_utc(value)

@@ -1,27 +1,39 @@
 """Search over the index: the user's query is data, never query syntax.
 
-The query text is split into terms exactly as the index's tokenizer splits post text
-(``post.words``), and the terms are OR-ed into a BM25 boolean query built with tantivy's
-query objects, so quotes, parentheses, ``AND``/``OR`` or ``field:*`` in the input are just
+The query text is split into terms exactly as the index's analyzer splits post text
+(``index.text_analyzer``, characters of unspaced scripts as phrases, ``query_clauses``), and
+these are OR-ed into a BM25 boolean query built with tantivy's query objects, so quotes, parentheses, ``AND``/``OR`` or ``field:*`` in the input are just
 characters and no input can produce a query-syntax error. Filters (time window, author,
 language, minimum engagement) are MUST clauses; the BM25 candidates are then re-ranked with
-recency and engagement (``rank.combined_score``). An empty query lists the newest posts.
+recency and engagement (``rank.combined_score``). An empty query lists the newest posts; a
+query with nothing indexable in it (only punctuation) finds nothing. Emoji and other symbols
+are tokens, so a query of an emoji finds the posts containing it.
+
+Very common words (in more than 5 % of the posts of a large index: "the", "de", "の") are
+dropped from a query that has other words; a query of only such words takes its candidates
+from the newest posts first (``_newest_slices``), so its cost does not grow with the index.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+import unicodedata
+from dataclasses import dataclass, replace
 
 import tantivy
 
-from gigafactory.grok.memory.index import POST
-from gigafactory.grok.memory.post import words
+from gigafactory.grok.memory.index import POST, text_analyzer
 from gigafactory.grok.memory.rank import RankWeights, combined_score
 
-MAX_TERMS = 32
-MAX_TERM_BYTES = 39  # tantivy's default tokenizer drops tokens of 40 bytes or more
+MAX_CLAUSES = 32  # terms and phrases OR-ed per query
+COMMON_DOC_FRACTION = 0.05  # a word in more of the posts than this is "very common"
+COMMON_MIN_DOCS = 10_000  # ... once the index is this large
+RECENT_SLICES_S = (600, 3600, 6 * 3600)  # newest-first windows for very-common-only queries
 MAX_LIMIT = 100
+_UNSPACED_NAMES = ("CJK ", "HIRAGANA", "KATAKANA", "HALFWIDTH KATAKANA", "HANGUL", "THAI ")
+_UNSPACED_NAMES += ("LAO ", "KHMER ", "MYANMAR ", "KANGXI ", "IDEOGRAPHIC ")
+_analyzers = threading.local()
 
 
 @dataclass(frozen=True)
@@ -55,25 +67,81 @@ class Hit:
     score: float
 
 
-def query_terms(q: str) -> list[str]:
-    """Distinct index terms of the query text, in order (at most ``MAX_TERMS``)."""
-    out: list[str] = []
-    for w in words(q):
-        if len(w.encode()) <= MAX_TERM_BYTES and w not in out:
-            out.append(w)
-            if len(out) == MAX_TERMS:
-                break
+def _analyze(text: str) -> list[str]:
+    a = getattr(_analyzers, "a", None)
+    if a is None:
+        a = _analyzers.a = text_analyzer()
+    return a.analyze(text)
+
+
+def _unspaced(token: str) -> bool:
+    """Whether ``token`` is one character of a script the index splits per character."""
+    return len(token) == 1 and unicodedata.name(token, "").startswith(_UNSPACED_NAMES)
+
+
+Clause = str | tuple[str, ...]
+"""A term, or a phrase: tokens that must be adjacent."""
+
+
+def query_clauses(q: str) -> list[Clause]:
+    """The query text as the index's analyzer splits post text (``index.text_analyzer``):
+    words as terms; a run of characters of an unspaced script (CJK, Thai ...) as the phrase
+    of the whole run plus the phrases of its character bigrams, so that a longer run still
+    finds posts sharing part of it, ranked below exact matches (the bigram scheme of CJK
+    search engines). Distinct, in order, at most ``MAX_CLAUSES``."""
+    out: list[Clause] = []
+
+    def add(c: Clause) -> None:
+        if c not in out and len(out) < MAX_CLAUSES:
+            out.append(c)
+
+    def flush(run: list[str]) -> None:
+        if len(run) == 1:
+            add(run[0])
+        elif run:
+            add(tuple(run))
+            if len(run) > 2:
+                for i in range(len(run) - 1):
+                    add((run[i], run[i + 1]))
+        run.clear()
+
+    for chunk in q.split():
+        run: list[str] = []
+        for tok in _analyze(chunk):
+            if _unspaced(tok):
+                run.append(tok)
+            else:
+                flush(run)
+                add(tok)
+        flush(run)
     return out
 
 
-def build_query(schema: tantivy.Schema, sq: SearchQuery) -> tuple[tantivy.Query, bool]:
-    """(query, has_text): the terms OR-ed for BM25 plus the filters as MUST clauses."""
+def query_terms(q: str) -> list[str]:
+    """The ``text``-field terms of the query's words (``query_clauses`` less the phrases of
+    unspaced scripts): what a term query on ``text`` can match."""
+    return [c for c in query_clauses(q) if isinstance(c, str)]
+
+
+def build_query(
+    schema: tantivy.Schema, sq: SearchQuery, clauses: list[Clause] | None = None
+) -> tuple[tantivy.Query, bool]:
+    """(query, has_text): the ``clauses`` (default: ``query_clauses(sq.q)``) OR-ed for BM25
+    plus the filters as MUST clauses."""
     Q, Occur = tantivy.Query, tantivy.Occur
-    terms = query_terms(sq.q)
+    terms = query_clauses(sq.q) if clauses is None else clauses
     must: list[tuple[tantivy.Occur, tantivy.Query]] = []
     if terms:
         text = Q.boolean_query(
-            [(Occur.Should, Q.term_query(schema, "text", t, index_option="freq")) for t in terms]
+            [
+                (
+                    Occur.Should,
+                    Q.term_query(schema, "text", t, index_option="freq")
+                    if isinstance(t, str)
+                    else Q.phrase_query(schema, "text", list(t)),
+                )
+                for t in terms
+            ]
         )
         must.append((Occur.Must, text))
     else:
@@ -105,6 +173,42 @@ def build_query(schema: tantivy.Schema, sq: SearchQuery) -> tuple[tantivy.Query,
     return Q.boolean_query(must), bool(terms)
 
 
+def common_terms(searcher: tantivy.Searcher, clauses: list[Clause]) -> set[str]:
+    """The single-word clauses found in more than ``COMMON_DOC_FRACTION`` of the documents
+    (once the index holds ``COMMON_MIN_DOCS``): "the", "de", "の" -- stop words learnt from
+    the stream itself, in every language."""
+    docs = searcher.num_docs
+    if docs < COMMON_MIN_DOCS:
+        return set()
+    cut = COMMON_DOC_FRACTION * docs
+    return {c for c in clauses if isinstance(c, str) and searcher.doc_freq("text", c) > cut}
+
+
+def _newest_slices(
+    searcher: tantivy.Searcher,
+    schema: tantivy.Schema,
+    sq: SearchQuery,
+    clauses: list[Clause],
+    now_us: int,
+    candidates: int,
+) -> list[tuple[float, tantivy.DocAddress]]:
+    """BM25 candidates of a query of only very common words, taken from the newest posts:
+    the last ``RECENT_SLICES_S`` of the asked time window in turn, until one holds enough
+    (BM25 barely tells such posts apart, so recency decides; a scan of every match of
+    "the" would cost time in proportion to the whole index)."""
+    want = max(sq.limit, candidates)
+    hits: list[tuple[float, tantivy.DocAddress]] = []
+    for slice_s in (*RECENT_SLICES_S, None):
+        since = sq.since_us
+        if slice_s is not None:
+            since = max(since or 0, now_us - slice_s * 1_000_000)
+        query, _ = build_query(schema, replace(sq, since_us=since), clauses)
+        hits = searcher.search(query, want, count=False).hits
+        if len(hits) >= sq.limit or since == sq.since_us:
+            break
+    return hits
+
+
 def _hit(doc: tantivy.Document, bm25: float, score: float) -> Hit:
     g = doc.get_first
     return Hit(
@@ -134,11 +238,20 @@ def search(
     now_us = time.time_ns() // 1000 if now_us is None else now_us
     limit = max(1, min(sq.limit, MAX_LIMIT))
     searcher = index.searcher()
-    query, has_text = build_query(index.schema, sq)
-    if not has_text:
+    clauses = query_clauses(sq.q)
+    if not clauses:
+        if sq.q.strip():
+            return []  # text with nothing indexable in it (punctuation only) matches nothing
+        query, _ = build_query(index.schema, sq, clauses)
         hits = searcher.search(query, limit, count=False, order_by_field="created_us").hits
         return [_hit(searcher.doc(a), 0.0, 0.0) for _k, a in hits]
-    hits = searcher.search(query, max(limit, w.candidates), count=False).hits
+    common = common_terms(searcher, clauses)
+    if len(common) < len(clauses):  # very common words add cost, not relevance: drop them
+        clauses = [c for c in clauses if c not in common]
+        query, _ = build_query(index.schema, sq, clauses)
+        hits = searcher.search(query, max(limit, w.candidates), count=False).hits
+    else:
+        hits = _newest_slices(searcher, index.schema, sq, clauses, now_us, w.candidates)
     if not hits:
         return []
     addrs = [a for _s, a in hits]

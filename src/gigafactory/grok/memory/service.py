@@ -1,24 +1,32 @@
-"""The Grok memory as one object: log + index + indexer + trends, with the operations the API
-exposes. The API module is a thin HTTP layer over ``GrokService``."""
+"""The Grok memory as one object: log + index + indexer (which also keeps the trend counts),
+with the operations the API exposes. The API module is a thin HTTP layer over
+``GrokService``."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from gigafactory.grok.memory.indexer import IndexerProcess
-from gigafactory.grok.memory.ingest import Refusal, prepare_posts, validate_updates
+from gigafactory.grok.memory.ingest import (
+    LoggablePosts,
+    Refusal,
+    prepare_posts,
+    validate_updates,
+)
 from gigafactory.grok.memory.log import KIND_POST, AppendResult, PostLog
 from gigafactory.grok.memory.search import Hit, SearchQuery, search
-from gigafactory.grok.memory.trends import Trend, TrendCounter
+from gigafactory.grok.memory.trends import Trend, check_window
 from gigafactory.grok.settings import GrokSettings
 
 log = logging.getLogger(__name__)
+
+INLINE_ITEMS = 32
+"""Batches up to this size are validated on the event loop (``ingest_posts_async``)."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,7 @@ class GrokService:
 
     def __init__(self, settings: GrokSettings):
         self.settings = settings
-        d = settings.data_dir
+        d = settings.prepare_data_dir()
         self.log = PostLog(d / "log.sqlite3", settings.synchronous)
         try:
             self.indexer = IndexerProcess(
@@ -45,40 +53,36 @@ class GrokService:
                 settings.commit_interval_s,
                 heap_mb=settings.indexer_heap_mb,
                 threads=settings.indexer_threads,
+                trend_bucket_s=settings.trend_bucket_s,
+                trend_retention_s=settings.trend_retention_s,
+                trend_save_s=settings.trend_save_s,
             )
         except BaseException:
             self.log.close()
             raise
         self.rebuilt = self.indexer.rebuilt
-        self.trends = TrendCounter(settings.trend_bucket_s, settings.trend_retention_s)
-        self.trend_history = self._load_trends(self.log.last_seq)
         self.started = time.time()
         self._closed = False
 
-    def _load_trends(self, upto_seq: int) -> int:
-        """Count, for trends, the logged posts ingested within the retention period (new
-        posts are counted as they are ingested)."""
-        since_us = time.time_ns() // 1000 - self.settings.trend_retention_s * 1_000_000
-        batch: list[tuple[int, str]] = []
-        n = 0
-        for r in self.log.iter_back(upto_seq, since_us):
-            if r.kind == KIND_POST:
-                post = orjson.loads(r.body)
-                batch.append((post["created_us"], post["text"]))
-                if len(batch) == 10_000:
-                    self.trends.add_many(batch)
-                    n += len(batch)
-                    batch = []
-        self.trends.add_many(batch)
-        return n + len(batch)
+    def _prepare(self, items: list[Any]) -> tuple[LoggablePosts, list[Refusal]]:
+        return prepare_posts(items, datetime.now(UTC), self.settings.max_future_s)
 
     def ingest_posts(self, items: list[Any]) -> IngestResult:
-        """Validate and durably log posts; see ``gigafactory.grok.memory.ingest`` for semantics."""
-        ready, refused = prepare_posts(items, datetime.now(UTC), self.settings.max_future_s)
+        """Validate and durably log posts; see ``gigafactory.grok.memory.ingest`` for semantics.
+        Safe to call from many threads: concurrent calls share log commits (group commit)."""
+        ready, refused = self._prepare(items)
         res = self.log.append(KIND_POST, ready.ids, ready.bodies)
-        if res.accepted:
-            cu, texts = ready.created_us, ready.texts
-            self.trends.add_many([(cu[p], texts[p]) for p in res.accepted])
+        return self._result(res, ready.positions, ready.ids, refused)
+
+    async def ingest_posts_async(self, items: list[Any]) -> IngestResult:
+        """``ingest_posts`` for an event loop: a small batch is validated in the loop, a
+        large one (over ``INLINE_ITEMS``) in a worker thread, and the loop awaits the group
+        commit without a thread waiting per request."""
+        if len(items) > INLINE_ITEMS:
+            ready, refused = await asyncio.to_thread(self._prepare, items)
+        else:
+            ready, refused = self._prepare(items)
+        res = await asyncio.wrap_future(self.log.submit(KIND_POST, ready.ids, ready.bodies))
         return self._result(res, ready.positions, ready.ids, refused)
 
     def ingest_updates(self, items: list[Any]) -> IngestResult:
@@ -103,15 +107,27 @@ class GrokService:
         return search(self.indexer.index, sq, self.settings.weights)
 
     def top_trends(
-        self, window_s: float, baseline: int = 6, limit: int = 20, min_count: int = 5
+        self,
+        window_s: float,
+        baseline: int = 6,
+        limit: int = 20,
+        min_count: int = 5,
+        at_us: int | None = None,
     ) -> list[Trend]:
-        """Trending terms over the last ``window_s`` seconds of posts."""
-        return self.trends.top(window_s, None, baseline, limit, min_count)
+        """Trending terms over the ``window_s`` seconds up to ``at_us`` (default: now), from
+        the counts the indexer process keeps (``TrendWindowError`` for a window longer than
+        the retention, ``TrendsUnavailable`` while the indexer process cannot answer)."""
+        check_window(window_s, self.settings.trend_retention_s)
+        return self.indexer.trends(window_s, at_us, baseline, limit, min_count)
+
+    def healthy(self) -> bool:
+        """Whether the indexer process is running and has not failed since its last start."""
+        return self.indexer.is_alive() and self.indexer.error is None
 
     def health(self) -> dict[str, Any]:
         """Log and index positions, and whether the indexer process is alive."""
         ix = self.indexer
-        ok = ix.is_alive() and ix.error is None
+        ok = self.healthy()
         docs = ix.index.searcher().num_docs if ix.index is not None else 0
         return {
             "status": "ok" if ok else "degraded",
@@ -119,6 +135,7 @@ class GrokService:
             "searchable_seq": ix.searchable_seq,
             "lag": self.log.last_seq - ix.searchable_seq,
             "commits": ix.commits,
+            "log_commits": self.log.commits,
             "index_docs": max(0, docs - 1),  # less the checkpoint document
             "index_rebuilt": self.rebuilt,
             "indexer_pid": ix.pid,
