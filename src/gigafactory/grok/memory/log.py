@@ -7,8 +7,11 @@ after its transaction has committed.
 Durability: ``synchronous=FULL`` (the default) makes SQLite fsync the WAL at every commit, so
 an acknowledged batch survives a process kill *and* a power loss. ``NORMAL`` skips that fsync
 (WAL commits then survive a process crash but the last ones may roll back on power loss); it
-is offered for machines whose fsync is slow, at the price of that weaker promise. One fsync
-per batch is cheap when batches hold hundreds of posts.
+is offered for machines whose fsync is slow, at the price of that weaker promise.
+
+Group commit: batches appended while a commit is in flight share the next transaction (one
+fsync for all of them), so many clients sending one post per request cost one fsync per
+round, not one per post; each is still answered only after its own data has committed.
 """
 
 from __future__ import annotations
@@ -135,6 +138,23 @@ class AppendResult:
     last_seq: int
 
 
+class _Pending:
+    """A batch waiting for its group commit, then its result (or the commit's error)."""
+
+    __slots__ = ("bodies", "error", "ids", "kind", "result")
+
+    def __init__(self, kind: int, ids: Sequence[str], bodies: Sequence[str]):
+        self.kind, self.ids, self.bodies = kind, ids, bodies
+        self.result: AppendResult | None = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> AppendResult:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     con = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     con.execute("PRAGMA journal_mode=WAL")
@@ -238,7 +258,11 @@ class PostLog(LogReader):
                 f"cannot open the post log {self.path}: {exc}; "
                 "check the data dir is writable and not a corrupt file"
             ) from exc
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the writer connection
+        self._turn = threading.Condition()  # the group-commit queue
+        self._queue: list[_Pending] = []
+        self._committing = False
+        self.commits = 0  # transactions committed by ``append``
         self._last_seq = self._w.execute("SELECT coalesce(max(seq), 0) FROM log").fetchone()[0]
 
     @property
@@ -258,66 +282,109 @@ class PostLog(LogReader):
 
     # -- writing ---------------------------------------------------------------------------
     def append(self, kind: int, ids: Sequence[str], bodies: Sequence[str]) -> AppendResult:
-        """Append events of one ``kind`` (already serialised ``bodies``) in one transaction:
-        a post whose id is already logged or repeated in the batch is refused as a
-        duplicate, an engagement update of an unlogged post as unknown. Returns once the
-        transaction has committed (durable per ``synchronous``)."""
-        now_us = time.time_ns() // 1000
-        with self._lock:
-            if kind == KIND_POST:  # optimistic: a batch of new, distinct ids in one go
-                done = self._write(kind, ids, bodies, list(range(len(ids))), now_us, True)
-                if done is not None:
-                    return AppendResult(done, {}, self._last_seq)
-            existing = self._existing(self._w, ids)
-            refused: dict[int, str] = {}
-            accepted: list[int] = []
-            seen: set[str] = set()
-            for i, pid in enumerate(ids):
-                if kind != KIND_POST:
-                    if pid in existing:
-                        accepted.append(i)
-                    else:
-                        refused[i] = "unknown: no post with this id is in the log"
-                elif pid in existing:
-                    refused[i] = "duplicate: a post with this id is already in the log"
-                elif pid in seen:
-                    refused[i] = "duplicate: this id appears earlier in the batch"
-                else:
-                    seen.add(pid)
-                    accepted.append(i)
-            self._write(kind, ids, bodies, accepted, now_us, False)
-            return AppendResult(accepted, refused, self._last_seq)
+        """Append events of one ``kind`` (already serialised ``bodies``): a post whose id is
+        already logged or repeated in the batch is refused as a duplicate, an engagement
+        update of an unlogged post as unknown. Returns once the transaction holding the batch
+        has committed (durable per ``synchronous``).
 
-    def _write(
+        Group commit: batches that arrive while a commit is in flight wait for it, then the
+        first of them commits all of them in one transaction (one fsync), each batch in its
+        own savepoint so that the verdicts are those of appending them one by one in arrival
+        order. A failing commit raises in every batch of its group."""
+        req = _Pending(kind, ids, bodies)
+        with self._turn:
+            self._queue.append(req)
+            while req.result is None and req.error is None:
+                if not self._committing:  # lead: commit everything queued so far
+                    self._committing = True
+                    group, self._queue = self._queue, []
+                    break
+                self._turn.wait()
+            else:
+                return req.outcome()
+        try:
+            self._commit_group(group)
+        finally:
+            with self._turn:
+                self._committing = False
+                self._turn.notify_all()
+        return req.outcome()
+
+    def _commit_group(self, group: list[_Pending]) -> None:
+        """One transaction for the batches of ``group``; sets each one's result or error."""
+        con = self._w
+        seq0 = self._last_seq
+        now_us = time.time_ns() // 1000
+        try:
+            with self._lock:
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    results = [self._append_one(r, now_us) for r in group]
+                    con.execute("COMMIT")
+                    self.commits += 1
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    self._last_seq = seq0
+                    raise
+        except BaseException as exc:
+            for r in group:
+                r.error = exc
+            return
+        for r, res in zip(group, results, strict=True):
+            r.result = res
+
+    def _append_one(self, req: _Pending, now_us: int) -> AppendResult:
+        """Insert one batch inside the open transaction, in a savepoint: optimistically all
+        of it, else the accepted items after checking ids against the log."""
+        con, kind, ids, bodies = self._w, req.kind, req.ids, req.bodies
+        if kind == KIND_POST:  # optimistic: a batch of new, distinct ids in one go
+            con.execute("SAVEPOINT batch")
+            try:
+                done = self._insert(kind, ids, bodies, range(len(ids)), now_us)
+                con.execute("RELEASE batch")
+                return AppendResult(done, {}, self._last_seq)
+            except sqlite3.IntegrityError:
+                con.execute("ROLLBACK TO batch")
+                con.execute("RELEASE batch")
+        existing = self._existing(con, ids)
+        refused: dict[int, str] = {}
+        accepted: list[int] = []
+        seen: set[str] = set()
+        for i, pid in enumerate(ids):
+            if kind != KIND_POST:
+                if pid in existing:
+                    accepted.append(i)
+                else:
+                    refused[i] = "unknown: no post with this id is in the log"
+            elif pid in existing:
+                refused[i] = "duplicate: a post with this id is already in the log"
+            elif pid in seen:
+                refused[i] = "duplicate: this id appears earlier in the batch"
+            else:
+                seen.add(pid)
+                accepted.append(i)
+        self._insert(kind, ids, bodies, accepted, now_us)
+        return AppendResult(accepted, refused, self._last_seq)
+
+    def _insert(
         self,
         kind: int,
         ids: Sequence[str],
         bodies: Sequence[str],
-        accepted: list[int],
+        accepted: Sequence[int],
         now_us: int,
-        optimistic: bool,
-    ) -> list[int] | None:
-        """Insert the ``accepted`` events in one transaction (caller holds the lock). With
-        ``optimistic``, a duplicate post id rolls the transaction back and returns None."""
+    ) -> list[int]:
+        """Insert the ``accepted`` events (inside the caller's transaction) and advance
+        ``last_seq``; a duplicate post id raises ``sqlite3.IntegrityError`` with nothing
+        advanced."""
         con = self._w
         seq0 = self._last_seq
         rows = [(seq0 + n + 1, kind, ids[i], bodies[i], now_us) for n, i in enumerate(accepted)]
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            con.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", rows)
-            if kind == KIND_POST:
-                con.executemany("INSERT INTO posts VALUES (?, ?)", [(r[2], r[0]) for r in rows])
-            con.execute("COMMIT")
-        except sqlite3.IntegrityError:
-            con.execute("ROLLBACK")
-            if optimistic:
-                return None
-            raise
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        con.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", rows)
+        if kind == KIND_POST:
+            con.executemany("INSERT INTO posts VALUES (?, ?)", [(r[2], r[0]) for r in rows])
         self._last_seq = seq0 + len(rows)
-        return accepted
+        return list(accepted)
 
     def append_posts(self, posts: Sequence[Post]) -> AppendResult:
         """Append new posts in one transaction (see ``append``)."""
