@@ -62,7 +62,7 @@ class IndexCorrupt(Exception):
     """The on-disk index cannot be trusted; it will be rebuilt from the log."""
 
 
-def _checkpoint(index: tantivy.Index) -> tuple[int, int]:
+def checkpoint_of(index: tantivy.Index) -> tuple[int, int]:
     """(checkpoint seq, live post documents) of an opened index; raises IndexCorrupt."""
     index.reload()
     searcher = index.searcher()
@@ -102,7 +102,7 @@ def open_index(path: Path, postlog: LogReader) -> OpenedIndex:
     if path.exists() and any(path.iterdir()):
         try:
             index = tantivy.Index(schema, str(path), reuse=True)
-            seq, docs = _checkpoint(index)
+            seq, docs = checkpoint_of(index)
             if seq > postlog.last_seq:
                 raise IndexCorrupt(f"index at seq {seq} is ahead of the log ({postlog.last_seq})")
             logged = postlog.count_posts(seq)
