@@ -171,3 +171,47 @@ def slurm(tmp_path_factory) -> Iterator[SlurmCluster]:
         yield cluster.start()
     finally:
         cluster.close()
+
+
+class NatsServer:
+    """``nats-server -js`` on 127.0.0.1 with its store in a temp dir; restartable on the same
+    port and store."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> NatsServer:
+        self.starts += 1
+        log = (self.root / f"nats-{self.starts}.log").open("w")
+        cmd = [binary("nats-server"), "-js", "-a", "127.0.0.1", "-p", str(self.port),
+               "-sd", str(self.root / "store")]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._accepts, 10, "nats-server to accept connections")
+        return self
+
+    def _accepts(self) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def kill(self) -> None:
+        """SIGKILL the server (no shutdown of its store)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+
+@pytest.fixture
+def nats_server(tmp_path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path)
+    try:
+        yield server.start()
+    finally:
+        server.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import zlib
 from collections.abc import Coroutine
@@ -39,6 +40,7 @@ PUBLISH_TIMEOUT_S = 5.0
 KIND_HEADER = "Grok-Kind"
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # what a publish or a fetch can raise while the server is away or restarting
 TRANSIENT = (
@@ -97,6 +99,7 @@ class Broker:
                     reconnect_time_wait=0.2,
                     max_reconnect_attempts=-1,
                     allow_reconnect=True,
+                    error_cb=self._on_error,
                 ),
                 connect_timeout_s * 3,
             )
@@ -107,6 +110,10 @@ class Broker:
                 "`nats-server -js` there or fix --broker"
             ) from None
         self.js = self.nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
+
+    async def _on_error(self, exc: Exception) -> None:
+        """The client's errors while it reconnects: one log line each, no traceback."""
+        log.warning("broker %s: %s: %s", self.url, type(exc).__name__, exc)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the connection's loop and wait for its result."""

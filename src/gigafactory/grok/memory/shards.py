@@ -212,6 +212,22 @@ async def consume(
     feeder.close()
 
 
+def _wait_for_stream(broker: Broker, halt: threading.Event, wait_s: float) -> int:
+    """The stream's partition count, waiting up to ``wait_s`` for ``serve --broker`` to
+    create the stream (indexers may start first)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return broker.stream_partitions()
+        except BrokerError:
+            if time.monotonic() > deadline or halt.is_set():
+                raise
+        except TRANSIENT:  # the server is restarting
+            if time.monotonic() > deadline or halt.is_set():
+                raise
+        halt.wait(0.2)
+
+
 def run_indexer(
     url: str,
     partition: int,
@@ -220,12 +236,14 @@ def run_indexer(
     commit_interval_s: float = 0.1,
     heap_mb: int = 128,
     on_commit: Callable[[int], None] | None = None,
+    stream_wait_s: float = 60.0,
 ) -> OpenedIndex:
     """Open partition ``partition``'s shard under ``data_dir`` and index it from the broker at
-    ``url`` until ``halt`` is set. Returns how the shard was opened."""
+    ``url`` until ``halt`` is set (waiting up to ``stream_wait_s`` for the stream to exist).
+    Returns how the shard was opened."""
     broker = Broker(url, f"grok-indexer-{partition}")
     try:
-        partitions = broker.stream_partitions()
+        partitions = _wait_for_stream(broker, halt, stream_wait_s)
         if not 0 <= partition < partitions:
             raise BrokerError(
                 f"--partition {partition}: the stream has partitions 0..{partitions - 1}"
