@@ -183,3 +183,44 @@ def test_indexer_and_server_killed_during_ingest_keep_every_acknowledged_post_on
             assert [h["id"] for h in hits] == [pid]
         h = c.get(f"{d.url}/healthz").json()
     assert h["index_docs"] == sum(indexed.values())
+
+
+def cli(capsys, *args: str) -> str:
+    """Run ``gigafactory ARGS`` in this process; the one error line it printed (exit 2)."""
+    from gigafactory.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    assert exc.value.code == 2
+    return " ".join(capsys.readouterr().err.split())
+
+
+def test_broker_options_with_bad_values_fail_with_the_fix(tmp_path, nats_server, capsys):
+    url, data = nats_server.url, str(tmp_path / "data")
+    serve = ["serve", "--api-key", "k", "--data-dir", data, "--port", str(free_port())]
+    assert "write nats://HOST:PORT" in cli(capsys, *serve, "--broker", "http://127.0.0.1:1")
+    dead = f"nats://127.0.0.1:{free_port()}"
+    assert "cannot reach the broker" in cli(capsys, *serve, "--broker", dead)
+    assert "--partitions 0: give 1 or more" in cli(
+        capsys, *serve, "--broker", url, "--partitions", "0"
+    )
+    # one server cannot hold 3 replicas
+    assert "cannot create stream" in cli(capsys, *serve, "--broker", url, "--replicas", "3")
+
+    from gigafactory.grok.memory.broker import Broker
+
+    b = Broker(url, "test")
+    try:
+        assert b.ensure_stream(2) == 2
+    finally:
+        b.close()
+    assert "has 2 partitions, not 3; pass --partitions 2" in cli(
+        capsys, *serve, "--broker", url, "--partitions", "3"
+    )
+    indexer = ["indexer", "--broker", url, "--data-dir", data]
+    assert "--partition 2: the stream has partitions 0..1" in cli(
+        capsys, *indexer, "--partition", "2"
+    )
+    assert "--commit-interval 0.0" in cli(
+        capsys, *indexer, "--partition", "0", "--commit-interval", "0"
+    )

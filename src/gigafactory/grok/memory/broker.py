@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 import zlib
 from collections.abc import Coroutine
@@ -82,11 +83,27 @@ def check_url(url: str) -> str:
     return url
 
 
+def _accepts(url: str, timeout_s: float) -> bool:
+    """Whether a TCP connection to one ``nats://HOST:PORT`` opens (a fast, clear error at
+    start: the client itself would retry an unreachable server for ever)."""
+    parts = urlsplit(url.strip())
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 class Broker:
     """One NATS connection (reconnecting for ever) on a private event loop thread."""
 
     def __init__(self, url: str, name: str, connect_timeout_s: float = 5.0):
         self.url = check_url(url)
+        if not any(_accepts(u, connect_timeout_s) for u in url.split(",")):
+            raise BrokerError(
+                f"cannot reach the broker at {url} (connection refused or timed out); start "
+                "`nats-server -js` there or fix --broker"
+            )
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
