@@ -148,7 +148,7 @@ def main() -> None:
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - t0
-        health = httpx.get(f"{url}/healthz").json()
+        health = httpx.get(f"{url}/v1/status", headers=KEY).json()
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)

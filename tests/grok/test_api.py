@@ -62,7 +62,9 @@ def test_ingest_search_trends_health(client):
     _wait(client, r.json()["last_seq"])
     hits = client.get("/v1/search", params={"q": "world"}, headers=KEY).json()["hits"]
     assert hits[0]["likes"] == 9
-    h = client.get("/healthz").json()
+    assert client.get("/healthz").json() == {"status": "ok"}  # liveness only, no key
+    assert client.get("/v1/status").status_code == 401
+    h = client.get("/v1/status", headers=KEY).json()
     assert h["status"] == "ok" and h["lag"] == 0 and h["index_docs"] == 2
     assert client.get("/docs").status_code == 200
     assert "/v1/search" in client.get("/openapi.json").json()["paths"]
@@ -145,7 +147,7 @@ def test_429_rate_limit_per_key(client):
     assert r.status_code == 200
     # nothing acknowledged was lost; the refused batch was not half-written
     _wait(client, r.json()["last_seq"])
-    assert client.get("/healthz").json()["index_docs"] == 51
+    assert client.get("/v1/status", headers=KEY).json()["index_docs"] == 51
 
 
 @pytest.mark.parametrize(

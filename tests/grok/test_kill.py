@@ -28,7 +28,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(data: Path, port: int, log: Path) -> subprocess.Popen:
+def _start(data: Path, port: int, log: Path, **popen) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-c",
@@ -43,7 +43,7 @@ def _start(data: Path, port: int, log: Path) -> subprocess.Popen:
         "--commit-interval",
         "0.05",
     ]
-    return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, **popen)
 
 
 def _healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> dict:
@@ -51,7 +51,7 @@ def _healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> dict:
     while time.monotonic() - t0 < timeout:
         assert proc.poll() is None, "server exited"
         try:
-            h = httpx.get(f"{url}/healthz", timeout=2).json()
+            h = httpx.get(f"{url}/v1/status", headers=KEY, timeout=2).json()
             if h["lag"] == 0:
                 return h
         except (httpx.HTTPError, ValueError, KeyError):

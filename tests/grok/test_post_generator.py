@@ -20,7 +20,7 @@ from gigafactory.grok.memory.generator import (
     post_texts,
 )
 from gigafactory.grok.memory.ingest import BatchError, BatchTooLarge, parse_batch, validate_posts
-from gigafactory.grok.memory.post import hashtags, mentions, strip_controls, words
+from gigafactory.grok.memory.post import hashtags, mentions, strip_controls
 
 from .conftest import NOW, post
 
@@ -71,7 +71,6 @@ def test_parse_batch_array_and_lines():
 def test_text_helpers():
     assert hashtags("go #Starship and #AI!") == ["starship", "ai"]
     assert mentions("@bob hi @carol_1") == ["bob", "carol_1"]
-    assert words("Foo-bar BAZ_qux 42") == ["foo", "bar", "baz", "qux", "42"]
     assert strip_controls("a\tb\nc\x07") == "a\tb\nc"
 
 

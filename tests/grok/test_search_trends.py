@@ -12,7 +12,7 @@ from gigafactory.grok.memory.rank import (
     engagement_score,
     recency_score,
 )
-from gigafactory.grok.memory.search import SearchQuery, build_query, query_terms, search
+from gigafactory.grok.memory.search import SearchQuery, build_query, query_clauses, search
 from gigafactory.grok.memory.trends import TrendCounter, parse_window, trend_score, trend_terms
 
 from .conftest import NOW, ingest_and_wait, post
@@ -83,7 +83,10 @@ def test_any_query_text_builds_a_query(q):
 
     schema = build_schema()
     build_query(schema, SearchQuery(q=q, author=q[:10] or None))
-    assert all(0 < len(t.encode()) < 40 for t in query_terms(q))
+    clauses = query_clauses(q)
+    assert len(clauses) <= 32
+    tokens = [t for c in clauses for t in ((c,) if isinstance(c, str) else c)]
+    assert all(0 < len(t.encode()) <= 40 for t in tokens)
     index = tantivy.Index(schema)
     index.searcher().search(build_query(schema, SearchQuery(q=q))[0], 5)
 
@@ -101,9 +104,13 @@ def test_rank_formulas():
     assert combined_score(5, 10, 0, 0, w) < combined_score(10, 10, 0, 0, w)
 
 
+T0 = 1_700_000_000  # a fixed clock for the counter tests
+AT_US = (T0 + 60 * 60 - 1) * US  # the last second of the hour the tests fill
+
+
 def _add(tc: TrendCounter, minute: int, text: str, n: int) -> None:
     for i in range(n):
-        tc.add((1_700_000_000 + minute * 60 + i % 60) * US, text)
+        tc.add((T0 + minute * 60 + i % 60) * US, text, at_us=AT_US)
 
 
 def test_trends_find_the_rising_term():
@@ -112,9 +119,9 @@ def test_trends_find_the_rising_term():
         _add(tc, m, "steady coffee chatter #morning", 20)
     for m in range(45, 60):  # a burst in the last 15 minutes
         _add(tc, m, "huge #eclipse over the city", 5 + (m - 45) * 3)
-    top = tc.top(15 * 60, baseline=3)
+    top = tc.top(15 * 60, AT_US, baseline=3)
     assert {t.term for t in top[:3]} == {"#eclipse", "huge", "city"}
-    steady = next(t for t in tc.top(15 * 60, baseline=3, limit=100) if t.term == "coffee")
+    steady = next(t for t in tc.top(15 * 60, AT_US, baseline=3, limit=100) if t.term == "coffee")
     assert steady.score == pytest.approx(0, abs=0.5)
     assert trend_score(10, 10) == 0 and trend_score(20, 5) > trend_score(20, 10)
 

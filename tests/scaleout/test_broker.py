@@ -63,15 +63,15 @@ class Deployment:
             str(self.data), "--commit-interval", "0.05", name=f"indexer-{k}",
         )  # fmt: skip
 
-    def health(self) -> dict | None:
+    def health(self, path: str = "/v1/status") -> dict | None:
         assert self.server.poll() is None, (self.root / "serve.log").read_text()
         try:
-            return httpx.get(f"{self.url}/healthz", timeout=5).json()
+            return httpx.get(f"{self.url}{path}", headers=KEY, timeout=5).json()
         except (httpx.HTTPError, ValueError):
             return None
 
     def _healthy(self) -> bool:
-        h = self.health()
+        h = self.health("/healthz")
         return h is not None and h["status"] == "ok"
 
     def caught_up(self) -> bool:
@@ -181,7 +181,7 @@ def test_indexer_and_server_killed_during_ingest_keep_every_acknowledged_post_on
             b, j = pid[1:].split("-")
             hits = c.get(f"{d.url}/v1/search", params={"q": f"w{b}x{j}"}).json()["hits"]
             assert [h["id"] for h in hits] == [pid]
-        h = c.get(f"{d.url}/healthz").json()
+        h = c.get(f"{d.url}/v1/status").json()
     assert h["index_docs"] == sum(indexed.values())
 
 

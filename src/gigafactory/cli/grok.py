@@ -18,7 +18,7 @@ console = Console()
 
 def serve(
     data_dir: Annotated[
-        Path | None,
+        str | None,
         typer.Option(help="where the log and index live [env GROK_DATA_DIR; default grok-data]"),
     ] = None,
     host: Annotated[str | None, typer.Option(help="[env GROK_HOST; 127.0.0.1]")] = None,
@@ -50,6 +50,7 @@ def serve(
     import uvicorn
 
     from gigafactory.grok.api.app import create_app
+    from gigafactory.grok.memory.service import GrokService
     from gigafactory.grok.settings import GrokSettings
 
     settings = GrokSettings.load(
@@ -63,7 +64,6 @@ def serve(
     if not settings.api_keys:
         raise GigafactoryError("no API key: pass --api-key K or set GROK_API_KEYS=K1,K2")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
-    service = None
     if broker is not None:
         from gigafactory.grok.memory.broker_service import BrokerService
 
@@ -72,6 +72,8 @@ def serve(
             f"posts on {broker}, {service.partitions} partitions; run one `gigafactory indexer "
             f"--broker {broker} --partition K --data-dir {settings.data_dir}` per partition"
         )
+    else:
+        service = GrokService(settings)  # opened here, so a bad data dir is one line, exit 2
     console.print(
         f"[bold]grok memory[/] on http://{settings.host}:{settings.port} "
         f"(data {settings.data_dir}, docs at /docs)"
@@ -85,8 +87,7 @@ def serve(
             access_log=False,
         )
     finally:
-        if service is not None:
-            service.close()
+        service.close()
 
 
 def indexer(

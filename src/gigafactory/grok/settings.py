@@ -51,6 +51,36 @@ class GrokSettings(BaseModel):
     trend_bucket_s: int = Field(60, ge=1)
     trend_retention_s: int = Field(6 * 3600, ge=60)
 
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir_given(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty: give a directory path (it is created if missing)")
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir_is_dir(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} exists and is not a directory: give a directory path")
+        return value
+
+    def prepare_data_dir(self) -> Path:
+        """Create ``data_dir`` if missing and check it is a writable directory; raises
+        ``SettingsError`` saying what to change."""
+        d = self.data_dir
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            probe = d / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise SettingsError(
+                f"setting data_dir (env GROK_DATA_DIR): cannot use {d} as the data directory "
+                f"({exc.strerror or exc}); give a writable directory path"
+            ) from None
+        return d
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:

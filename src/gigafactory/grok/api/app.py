@@ -1,6 +1,6 @@
 """The HTTP API of Grok's memory (FastAPI). A thin layer over ``GrokService``.
 
-Every ``/v1`` route needs an API key (``X-API-Key: K`` or ``Authorization: Bearer K``).
+``GET /healthz`` (liveness, no details) is open; every ``/v1`` route needs an API key (``X-API-Key: K`` or ``Authorization: Bearer K``).
 Errors are JSON ``{"detail": "..."}``: 401 bad key, 413 body or batch too large, 422 malformed
 body or parameter, 429 over the per-key rate (with ``Retry-After``), 503 index unavailable.
 """
@@ -16,16 +16,19 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import orjson
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from gigafactory.grok.api.ratelimit import RateLimiter
 from gigafactory.grok.memory.ingest import BatchError, BatchTooLarge, parse_batch
+from gigafactory.grok.memory.log import created_us
+from gigafactory.grok.memory.post import MAX_ENGAGEMENT, to_utc
 from gigafactory.grok.memory.search import MAX_LIMIT, SearchQuery
 from gigafactory.grok.memory.service import GrokService, IngestResult
-from gigafactory.grok.memory.trends import parse_window
+from gigafactory.grok.memory.trends import TrendWindowError, parse_window
 from gigafactory.grok.settings import GrokSettings
 
 log = logging.getLogger(__name__)
@@ -77,10 +80,12 @@ class TrendOut(BaseModel):
 
 class TrendsOut(BaseModel):
     window_s: float
-    at: datetime | None
+    at: datetime
     trends: list[TrendOut]
 
 
+_MIN_US = created_us(datetime.min.replace(tzinfo=UTC))  # times the index can hold
+_MAX_US = created_us(datetime.max.replace(tzinfo=UTC))
 _RELATIVE = re.compile(r"^\s*\d+(\.\d+)?\s*[smhd]\s*$", re.IGNORECASE)
 
 
@@ -90,11 +95,12 @@ def parse_time(value: str | None, name: str) -> int | None:
         return None
     try:
         if _RELATIVE.match(value):
-            return int((time.time() - parse_window(value)) * 1_000_000)
-        t = datetime.fromisoformat(value.strip().replace("z", "Z"))
-        if t.tzinfo is None:
-            t = t.replace(tzinfo=UTC)
-        return int(t.timestamp() * 1_000_000)
+            us = int((time.time() - parse_window(value)) * 1_000_000)
+        else:
+            us = created_us(to_utc(datetime.fromisoformat(value.strip().replace("z", "Z"))))
+        if not _MIN_US <= us <= _MAX_US:
+            raise ValueError("out of range")
+        return us
     except (ValueError, OverflowError):
         raise HTTPException(
             422,
@@ -103,12 +109,15 @@ def parse_time(value: str | None, name: str) -> int | None:
         ) from None
 
 
-def _result(res: IngestResult) -> IngestOut:
-    return IngestOut(
-        accepted=res.accepted,
-        refused=[RefusalOut(**r.__dict__) for r in res.refused],
-        last_seq=res.last_seq,
-    )
+def _result(res: IngestResult) -> Response:
+    """The ``IngestOut`` body, serialised directly (the hot path of single-post clients: no
+    response-model validation of what the service built)."""
+    body = {
+        "accepted": res.accepted,
+        "refused": [r.__dict__ for r in res.refused],
+        "last_seq": res.last_seq,
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 def get_service(request: Request) -> GrokService:
@@ -201,7 +210,7 @@ def create_app(settings: GrokSettings, service: GrokService | None = None) -> Fa
         tags=["feed"],
         summary="Ingest a batch of posts (JSON array or JSON lines)",
     )
-    async def post_posts(request: Request, key: Key, s: Svc) -> IngestOut:
+    async def post_posts(request: Request, key: Key, s: Svc) -> Response:
         """Each item is accepted or refused on its own (reasons: malformed, oversized,
         future, duplicate). The answer comes after the accepted posts are committed."""
         items = await read_items(request)
@@ -214,7 +223,7 @@ def create_app(settings: GrokSettings, service: GrokService | None = None) -> Fa
         tags=["feed"],
         summary="Update engagement counts of logged posts",
     )
-    async def post_engagement(request: Request, key: Key, s: Svc) -> IngestOut:
+    async def post_engagement(request: Request, key: Key, s: Svc) -> Response:
         """Items ``{"id", "likes", "reposts", "replies", "at"?}`` with absolute counts; the
         latest in log order wins. Unknown ids are refused (reason ``unknown``)."""
         items = await read_items(request)
@@ -230,7 +239,7 @@ def create_app(settings: GrokSettings, service: GrokService | None = None) -> Fa
         until: Annotated[str | None, Query(description="ISO time or duration ago")] = None,
         author: Annotated[str | None, Query(max_length=64)] = None,
         lang: Annotated[str | None, Query(max_length=16)] = None,
-        min_engagement: Annotated[int | None, Query(ge=0)] = None,
+        min_engagement: Annotated[int | None, Query(ge=0, le=MAX_ENGAGEMENT)] = None,
         limit_: Annotated[int, Query(alias="limit", ge=1, le=MAX_LIMIT)] = 20,
     ) -> SearchOut:
         """Posts ranked by BM25 relevance combined with recency and engagement."""
@@ -270,22 +279,33 @@ def create_app(settings: GrokSettings, service: GrokService | None = None) -> Fa
         min_count: Annotated[int, Query(ge=1)] = 5,
     ) -> TrendsOut:
         """Terms and hashtags whose count in the window rises most above the ``baseline``
-        windows before it (window ends at the newest post)."""
+        windows before it; the window ends at the server clock and is at most the retention
+        (``trend_retention_s``, default 6 h)."""
         limit(query_limit, key, 1)
         try:
             window_s = parse_window(window)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        trends = s.top_trends(window_s, baseline, limit_, min_count)
-        newest = s.trends.newest_us
-        at = datetime.fromtimestamp(newest / 1e6, UTC) if newest else None
+        at = datetime.now(UTC)
+        try:
+            trends = s.top_trends(window_s, baseline, limit_, min_count, created_us(at))
+        except TrendWindowError as exc:
+            raise HTTPException(422, str(exc)) from None
         bucket = s.settings.trend_bucket_s
         whole = max(1, round(window_s / bucket)) * bucket  # windows are whole buckets
         return TrendsOut(window_s=whole, at=at, trends=[TrendOut(**t.__dict__) for t in trends])
 
     @app.get("/healthz", tags=["ops"])
     def healthz(s: Svc) -> JSONResponse:
-        """Log and index positions; 503 when the indexer has stopped."""
+        """Liveness for load balancers, without a key: ``{"status": "ok"}``, or 503
+        ``{"status": "degraded"}`` while the indexer is down. Details: ``/v1/status``."""
+        ok = s.healthy()
+        return JSONResponse({"status": "ok" if ok else "degraded"}, 200 if ok else 503)
+
+    @app.get("/v1/status", tags=["ops"])
+    def status(key: Key, s: Svc) -> JSONResponse:
+        """Log and index positions, lag, indexer process id, restarts and last error (needs a
+        key); 503 when the indexer has stopped."""
         h = s.health()
         return JSONResponse(h, status_code=200 if h["status"] == "ok" else 503)
 

@@ -32,9 +32,9 @@ from gigafactory.grok.memory.broker import (
 )
 from gigafactory.grok.memory.ingest import Refusal, prepare_posts, validate_updates
 from gigafactory.grok.memory.search import Hit, SearchQuery, search_shards
-from gigafactory.grok.memory.service import IngestResult
+from gigafactory.grok.memory.service import GrokService, IngestResult
 from gigafactory.grok.memory.shards import KIND_UPDATE, ShardSet, consumer_name
-from gigafactory.grok.memory.trends import Trend, TrendCounter
+from gigafactory.grok.memory.trends import TrendCounter
 from gigafactory.grok.settings import GrokSettings
 
 
@@ -50,11 +50,17 @@ class ShardPositions:
         return min(self.shards.checkpoints(), default=0)
 
 
-class BrokerService:
+class BrokerService(GrokService):
     """The Grok memory on a NATS JetStream stream of ``partitions`` subjects (created with
-    ``replicas`` copies if it does not exist yet) and the shards under ``settings.data_dir``."""
+    ``replicas`` copies if it does not exist yet) and the shards under ``settings.data_dir``.
 
-    def __init__(self, settings: GrokSettings, url: str, partitions: int = 2, replicas: int = 1):
+    A ``GrokService`` whose log is the stream and whose index is the shards: ingest, search,
+    health and close are its own; what reads only the trends (``top_trends``) is inherited,
+    so the interface the API and the Grok chat call stays one."""
+
+    def __init__(  # the parent's __init__ opens a log and an indexer process: not called
+        self, settings: GrokSettings, url: str, partitions: int = 2, replicas: int = 1
+    ):
         self.settings = settings
         self.broker = Broker(url, "grok-api")
         try:
@@ -153,12 +159,6 @@ class BrokerService:
     def search(self, sq: SearchQuery) -> list[Hit]:
         """Ranked posts for ``sq`` over every shard."""
         return search_shards(self.shards.indexes(), sq, self.settings.weights)
-
-    def top_trends(
-        self, window_s: float, baseline: int = 6, limit: int = 20, min_count: int = 5
-    ) -> list[Trend]:
-        """Trending terms over the last ``window_s`` seconds of posts."""
-        return self.trends.top(window_s, None, baseline, limit, min_count)
 
     def _consumers(self) -> list[dict[str, Any]]:
         async def info() -> list[dict[str, Any]]:

@@ -27,25 +27,72 @@ from pathlib import Path
 import orjson
 import tantivy
 
+from gigafactory.errors import GigafactoryError
 from gigafactory.grok.memory.log import KIND_POST, LogReader, Record, with_counts
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
 POST = "post"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: multilingual text analyzer with positions
+MARKER = ".grok-index"
+"""A file in every index folder this service created: the only folders it deletes."""
+
+
+TEXT_ANALYZER = "grok_text"
+"""Name under which ``text_analyzer`` is registered on every opened index."""
+MAX_TOKEN_BYTES = 40  # longer tokens are dropped (tantivy's RemoveLongFilter limit)
+_UNSPACED = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}"
+_SYMBOLS = r"\p{So}\p{Sc}\p{Sm}\p{Sk}"
+TOKEN_PATTERN = (
+    rf"[{_UNSPACED}]"  # one token per character of a script written without spaces
+    rf"|[{_SYMBOLS}]"  # one token per symbol: emoji are content on a post stream
+    rf"|[[\p{{L}}\p{{N}}]--[{_UNSPACED}]][[\p{{L}}\p{{M}}\p{{N}}]--[{_UNSPACED}]]*"  # words
+)
+"""How post text (and query text) becomes tokens (Rust regex syntax, Unicode-aware):
+
+- scripts written without spaces between words (Han, kana, Thai, Lao, Khmer, Myanmar) and
+  Hangul (whose particles attach to words) give one token per character; a query for a word
+  of them is a phrase of its characters (``search.build_query``), so "東京" finds
+  "東京タワーに行きました" and "서울" finds "서울에서" (character n-gram indexing in its
+  unigram-plus-positions form, as Lucene's CJK analysers index bigrams);
+- words of other scripts are runs of letters, digits and combining marks (so Devanagari
+  "हिन्दी" stays one word; Unicode TR#29 word boundaries, simplified);
+- each symbol (emoji, currency, math) is a token of its own; punctuation is dropped.
+
+Then ``ascii_fold`` (Lucene's ASCIIFoldingFilter: "İ" -> "I", "ç" -> "c", "ß" -> "ss") and
+``lowercase`` fold case and accents, so "istanbul" finds "İstanbul"."""
+
+
+def text_analyzer() -> tantivy.TextAnalyzer:
+    """The analyzer of the ``text`` field (``TOKEN_PATTERN``, long tokens dropped, accents
+    folded, lower-cased); queries go through the same one."""
+    return (
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(TOKEN_PATTERN))
+        .filter(tantivy.Filter.remove_long(MAX_TOKEN_BYTES))
+        .filter(tantivy.Filter.ascii_fold())
+        .filter(tantivy.Filter.lowercase())
+        .build()
+    )
+
+
+def register_analyzers(index: tantivy.Index) -> tantivy.Index:
+    """Register ``text_analyzer`` on ``index`` (tokenizers are not stored in the index, so
+    every process opening it does this) and return it."""
+    index.register_tokenizer(TEXT_ANALYZER, text_analyzer())
+    return index
 
 
 def build_schema() -> tantivy.Schema:
-    """Fields of the index. ``text`` is tokenised (tantivy's default tokenizer: split on
-    non-alphanumerics, lower-case, drop tokens of 40+ bytes); ids and names are raw terms;
-    time and engagement are fast fields for filters and re-ranking."""
+    """Fields of the index. ``text`` is analysed by ``text_analyzer`` with positions (phrase
+    queries over characters of unspaced scripts); ids and names are raw terms; time and
+    engagement are fast fields for filters and re-ranking."""
     sb = tantivy.SchemaBuilder()
     sb.add_text_field("kind", stored=False, tokenizer_name="raw", index_option="basic")
     sb.add_text_field("id", stored=True, tokenizer_name="raw", index_option="basic")
     sb.add_text_field("author", stored=True, tokenizer_name="raw", index_option="basic")
     sb.add_text_field("lang", stored=True, tokenizer_name="raw", index_option="basic")
-    sb.add_text_field("text", stored=True, tokenizer_name="default", index_option="freq")
+    sb.add_text_field("text", stored=True, tokenizer_name=TEXT_ANALYZER, index_option="position")
     sb.add_text_field("reply_to", stored=True, tokenizer_name="raw", index_option="basic")
     sb.add_text_field("quote_of", stored=True, tokenizer_name="raw", index_option="basic")
     sb.add_integer_field("created_us", stored=True, indexed=True, fast=True)
@@ -60,6 +107,10 @@ def build_schema() -> tantivy.Schema:
 
 class IndexCorrupt(Exception):
     """The on-disk index cannot be trusted; it will be rebuilt from the log."""
+
+
+class IndexOutdated(IndexCorrupt):
+    """The index is this service's (its checkpoint document says so) of another schema."""
 
 
 def checkpoint_of(index: tantivy.Index) -> tuple[int, int]:
@@ -77,7 +128,7 @@ def checkpoint_of(index: tantivy.Index) -> tuple[int, int]:
         raise IndexCorrupt("more than one checkpoint document")
     cp = searcher.doc(hits[0][1])
     if cp.get_first("version") != SCHEMA_VERSION:
-        raise IndexCorrupt(f"index schema version {cp.get_first('version')} != {SCHEMA_VERSION}")
+        raise IndexOutdated(f"index schema version {cp.get_first('version')} != {SCHEMA_VERSION}")
     probe = searcher.search(tantivy.Query.term_query(schema, "kind", POST), 1).hits
     for _score, addr in probe:
         searcher.doc(addr)  # the doc store must decode
@@ -93,33 +144,65 @@ class OpenedIndex:
     rebuilt: str | None
 
 
-def open_index(path: Path, postlog: LogReader) -> OpenedIndex:
+class ForeignIndexFolder(GigafactoryError):
+    """The index folder holds files this service did not create; it is never deleted."""
+
+
+def _create(path: Path, schema: tantivy.Schema) -> tantivy.Index:
+    """A new, empty index at ``path``, marked as ours (``MARKER``) before anything else."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).write_text("created by gigafactory grok; deleted and rebuilt when unusable\n")
+    return register_analyzers(tantivy.Index(schema, str(path), reuse=False))
+
+
+def _check_against_log(seq: int, docs: int, postlog: LogReader) -> None:
+    if seq > postlog.last_seq:
+        raise IndexCorrupt(f"index at seq {seq} is ahead of the log ({postlog.last_seq})")
+    logged = postlog.count_posts(seq)
+    if docs != logged:
+        raise IndexCorrupt(f"{docs} post documents but {logged} posts logged up to {seq}")
+
+
+def open_index(path: Path, postlog: LogReader | None) -> OpenedIndex:
     """Open the index at ``path``, or create/rebuild it when it is missing, unreadable or
-    inconsistent with ``postlog`` (the reason is returned in ``rebuilt``)."""
+    inconsistent with ``postlog`` (the reason is returned in ``rebuilt``). Without a
+    ``postlog`` (a shard fed from the broker, ``shards.open_shard``) only the index itself
+    is checked, and a rebuilt one starts from checkpoint 0 of its source.
+
+    Only a folder this service created (it holds ``MARKER``) is ever deleted: a non-empty
+    folder without the marker is adopted if it is a consistent index of this schema (and
+    marked), else ``ForeignIndexFolder`` is raised and nothing is touched."""
     path = Path(path)
     schema = build_schema()
     reason = None
     if path.exists() and any(path.iterdir()):
+        ours = (path / MARKER).exists()
         try:
-            index = tantivy.Index(schema, str(path), reuse=True)
+            if not ours and not (path / "meta.json").exists():  # opening would create one
+                raise IndexCorrupt("no tantivy index (meta.json) in it")
+            index = register_analyzers(tantivy.Index(schema, str(path), reuse=True))
             seq, docs = checkpoint_of(index)
-            if seq > postlog.last_seq:
-                raise IndexCorrupt(f"index at seq {seq} is ahead of the log ({postlog.last_seq})")
-            logged = postlog.count_posts(seq)
-            if docs != logged:
-                raise IndexCorrupt(f"{docs} post documents but {logged} posts logged up to {seq}")
+            if postlog is not None:
+                _check_against_log(seq, docs, postlog)
+            if not ours:
+                (path / MARKER).write_text("adopted by gigafactory grok: a consistent index\n")
             return OpenedIndex(index, seq, None)
         except (Exception, BaseException) as exc:  # tantivy panics surface as BaseException
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
             reason = f"{type(exc).__name__}: {exc}"
-            log.warning("index at %s is unusable (%s); rebuilding it from the log", path, reason)
+            if not ours and not isinstance(exc, IndexOutdated):
+                raise ForeignIndexFolder(
+                    f"{path} is not empty and was not created by this service (no {MARKER}) "
+                    f"and is not a usable index ({reason}); move it away or choose another "
+                    "--data-dir: it is never deleted"
+                ) from None
+            log.warning("index at %s is unusable (%s); rebuilding it from its source", path, reason)
             shutil.rmtree(path, ignore_errors=True)
-    elif postlog.last_seq:
+    elif postlog is not None and postlog.last_seq:
         reason = "index missing"
         log.warning("no index at %s; rebuilding it from the log", path)
-    path.mkdir(parents=True, exist_ok=True)
-    return OpenedIndex(tantivy.Index(schema, str(path), reuse=False), 0, reason)
+    return OpenedIndex(_create(path, schema), 0, reason)
 
 
 def take_writer(

@@ -42,7 +42,7 @@ from typing import Any
 import tantivy
 
 from gigafactory.errors import GigafactoryError
-from gigafactory.grok.memory.index import IndexFeeder, open_index
+from gigafactory.grok.memory.index import IndexFeeder, open_index, register_analyzers
 from gigafactory.grok.memory.log import LogReader
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,9 @@ def child_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     _die_with_parent(args.parent_pid)
+    # Ctrl-C in a terminal signals the whole process group: the parent stops this process
+    # with ("stop",) after its own shutdown, so the child must not die (and be mourned) first
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level="WARNING", format="%(asctime)s indexer %(levelname)s %(message)s")
     conn = Connection(args.fd)
     halt = threading.Event()
@@ -226,7 +229,7 @@ class IndexerProcess:
         self._started.set()
 
     def _on_ready(self, checkpoint_seq: int, rebuilt: str | None, pid: int) -> None:
-        index = tantivy.Index.open(str(self.data_dir / "index"))
+        index = register_analyzers(tantivy.Index.open(str(self.data_dir / "index")))
         index.config_reader("Manual")
         with self._visible:
             self.index = index

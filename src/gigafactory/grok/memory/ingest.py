@@ -25,7 +25,14 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gigafactory.errors import GigafactoryError
 from gigafactory.grok.memory.log import created_us, post_body, post_document
-from gigafactory.grok.memory.post import MAX_TEXT_CHARS, EngagementUpdate, Post, strip_controls
+from gigafactory.grok.memory.post import (
+    MAX_COUNT,
+    MAX_TEXT_CHARS,
+    EngagementUpdate,
+    Post,
+    strip_controls,
+    to_utc,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -181,7 +188,6 @@ _LANG = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})?")
 _ISO = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})?"
 )
-_MAX_COUNT = 10**12
 
 
 def fast_post(item: Any) -> tuple[str, str, datetime, str] | None:
@@ -211,9 +217,9 @@ def fast_post(item: Any) -> tuple[str, str, datetime, str] | None:
         and type(likes) is int
         and type(reposts) is int
         and type(replies) is int
-        and 0 <= likes <= _MAX_COUNT
-        and 0 <= reposts <= _MAX_COUNT
-        and 0 <= replies <= _MAX_COUNT
+        and 0 <= likes <= MAX_COUNT
+        and 0 <= reposts <= MAX_COUNT
+        and 0 <= replies <= MAX_COUNT
         and _ID.fullmatch(pid)
         and _HANDLE.fullmatch(author)
         and _ISO.fullmatch(stamp)
@@ -226,10 +232,9 @@ def fast_post(item: Any) -> tuple[str, str, datetime, str] | None:
     if len(text) > MAX_TEXT_CHARS or not text.strip():
         return None
     try:
-        t = datetime.fromisoformat(stamp)
+        t = to_utc(datetime.fromisoformat(stamp))
     except ValueError:
-        return None
-    t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+        return None  # the Post model gives the verdict and message
     doc = post_document(pid, author, text, t, lang, likes, reposts, replies, reply_to, quote_of)
     return pid, text, t, doc
 

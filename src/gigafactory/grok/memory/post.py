@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 MAX_TEXT_CHARS = 4000
 """Longest accepted post text, in characters (after control characters are removed)."""
+MAX_COUNT = 10**12
+"""Largest accepted likes, reposts or replies count of a post."""
+MAX_ENGAGEMENT = 3 * MAX_COUNT
+"""Largest possible engagement (likes + reposts + replies) of a post."""
 
 PostId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 Handle = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,32}$")]
@@ -25,7 +29,6 @@ Lang = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 _HASHTAG = re.compile(r"(?<![\w#])#(\w{1,64})")
 _MENTION = re.compile(r"(?<![\w@])@(\w{1,32})")
-_WORD = re.compile(r"[^\W_]+")
 
 
 def strip_controls(text: str) -> str:
@@ -44,17 +47,18 @@ def mentions(text: str) -> list[str]:
     return _MENTION.findall(text)
 
 
-def words(text: str) -> list[str]:
-    """Lower-cased alphanumeric runs of ``text``: the same split as tantivy's default
-    (SimpleTokenizer: split on non-alphanumeric characters, then LowerCaser)."""
-    return _WORD.findall(text.lower())
-
-
-def _utc(value: datetime) -> datetime:
-    """A naive datetime is taken as UTC; an aware one is converted to UTC."""
+def to_utc(value: datetime) -> datetime:
+    """A naive datetime is taken as UTC; an aware one is converted to UTC. A time whose UTC
+    equivalent falls outside years 1..9999 (``0001-01-01T00:00:00+01:00``) raises
+    ``ValueError`` (a validation error for the item, not an ``OverflowError``)."""
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            f"{value.isoformat()} is outside the representable range in UTC (years 1-9999)"
+        ) from None
 
 
 class Engagement(BaseModel):
@@ -62,9 +66,9 @@ class Engagement(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    likes: int = Field(0, ge=0, le=10**12)
-    reposts: int = Field(0, ge=0, le=10**12)
-    replies: int = Field(0, ge=0, le=10**12)
+    likes: int = Field(0, ge=0, le=MAX_COUNT)
+    reposts: int = Field(0, ge=0, le=MAX_COUNT)
+    replies: int = Field(0, ge=0, le=MAX_COUNT)
 
     @property
     def total(self) -> int:
@@ -95,7 +99,7 @@ class Post(Engagement):
     @field_validator("created_at")
     @classmethod
     def _to_utc(cls, value: datetime) -> datetime:
-        return _utc(value)
+        return to_utc(value)
 
 
 class EngagementUpdate(Engagement):
@@ -107,4 +111,4 @@ class EngagementUpdate(Engagement):
     @field_validator("at")
     @classmethod
     def _to_utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else _utc(value)
+        return None if value is None else to_utc(value)

@@ -36,7 +36,7 @@ class GrokService:
 
     def __init__(self, settings: GrokSettings):
         self.settings = settings
-        d = settings.data_dir
+        d = settings.prepare_data_dir()
         self.log = PostLog(d / "log.sqlite3", settings.synchronous)
         try:
             self.indexer = IndexerProcess(
@@ -103,15 +103,24 @@ class GrokService:
         return search(self.indexer.index, sq, self.settings.weights)
 
     def top_trends(
-        self, window_s: float, baseline: int = 6, limit: int = 20, min_count: int = 5
+        self,
+        window_s: float,
+        baseline: int = 6,
+        limit: int = 20,
+        min_count: int = 5,
+        at_us: int | None = None,
     ) -> list[Trend]:
-        """Trending terms over the last ``window_s`` seconds of posts."""
-        return self.trends.top(window_s, None, baseline, limit, min_count)
+        """Trending terms over the ``window_s`` seconds up to ``at_us`` (default: now)."""
+        return self.trends.top(window_s, at_us, baseline, limit, min_count)
+
+    def healthy(self) -> bool:
+        """Whether the indexer process is running and has not failed since its last start."""
+        return self.indexer.is_alive() and self.indexer.error is None
 
     def health(self) -> dict[str, Any]:
         """Log and index positions, and whether the indexer process is alive."""
         ix = self.indexer
-        ok = ix.is_alive() and ix.error is None
+        ok = self.healthy()
         docs = ix.index.searcher().num_docs if ix.index is not None else 0
         return {
             "status": "ok" if ok else "degraded",
@@ -119,6 +128,7 @@ class GrokService:
             "searchable_seq": ix.searchable_seq,
             "lag": self.log.last_seq - ix.searchable_seq,
             "commits": ix.commits,
+            "log_commits": self.log.commits,
             "index_docs": max(0, docs - 1),  # less the checkpoint document
             "index_rebuilt": self.rebuilt,
             "indexer_pid": ix.pid,

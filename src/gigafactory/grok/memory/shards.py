@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -45,8 +44,9 @@ from gigafactory.grok.memory.index import (
     IndexCorrupt,
     IndexFeeder,
     OpenedIndex,
-    build_schema,
     checkpoint_of,
+    open_index,
+    register_analyzers,
 )
 from gigafactory.grok.memory.log import with_counts
 
@@ -70,22 +70,7 @@ def consumer_name(partition: int) -> str:
 def open_shard(path: Path) -> OpenedIndex:
     """Open a shard and read its checkpoint (stream sequence), or create it empty; an
     unreadable one is deleted and rebuilt from the stream (the reason is in ``rebuilt``)."""
-    path = Path(path)
-    schema = build_schema()
-    reason = None
-    if path.exists() and any(path.iterdir()):
-        try:
-            index = tantivy.Index(schema, str(path), reuse=True)
-            seq, _docs = checkpoint_of(index)
-            return OpenedIndex(index, seq, None)
-        except (Exception, BaseException) as exc:  # tantivy panics surface as BaseException
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
-                raise
-            reason = f"{type(exc).__name__}: {exc}"
-            log.warning("shard %s is unusable (%s); rebuilding it from the stream", path, reason)
-            shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, exist_ok=True)
-    return OpenedIndex(tantivy.Index(schema, str(path), reuse=False), 0, reason)
+    return open_index(path, None)
 
 
 def stored_body(doc: tantivy.Document) -> str:
@@ -239,11 +224,20 @@ def run_indexer(
     stream_wait_s: float = 60.0,
 ) -> OpenedIndex:
     """Open partition ``partition``'s shard under ``data_dir`` and index it from the broker at
-    ``url`` until ``halt`` is set (waiting up to ``stream_wait_s`` for the stream to exist).
+    ``url`` until ``halt`` is set (waiting up to ``stream_wait_s`` for the broker and its
+    stream to be there).
     Returns how the shard was opened."""
-    broker = Broker(url, f"grok-indexer-{partition}")
+    deadline = time.monotonic() + stream_wait_s
+    while True:  # the broker may be starting or restarting: wait for it
+        try:
+            broker = Broker(url, f"grok-indexer-{partition}")
+            break
+        except BrokerError:
+            if time.monotonic() > deadline or halt.is_set():
+                raise
+            halt.wait(0.5)
     try:
-        partitions = _wait_for_stream(broker, halt, stream_wait_s)
+        partitions = _wait_for_stream(broker, halt, max(0.0, deadline - time.monotonic()))
         if not 0 <= partition < partitions:
             raise BrokerError(
                 f"--partition {partition}: the stream has partitions 0..{partitions - 1}"
@@ -277,7 +271,7 @@ class ShardSet:
                 if ix is None:
                     path = shard_dir(self.data_dir, k)
                     if (path / "meta.json").exists():
-                        ix = tantivy.Index.open(str(path))
+                        ix = register_analyzers(tantivy.Index.open(str(path)))
                         ix.config_reader("Manual")
                         self._indexes[k] = ix
                         ix.reload()

@@ -1,7 +1,7 @@
 """Trending terms and hashtags: per-minute term counts, a window compared with its baseline.
 
-The indexer feeds every post it indexes (``TrendCounter.add``); ``top`` compares each term's
-count in the window ending at ``at`` with its count in the ``baseline`` windows before it.
+Every logged post is counted (``TrendCounter.add_many``); ``top`` compares each term's count
+in the window ending at the server clock with its count in the ``baseline`` windows before it.
 Buckets are kept for ``retention_s``; a closed bucket drops its terms seen only once (most of
 the distinct terms of real text are such hapaxes, and alone they cannot trend).
 """
@@ -11,8 +11,11 @@ from __future__ import annotations
 import math
 import re
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
+
+from gigafactory.errors import GigafactoryError
 
 STOPWORDS = frozenset(
     [
@@ -182,8 +185,18 @@ class Trend:
     score: float
 
 
+class TrendWindowError(GigafactoryError, ValueError):
+    """A trend window the counter cannot answer (longer than what it keeps)."""
+
+
+def now_us() -> int:
+    """The server clock in µs since the epoch."""
+    return time.time_ns() // 1000
+
+
 class TrendCounter:
-    """Term counts in time buckets of ``bucket_s`` seconds (by post creation time)."""
+    """Term counts in time buckets of ``bucket_s`` seconds (by post creation time), kept for
+    ``retention_s`` seconds back from the server clock (older posts are not counted)."""
 
     def __init__(self, bucket_s: int = 60, retention_s: int = 6 * 3600):
         self.bucket_s = bucket_s
@@ -191,37 +204,44 @@ class TrendCounter:
         self._buckets: dict[int, Counter[str]] = {}
         self._pruned: set[int] = set()
         self._lock = threading.Lock()
-        self.newest_us = 0
 
-    def add(self, created_us: int, text: str) -> None:
+    @property
+    def _keep_buckets(self) -> int:
+        return self.retention_s // self.bucket_s
+
+    def add(self, created_us: int, text: str, at_us: int | None = None) -> None:
         """Count the terms of one post created at ``created_us`` (µs since the epoch)."""
-        self.add_many([(created_us, text)])
+        self.add_many([(created_us, text)], at_us)
 
-    def add_many(self, posts: list[tuple[int, str]]) -> None:
-        """Count the terms of many ``(created_us, text)`` posts: one regex pass per bucket."""
+    def add_many(self, posts: list[tuple[int, str]], at_us: int | None = None) -> None:
+        """Count the terms of many ``(created_us, text)`` posts, the clock reading ``at_us``
+        (default: now): one regex pass per bucket."""
         bsize = self.bucket_s * 1_000_000
+        current = (now_us() if at_us is None else at_us) // bsize
+        oldest = current - self._keep_buckets
         groups: dict[int, list[str]] = {}
         for created_us, text in posts:
-            groups.setdefault(created_us // bsize, []).append(text)
+            b = created_us // bsize
+            if b >= oldest:
+                groups.setdefault(b, []).append(text)
         counted = {b: Counter(trend_terms("\n".join(texts))) for b, texts in groups.items()}
-        newest = max((c for c, _t in posts), default=0)
         with self._lock:
             for b, counts in counted.items():
                 bucket = self._buckets.get(b)
                 if bucket is None:
                     self._buckets[b] = counts
-                    self._roll(b)
                 else:
                     bucket.update(counts)
-            self.newest_us = max(self.newest_us, newest)
+            self._roll(current)
 
-    def _roll(self, newest: int) -> None:
-        keep_from = newest - self.retention_s // self.bucket_s
+    def _roll(self, current: int) -> None:
+        """Drop buckets past the retention; in closed buckets, drop terms seen only once."""
+        keep_from = current - self._keep_buckets
         for b in [b for b in self._buckets if b < keep_from]:
             del self._buckets[b]
             self._pruned.discard(b)
         for b, counter in self._buckets.items():
-            if b < newest - 2 and b not in self._pruned:
+            if b < current - 2 and b not in self._pruned:
                 for term in [t for t, c in counter.items() if c < 2]:
                     del counter[term]
                 self._pruned.add(b)
@@ -235,20 +255,28 @@ class TrendCounter:
         min_count: int = 5,
     ) -> list[Trend]:
         """The ``limit`` terms rising most in the window ``(at - window, at]`` against the
-        ``baseline`` windows before it. ``at`` defaults to the newest post's time, which is
-        "now" for a live feed and stays meaningful when an old file is replayed."""
-        at_us = self.newest_us if at_us is None else at_us
+        ``baseline`` windows before it; ``at`` defaults to the server clock (a post dated
+        ahead of it, within the allowed skew, is not in any window yet). A window longer
+        than the retention raises ``TrendWindowError``; the work is bounded by the buckets
+        kept, whatever the window."""
+        if window_s > self.retention_s:
+            raise TrendWindowError(
+                f"window of {window_s:g}s exceeds the {self.retention_s}s of counts kept; "
+                "ask for a shorter window (or raise trend_retention_s)"
+            )
+        at_us = now_us() if at_us is None else at_us
         bsize = self.bucket_s * 1_000_000
         n_win = max(1, round(window_s / self.bucket_s))
         last = at_us // bsize
-        win_keys = range(last - n_win + 1, last + 1)
-        base_keys = range(last - n_win * (1 + baseline) + 1, last - n_win + 1)
-        with self._lock:
-            win = [Counter(self._buckets[b]) for b in win_keys if b in self._buckets]
-            base = [self._buckets[b] for b in base_keys if b in self._buckets]
+        first_win = last - n_win + 1
+        first_base = last - n_win * (1 + baseline) + 1
+        with self._lock:  # only references and copies of the window's buckets
+            keys = [b for b in self._buckets if first_base <= b <= last]
+            win = [Counter(self._buckets[b]) for b in keys if b >= first_win]
+            base = [Counter(self._buckets[b]) for b in keys if b < first_win]
             oldest = min(self._buckets, default=last)
         # baseline buckets since data began count, even the silent (absent) ones
-        n_base = sum(1 for b in base_keys if b >= oldest)
+        n_base = max(0, first_win - max(first_base, oldest))
         now: Counter[str] = Counter()
         for c in win:
             now.update(c)
