@@ -224,3 +224,52 @@ def test_broker_options_with_bad_values_fail_with_the_fix(tmp_path, nats_server,
     assert "--commit-interval 0.0" in cli(
         capsys, *indexer, "--partition", "0", "--commit-interval", "0"
     )
+
+
+def test_duplicates_updates_trends_and_status_through_the_broker(tmp_path, nats_server):
+    from gigafactory.grok.memory.broker_service import BrokerService
+    from gigafactory.grok.memory.search import SearchQuery
+    from gigafactory.grok.memory.shards import run_indexer
+    from gigafactory.grok.settings import GrokSettings
+
+    settings = GrokSettings.load({}, data_dir=tmp_path / "data", api_keys="k")
+    svc = BrokerService(settings, nats_server.url, partitions=2)
+    halt = threading.Event()
+    threads = [
+        threading.Thread(target=run_indexer, args=(nats_server.url, k, tmp_path / "data", halt, 0.05))
+        for k in range(2)
+    ]  # fmt: skip
+    for t in threads:
+        t.start()
+    try:
+        items = posts(0, 20)
+        items.append(dict(items[3]))  # repeated in the batch
+        res = svc.ingest_posts(items)
+        assert res.accepted == 20 and [(r.index, r.reason) for r in res.refused] == [
+            (20, "duplicate")
+        ]
+        again = svc.ingest_posts(items[:2])  # a client retrying: the stream drops the repeat
+        assert again.accepted == 0 and {r.reason for r in again.refused} == {"duplicate"}
+        up = svc.ingest_updates([{"id": "b0-5", "likes": 40, "reposts": 2, "replies": 1}])
+        assert up.accepted == 1 and up.last_seq > res.last_seq
+        wait_for(lambda: all(p.get("pending") == 0 and p.get("unacked") == 0
+                             for p in svc.health()["partitions"]), 30, "the indexers")  # fmt: skip
+        time.sleep(0.1)  # the shard view reloads every 50 ms
+        hits = svc.search(SearchQuery("broker test", limit=100))
+        assert sorted(h.id for h in hits) == sorted(f"b0-{j}" for j in range(20))
+        assert next(h for h in hits if h.id == "b0-5").likes == 40
+        status = svc.health()
+        assert status["status"] == "ok" and status["index_docs"] == 20
+        assert sum(p["searchable_seq"] > 0 for p in status["partitions"]) == 2
+        assert "broker" in {t.term for t in svc.top_trends(900, min_count=10)}
+    finally:
+        halt.set()
+        for t in threads:
+            t.join(30)
+        svc.close()
+    # a new service counts the trends of the posts the shards hold
+    svc = BrokerService(settings, nats_server.url, partitions=2)
+    try:
+        assert svc.trend_history == 20
+    finally:
+        svc.close()
