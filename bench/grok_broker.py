@@ -4,14 +4,14 @@ and indexed, and ack -> searchable freshness.
 For each partition count P (``--partitions 1 2``): a fresh ``nats-server -js`` on loopback
 (temp store), a ``BrokerService`` in this process (what ``serve --broker`` runs behind HTTP)
 and P ``gigafactory indexer`` processes. ``--clients`` threads ingest pre-generated batches
-of ``--batch`` posts as fast as JetStream acknowledges them for ``--duration`` seconds; after
-every acknowledged batch its last post becomes a probe, and a probe thread polls the shards
+of ``--batch`` posts as fast as JetStream acknowledges them (or paced at ``--rate`` posts/s)
+for ``--duration`` seconds; after every acknowledged batch its last post becomes a probe, and a probe thread polls the shards
 (reloaded every poll) until the probe's id is searchable: freshness = ack -> searchable,
 including up to one ``--poll-ms``. "indexed posts/s" is every acknowledged post over the
 time until the last of them was searchable.
 
     .venv/bin/python bench/grok_broker.py [--partitions 1 2] [--duration 15] [--batch 500]
-        [--clients 2] [--commit-interval 0.1] [--json]
+        [--clients 2] [--rate POSTS_PER_S] [--commit-interval 0.1] [--json]
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def run(partitions: int, args, batches: list[list[dict]], tmp: Path) -> dict:
         shards = ShardSet(root / "data", partitions, reload_s=0.0)
         wait(lambda: len(shards.indexes()) == partitions, 60, "the indexers")
 
-        queue = iter(batches)
+        queue = iter(enumerate(batches))
         lock = threading.Lock()
         stop = threading.Event()
         acked: list[int] = [0]
@@ -117,9 +117,14 @@ def run(partitions: int, args, batches: list[list[dict]], tmp: Path) -> dict:
         def client() -> None:
             while not stop.is_set():
                 with lock:
-                    items = next(queue, None)
-                if items is None:
+                    item = next(queue, None)
+                if item is None:
                     return
+                k, items = item
+                if args.rate > 0:  # pace: batch k leaves at k * batch / rate
+                    delay = t0 + k * args.batch / args.rate - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
                 res = svc.ingest_posts(items)
                 t_ack = time.perf_counter()
                 with lock:
@@ -154,6 +159,7 @@ def run(partitions: int, args, batches: list[list[dict]], tmp: Path) -> dict:
         t_indexed = time.perf_counter()
         return {
             "partitions": partitions,
+            "offered": f"{args.rate:g}/s" if args.rate else "flat out",
             "posts": total,
             "acked_posts_per_s": round(total / (t_acked - t0)),
             "indexed_posts_per_s": round(total / (t_indexed - t0)),
@@ -178,6 +184,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=15.0)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--rate", type=float, default=0.0, help="offered posts/s (0 = flat out)")
     ap.add_argument("--posts", type=int, default=300_000, help="posts pre-generated (cap)")
     ap.add_argument("--commit-interval", type=float, default=0.1)
     ap.add_argument("--poll-ms", type=float, default=5.0)

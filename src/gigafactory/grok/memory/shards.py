@@ -204,10 +204,7 @@ def _wait_for_stream(broker: Broker, halt: threading.Event, wait_s: float) -> in
     while True:
         try:
             return broker.stream_partitions()
-        except BrokerError:
-            if time.monotonic() > deadline or halt.is_set():
-                raise
-        except TRANSIENT:  # the server is restarting
+        except (BrokerError, *TRANSIENT):  # no stream yet, or the server is restarting
             if time.monotonic() > deadline or halt.is_set():
                 raise
         halt.wait(0.2)
