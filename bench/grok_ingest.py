@@ -8,7 +8,10 @@ probe threads each, again and again, post one post carrying a unique word and po
 interval is included, so the figure errs high by up to one interval).
 
     .venv/bin/python bench/grok_ingest.py [--duration 20] [--batch 2000] [--clients 2]
-        [--rate POSTS_PER_S] [--probes 2] [--poll-ms 10] [--sync FULL] [--json]
+        [--rate POSTS_PER_S] [--probes 2] [--poll-ms 10] [--sync FULL] [--burn N] [--json]
+
+``--burn N`` starts N processes that each keep one core busy for the whole run (the issue's
+"while another process keeps one core busy").
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ def main() -> None:
     ap.add_argument("--poll-ms", type=float, default=10.0, help="search poll interval")
     ap.add_argument("--sync", default="FULL")
     ap.add_argument("--commit-interval", type=float, default=0.1)
+    ap.add_argument(
+        "--burn", type=int, default=0, help="processes that each keep one core busy meanwhile"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     console = Console(stderr=args.json)
@@ -83,6 +89,9 @@ def main() -> None:
         str(args.commit_interval),
     ]
     server = subprocess.Popen(env_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    burners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.burn)
+    ]
     try:
         for _ in range(300):
             try:
@@ -150,6 +159,9 @@ def main() -> None:
         elapsed = time.perf_counter() - t0
         health = httpx.get(f"{url}/v1/status", headers=KEY).json()
     finally:
+        for b in burners:
+            b.kill()
+            b.wait()
         server.send_signal(signal.SIGTERM)
         server.wait(60)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -158,6 +170,7 @@ def main() -> None:
         "seconds": round(elapsed, 2),
         "posts_per_s": round(acked[0] / elapsed),
         "offered_rate": args.rate or "max",
+        "busy_cores": args.burn,
         "batch": args.batch,
         "clients": args.clients,
         "synchronous": args.sync,

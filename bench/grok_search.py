@@ -2,8 +2,10 @@
 
 Builds (or reuses, with ``--data-dir``) a data dir holding ``--posts`` generated posts through
 the real log + indexer path (no HTTP), then times ``--queries`` searches in process: one- to
-three-word queries drawn from the generator's vocabulary, hashtags, and a third of them with
-filters (time window, language, author, minimum engagement), ranked as the API ranks them.
+three-word queries drawn from the generator's vocabulary, hashtags, Japanese words written
+without spaces, a third of them with filters (time window, language, author, minimum
+engagement), and one in ten a very common word over the last hour in one language
+(``q=the&since=1h&lang=en``, reported apart too), ranked as the API ranks them.
 
     .venv/bin/python bench/grok_search.py [--posts 1000000] [--data-dir DIR] [--queries 2000]
         [--json]
@@ -46,6 +48,9 @@ def build(svc: GrokService, n: int, console: Console) -> float:
     return time.perf_counter() - t0
 
 
+COMMON = [("the", "en"), ("the", None), ("de", "es"), ("la", "fr"), ("die", "de"), ("の", "ja")]
+
+
 def queries(n: int, authors: list[str]) -> list[SearchQuery]:
     """A seeded mix of realistic queries."""
     rng = random.Random(7)
@@ -55,11 +60,17 @@ def queries(n: int, authors: list[str]) -> list[SearchQuery]:
     out = []
     for i in range(n):
         kind = rng.random()
-        if kind < 0.15:
+        f: dict = {}
+        if kind < 0.1:  # very common words, the probe's worst case: q=the&since=1h&lang=en
+            q, lang = rng.choice(COMMON)
+            out.append(SearchQuery(q=q, since_us=now_us - 3600 * 1_000_000, lang=lang))
+            continue
+        if kind < 0.2:
             q = "#" + rng.choice(rng.choice(TOPICS).tags)
+        elif kind < 0.3:  # Japanese: an entity and a word written without spaces
+            q = rng.choice(vocab) + rng.choice(LANGS["ja"].adjs)
         else:
             q = " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 3)))
-        f: dict = {}
         if i % 3 == 0:
             pick = rng.randrange(4)
             if pick == 0:
@@ -101,11 +112,14 @@ def main() -> None:
         qs = queries(args.queries, authors)
         for q in qs[:50]:  # warm-up (page cache, searcher)
             svc.search(q)
-        lat, found = [], 0
+        lat, common, found = [], [], 0
         for q in qs:
             t0 = time.perf_counter()
             hits = svc.search(q)
-            lat.append((time.perf_counter() - t0) * 1000)
+            ms = (time.perf_counter() - t0) * 1000
+            lat.append(ms)
+            if (q.q, q.lang) in COMMON and q.since_us:
+                common.append(ms)
             found += bool(hits)
     finally:
         svc.close()
@@ -120,6 +134,9 @@ def main() -> None:
         "p90_ms": round(pct(lat, 90), 2),
         "p99_ms": round(pct(lat, 99), 2),
         "max_ms": round(max(lat), 2),
+        "common_word_since_1h_n": len(common),
+        "common_word_since_1h_p50_ms": round(pct(common, 50), 2),
+        "common_word_since_1h_p99_ms": round(pct(common, 99), 2),
         "data_dir": str(data) if args.data_dir else "(temporary, removed)",
     }
     emit(result, "grok search latency (in process, ranked, 20 hits)", args.json, console)

@@ -19,23 +19,29 @@ from .conftest import ingest_and_wait, post
 KEY = {"x-api-key": "k1"}
 
 
-@pytest.fixture
-def client(tmp_path):
-    settings = GrokSettings.load({}, data_dir=tmp_path / "d", api_keys="k1", commit_interval_s=0.05)
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    data = tmp_path_factory.mktemp("hardening") / "d"
+    settings = GrokSettings.load({}, data_dir=data, api_keys="k1", commit_interval_s=0.05)
     with TestClient(create_app(settings)) as c:
         yield c
 
 
 @pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
 def test_overflowing_time_refuses_that_item_alone(client, stamp):
-    batch = [post("ok1", "fine"), post("bad", "overflow") | {"created_at": stamp}, post("ok2", "x")]
+    tag = stamp[:4]
+    batch = [
+        post(f"{tag}a", "fine"),
+        post("bad", "overflow") | {"created_at": stamp},
+        post(f"{tag}b", "x"),
+    ]
     r = client.post("/v1/posts", headers=KEY, json=batch)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["accepted"] == 2
     assert [(x["index"], x["reason"]) for x in body["refused"]] == [(1, "malformed")]
     assert "range" in body["refused"][0]["message"]
-    updates = [{"id": "ok1", "likes": 3}, {"id": "ok2", "likes": 1, "at": stamp}]
+    updates = [{"id": f"{tag}a", "likes": 3}, {"id": f"{tag}b", "likes": 1, "at": stamp}]
     r = client.post("/v1/engagement", headers=KEY, json=updates)
     assert r.status_code == 200 and r.json()["accepted"] == 1
     assert r.json()["refused"][0]["index"] == 1

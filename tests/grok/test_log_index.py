@@ -67,7 +67,9 @@ def test_index_catches_up_from_log_after_restart(make_service):
     assert svc2.health()["index_docs"] == 80
 
 
-@pytest.mark.parametrize("damage", ["delete", "garbage_meta", "garbage_segments", "log_reset"])
+@pytest.mark.parametrize(
+    "damage", ["delete", "garbage_meta", "garbage_segments", "log_reset", "log_replaced"]
+)
 def test_lost_or_corrupt_index_is_rebuilt(make_service, damage):
     svc = make_service()
     ingest_and_wait(svc, _posts(40))
@@ -83,17 +85,19 @@ def test_lost_or_corrupt_index_is_rebuilt(make_service, damage):
         for f in index_dir.iterdir():
             if f.suffix in (".idx", ".store", ".term", ".fast"):
                 f.write_bytes(b"\x00garbage" * 7)
-    else:  # the log was replaced by an older, shorter one: the index is ahead of it
+    else:  # the log was replaced by a shorter one (the index is ahead) or a longer one
         (svc.settings.data_dir / "log.sqlite3").unlink()
         lg = PostLog(svc.settings.data_dir / "log.sqlite3")
-        lg.append_posts([Post.model_validate(p) for p in _posts(10)])
+        lg.append_posts(
+            [Post.model_validate(p) for p in _posts(10 if damage == "log_reset" else 60)]
+        )
         lg.close()
     svc2 = make_service()
     assert svc2.rebuilt
-    expected = 10 if damage == "log_reset" else 40
+    expected = {"log_reset": 10, "log_replaced": 60}.get(damage, 40)
     assert svc2.indexer.wait_searchable(svc2.log.last_seq, 30)
     assert sorted(_ids(svc2, "common")) == sorted(f"p{i}" for i in range(expected))
-    if damage != "log_reset":  # the engagement update was replayed too
+    if not damage.startswith("log_"):  # the engagement update was replayed too
         hit = svc2.search(SearchQuery(q="word3"))[0]
         assert (hit.id, hit.likes) == ("p3", 999)
 

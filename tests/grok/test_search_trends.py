@@ -142,3 +142,21 @@ def test_service_trends_see_ingested_burst(make_service):
     top = s.top_trends(15 * 60, baseline=3, limit=5)
     assert top[0].term in {"#starship", "starship", "launch", "wow"}
     assert all(t.term not in {"#rain", "rain"} for t in top[:4])
+
+
+def test_very_common_words_are_dropped_or_searched_newest_first(make_service, monkeypatch):
+    from gigafactory.grok.memory import search as search_mod
+
+    monkeypatch.setattr(search_mod, "COMMON_MIN_DOCS", 10)  # a small index counts as large
+    s = make_service()
+    items = [post(f"c{i}", f"the post number{i} of a day", age_s=7200 - i * 10) for i in range(60)]
+    items.append(post("z", "the zebra crossing at one corner", age_s=7000))
+    ingest_and_wait(s, items)
+    searcher = s.indexer.index.searcher()
+    assert search_mod.common_terms(searcher, ["the", "zebra", ("東", "京")]) == {"the"}
+    # with another word, the common one is dropped: only that word decides
+    assert ids(s, q="the zebra") == ["z"]
+    # only common words: the newest matches come first, from the newest time slice
+    got = ids(s, q="the a", limit=3)
+    assert got == ["c59", "c58", "c57"]
+    assert ids(s, q="the", limit=3, since_us=None) == ["c59", "c58", "c57"]

@@ -10,8 +10,8 @@ import pytest
 
 from gigafactory.grok.memory.broker import BrokerError, check_url, partition_of
 from gigafactory.grok.memory.log import post_document
-from gigafactory.grok.memory.search import SearchQuery, build_query, search, search_shards
-from gigafactory.grok.memory.shards import KIND_UPDATE, ShardFeeder, open_shard
+from gigafactory.grok.memory.search import SearchQuery, build_query, search
+from gigafactory.grok.memory.shards import KIND_UPDATE, ShardFeeder, open_shard, search_shards
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 

@@ -50,6 +50,7 @@ class GrokSettings(BaseModel):
     # trends
     trend_bucket_s: int = Field(60, ge=1)
     trend_retention_s: int = Field(6 * 3600, ge=60)
+    trend_save_s: float = Field(5.0, gt=0, le=3600, description="seconds between trend saves")
 
     @field_validator("data_dir", mode="before")
     @classmethod

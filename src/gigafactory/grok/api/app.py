@@ -2,7 +2,7 @@
 
 ``GET /healthz`` (liveness, no details) is open; every ``/v1`` route needs an API key (``X-API-Key: K`` or ``Authorization: Bearer K``).
 Errors are JSON ``{"detail": "..."}``: 401 bad key, 413 body or batch too large, 422 malformed
-body or parameter, 429 over the per-key rate (with ``Retry-After``), 503 index unavailable.
+body or parameter, 429 over the per-key rate (with ``Retry-After``), 503 index or trends unavailable.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from gigafactory.grok.api.ratelimit import RateLimiter
+from gigafactory.grok.memory.indexer import TrendsUnavailable
 from gigafactory.grok.memory.ingest import BatchError, BatchTooLarge, parse_batch
 from gigafactory.grok.memory.log import created_us
 from gigafactory.grok.memory.post import MAX_ENGAGEMENT, to_utc
@@ -291,6 +292,8 @@ def create_app(settings: GrokSettings, service: GrokService | None = None) -> Fa
             trends = s.top_trends(window_s, baseline, limit_, min_count, created_us(at))
         except TrendWindowError as exc:
             raise HTTPException(422, str(exc)) from None
+        except TrendsUnavailable as exc:
+            raise HTTPException(503, f"trends unavailable: {exc}") from None
         bucket = s.settings.trend_bucket_s
         whole = max(1, round(window_s / bucket)) * bucket  # windows are whole buckets
         return TrendsOut(window_s=whole, at=at, trends=[TrendOut(**t.__dict__) for t in trends])

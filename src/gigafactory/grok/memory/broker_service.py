@@ -31,23 +31,17 @@ from gigafactory.grok.memory.broker import (
     subject_of,
 )
 from gigafactory.grok.memory.ingest import Refusal, prepare_posts, validate_updates
-from gigafactory.grok.memory.search import Hit, SearchQuery, search_shards
+from gigafactory.grok.memory.search import Hit, SearchQuery
 from gigafactory.grok.memory.service import GrokService, IngestResult
-from gigafactory.grok.memory.shards import KIND_UPDATE, ShardSet, consumer_name
+from gigafactory.grok.memory.shards import (
+    KIND_UPDATE,
+    ShardPositions,
+    ShardSet,
+    consumer_name,
+    search_shards,
+)
 from gigafactory.grok.memory.trends import TrendCounter
 from gigafactory.grok.settings import GrokSettings
-
-
-class ShardPositions:
-    """What the API reads as ``service.indexer``: the stream sequence every shard has
-    committed past (the smallest shard checkpoint; a lower bound of what is searchable)."""
-
-    def __init__(self, shards: ShardSet):
-        self.shards = shards
-
-    @property
-    def searchable_seq(self) -> int:
-        return min(self.shards.checkpoints(), default=0)
 
 
 class BrokerService(GrokService):
@@ -69,9 +63,9 @@ class BrokerService(GrokService):
             self.broker.close()
             raise
         self.shards = ShardSet(settings.data_dir, self.partitions)
-        self.indexer = ShardPositions(self.shards)
-        self.rebuilt: str | None = None
         self.trends = TrendCounter(settings.trend_bucket_s, settings.trend_retention_s)
+        self.indexer = ShardPositions(self.shards, self.trends)  # type: ignore[assignment]
+        self.rebuilt: str | None = None
         self.trend_history = self._load_trends()
         self.started = time.time()
 

@@ -9,26 +9,30 @@ read-only and reloads its searcher after each commit.
 The last indexed log sequence is stored *inside* each commit as a checkpoint document
 (``kind=checkpoint``, replaced at every commit): tantivy commits are atomic, so the documents
 and the sequence they cover can never disagree. On open, ``open_index`` checks the index
-(readable, checkpoint present, not ahead of the log, one live document per logged post up to
-the checkpoint); a missing, unreadable or inconsistent index is deleted and rebuilt from the
-log, and a good one catches up from its checkpoint.
+in constant time (readable, checkpoint present, as many post documents as the checkpoint
+counted, and the log's event at the checkpoint's seq is the one the index saw there); a
+missing, unreadable or inconsistent index is deleted (only if this service created it) and
+rebuilt from the log, and a good one catches up from its checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import shutil
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import tantivy
 
 from gigafactory.errors import GigafactoryError
 from gigafactory.grok.memory.log import KIND_POST, LogReader, Record, with_counts
+from gigafactory.grok.memory.trends import TrendCounter, TrendStore
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +104,12 @@ def build_schema() -> tantivy.Schema:
     sb.add_integer_field("likes", stored=True)
     sb.add_integer_field("reposts", stored=True)
     sb.add_integer_field("replies", stored=True)
-    sb.add_integer_field("seq", stored=True, indexed=True)  # of the checkpoint document
+    # of the checkpoint document (see Checkpoint)
+    sb.add_integer_field("seq", stored=True, indexed=True)
     sb.add_integer_field("version", stored=True)
+    sb.add_integer_field("posts", stored=True)
+    sb.add_text_field("log_id", stored=True, tokenizer_name="raw", index_option="basic")
+    sb.add_integer_field("log_us", stored=True)
     return sb.build()
 
 
@@ -113,8 +121,19 @@ class IndexOutdated(IndexCorrupt):
     """The index is this service's (its checkpoint document says so) of another schema."""
 
 
-def checkpoint_of(index: tantivy.Index) -> tuple[int, int]:
-    """(checkpoint seq, live post documents) of an opened index; raises IndexCorrupt."""
+@dataclass(frozen=True)
+class Checkpoint:
+    """What the last commit covers: log events up to ``seq`` (the event at ``seq`` has
+    ``log_id`` and ``log_us``), ``posts`` post documents."""
+
+    seq: int = 0
+    posts: int = 0
+    log_id: str = ""
+    log_us: int = 0
+
+
+def checkpoint_of(index: tantivy.Index) -> Checkpoint:
+    """The checkpoint of an opened index; raises IndexCorrupt."""
     index.reload()
     searcher = index.searcher()
     schema = index.schema
@@ -123,7 +142,7 @@ def checkpoint_of(index: tantivy.Index) -> tuple[int, int]:
     if not hits:
         if docs:
             raise IndexCorrupt(f"{docs} documents but no checkpoint document")
-        return 0, 0
+        return Checkpoint()
     if len(hits) > 1:
         raise IndexCorrupt("more than one checkpoint document")
     cp = searcher.doc(hits[0][1])
@@ -132,7 +151,28 @@ def checkpoint_of(index: tantivy.Index) -> tuple[int, int]:
     probe = searcher.search(tantivy.Query.term_query(schema, "kind", POST), 1).hits
     for _score, addr in probe:
         searcher.doc(addr)  # the doc store must decode
-    return int(cp.get_first("seq")), docs - 1
+    got = Checkpoint(
+        int(cp.get_first("seq")),
+        int(cp.get_first("posts")),
+        cp.get_first("log_id") or "",
+        int(cp.get_first("log_us") or 0),
+    )
+    if docs - 1 != got.posts:
+        raise IndexCorrupt(f"{docs - 1} post documents but the checkpoint says {got.posts}")
+    return got
+
+
+def _check_against_log(cp: Checkpoint, postlog: LogReader) -> None:
+    """Raise IndexCorrupt unless the log holds, at the checkpoint's seq, the event the index
+    saw there (a constant-time check, whatever the log's size: a log replaced by another,
+    shorter or not, differs there)."""
+    if cp.seq > postlog.last_seq:
+        raise IndexCorrupt(f"index at seq {cp.seq} is ahead of the log ({postlog.last_seq})")
+    if cp.seq == 0:
+        return
+    rec = postlog.record_at(cp.seq)
+    if rec is None or (rec.post_id, rec.ingested_us) != (cp.log_id, cp.log_us):
+        raise IndexCorrupt(f"the log's event {cp.seq} is not the one the index covered")
 
 
 @dataclass(frozen=True)
@@ -140,8 +180,12 @@ class OpenedIndex:
     """An opened (and if needed rebuilt) index and how it was found."""
 
     index: tantivy.Index
-    checkpoint_seq: int
+    checkpoint: Checkpoint
     rebuilt: str | None
+
+    @property
+    def checkpoint_seq(self) -> int:
+        return self.checkpoint.seq
 
 
 class ForeignIndexFolder(GigafactoryError):
@@ -155,19 +199,11 @@ def _create(path: Path, schema: tantivy.Schema) -> tantivy.Index:
     return register_analyzers(tantivy.Index(schema, str(path), reuse=False))
 
 
-def _check_against_log(seq: int, docs: int, postlog: LogReader) -> None:
-    if seq > postlog.last_seq:
-        raise IndexCorrupt(f"index at seq {seq} is ahead of the log ({postlog.last_seq})")
-    logged = postlog.count_posts(seq)
-    if docs != logged:
-        raise IndexCorrupt(f"{docs} post documents but {logged} posts logged up to {seq}")
-
-
 def open_index(path: Path, postlog: LogReader | None) -> OpenedIndex:
     """Open the index at ``path``, or create/rebuild it when it is missing, unreadable or
     inconsistent with ``postlog`` (the reason is returned in ``rebuilt``). Without a
-    ``postlog`` (a shard fed from the broker, ``shards.open_shard``) only the index itself
-    is checked, and a rebuilt one starts from checkpoint 0 of its source.
+    ``postlog`` (a shard fed from the broker, ``shards.open_shard``) only the index itself is
+    checked, and a rebuilt one starts from checkpoint 0 of its source.
 
     Only a folder this service created (it holds ``MARKER``) is ever deleted: a non-empty
     folder without the marker is adopted if it is a consistent index of this schema (and
@@ -181,12 +217,12 @@ def open_index(path: Path, postlog: LogReader | None) -> OpenedIndex:
             if not ours and not (path / "meta.json").exists():  # opening would create one
                 raise IndexCorrupt("no tantivy index (meta.json) in it")
             index = register_analyzers(tantivy.Index(schema, str(path), reuse=True))
-            seq, docs = checkpoint_of(index)
+            cp = checkpoint_of(index)
             if postlog is not None:
-                _check_against_log(seq, docs, postlog)
+                _check_against_log(cp, postlog)
             if not ours:
                 (path / MARKER).write_text("adopted by gigafactory grok: a consistent index\n")
-            return OpenedIndex(index, seq, None)
+            return OpenedIndex(index, cp, None)
         except (Exception, BaseException) as exc:  # tantivy panics surface as BaseException
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
@@ -197,12 +233,12 @@ def open_index(path: Path, postlog: LogReader | None) -> OpenedIndex:
                     f"and is not a usable index ({reason}); move it away or choose another "
                     "--data-dir: it is never deleted"
                 ) from None
-            log.warning("index at %s is unusable (%s); rebuilding it from its source", path, reason)
+            log.warning("index at %s is unusable (%s); rebuilding it from the log", path, reason)
             shutil.rmtree(path, ignore_errors=True)
     elif postlog is not None and postlog.last_seq:
         reason = "index missing"
         log.warning("no index at %s; rebuilding it from the log", path)
-    return OpenedIndex(_create(path, schema), 0, reason)
+    return OpenedIndex(_create(path, schema), Checkpoint(), reason)
 
 
 def take_writer(
@@ -224,7 +260,13 @@ def take_writer(
 class IndexFeeder:
     """The one writer: tails ``postlog`` into ``index``, committing at most every
     ``commit_interval_s`` with the covered log sequence in the commit (checkpoint document).
-    It runs in the indexer process (``gigafactory.grok.memory.indexer``)."""
+    It runs in the indexer process (``gigafactory.grok.memory.indexer``).
+
+    With ``trends``, it also counts every post it reads into that ``TrendCounter`` (in log
+    order, so the counts reflect exactly the log up to ``trend_seq``), saves them to
+    ``trend_store`` every ``trend_save_s`` and at the end, and answers trend queries put on
+    ``queries`` between batches (this loop is the counter's only user: no lock is held
+    against ingest)."""
 
     def __init__(
         self,
@@ -235,6 +277,9 @@ class IndexFeeder:
         heap_bytes: int = 256_000_000,
         threads: int = 1,
         poll_s: float = 0.005,
+        trends: TrendCounter | None = None,
+        trend_store: TrendStore | None = None,
+        trend_save_s: float = 5.0,
     ):
         self.index = opened.index
         self.postlog = postlog
@@ -244,7 +289,15 @@ class IndexFeeder:
         self.writer: tantivy.IndexWriter | None = take_writer(self.index, heap_bytes, threads)
         self.indexed_seq = opened.checkpoint_seq
         self.searchable_seq = opened.checkpoint_seq
+        self.posts = opened.checkpoint.posts  # post documents added so far
+        self.last = (opened.checkpoint.log_id, opened.checkpoint.log_us)  # event at indexed_seq
         self.commits = 0
+        self.trends = trends
+        self.trend_store = trend_store
+        self.trend_save_s = trend_save_s
+        self.trend_seq = 0
+        self.saved_trend_seq = -1
+        self.queries: queue.SimpleQueue[tuple[int, tuple]] = queue.SimpleQueue()
 
     def _apply(self, records: list[Record]) -> None:
         updates = [r for r in records if r.kind != KIND_POST]
@@ -259,6 +312,7 @@ class IndexFeeder:
         for r in records:
             if r.kind == KIND_POST:
                 w.add_json(r.body)  # the logged body is already the index document
+                self.posts += 1
             else:
                 body = bodies.get(r.post_id)
                 if body is None:  # cannot happen: the log refuses updates of unknown posts
@@ -266,6 +320,8 @@ class IndexFeeder:
                     continue
                 w.delete_documents_by_term("id", r.post_id)
                 w.add_json(with_counts(body, r.body))
+        last = records[-1]
+        self.last = (last.post_id, last.ingested_us)
 
     def _commit(self) -> None:
         w = self.writer
@@ -278,6 +334,9 @@ class IndexFeeder:
                     "id": "~checkpoint",
                     "seq": self.indexed_seq,
                     "version": SCHEMA_VERSION,
+                    "posts": self.posts,
+                    "log_id": self.last[0],
+                    "log_us": self.last[1],
                 }
             ).decode()
         )
@@ -285,16 +344,75 @@ class IndexFeeder:
         self.commits += 1
         self.searchable_seq = self.indexed_seq
 
-    def run(self, halt: threading.Event, on_commit: Callable[[int], None]) -> None:
+    # -- trends ----------------------------------------------------------------------------
+    def _count(self, records: list[Record]) -> None:
+        """Count the posts of ``records`` not yet counted into ``trends``."""
+        assert self.trends is not None
+        if not records:
+            return
+        seq = self.trend_seq
+        docs = [orjson.loads(r.body) for r in records if r.kind == KIND_POST and r.seq > seq]
+        if docs:
+            self.trends.add_many([(d["created_us"], d["text"]) for d in docs])
+        self.trend_seq = max(seq, records[-1].seq)
+
+    def load_trends(self, halt: threading.Event) -> None:
+        """Trend counts from the last save, then the log after it up to the index's position
+        (the loop counts the rest as it indexes); without a usable save, the log from the
+        start of the retention period."""
+        trends = self.trends
+        assert trends is not None
+        seq = self.trend_store.load(trends) if self.trend_store is not None else None
+        if seq is None or seq > self.postlog.last_seq:  # none, or of another (longer) log
+            trends.restore({})
+            since_us = time.time_ns() // 1000 - trends.retention_s * 1_000_000
+            seq = self.postlog.first_seq_since(since_us) - 1
+        self.trend_seq = seq
+        while self.trend_seq < self.indexed_seq and not halt.is_set():
+            records = self.postlog.read_after(self.trend_seq, self.batch)
+            self._count([r for r in records if r.seq <= self.indexed_seq])
+            if not records:
+                break
+
+    def _save_trends(self) -> None:
+        store, trends = self.trend_store, self.trends
+        if store is not None and trends is not None and self.trend_seq != self.saved_trend_seq:
+            store.save(trends, self.trend_seq)
+            self.saved_trend_seq = self.trend_seq
+
+    def _answer(self, answer: Callable[[int, Any], None]) -> None:
+        """Answer the trend queries waiting: ``answer(id, list of Trend or error text)``."""
+        while not self.queries.empty():
+            rid, args = self.queries.get()
+            try:
+                assert self.trends is not None, "this indexer counts no trends"
+                result: Any = self.trends.top(*args)
+            except Exception as exc:  # the asker gets the reason, the loop goes on
+                result = f"{type(exc).__name__}: {exc}"
+            answer(rid, result)
+
+    def run(
+        self,
+        halt: threading.Event,
+        on_commit: Callable[[int], None],
+        answer: Callable[[int, Any], None] | None = None,
+    ) -> None:
         """Tail the log until ``halt`` is set, then index what is left, commit and release
-        the writer. ``on_commit(seq)`` is called after every commit."""
-        last_commit = 0.0
+        the writer. ``on_commit(seq)`` is called after every commit; trend queries are
+        answered through ``answer``."""
+        if self.trends is not None:
+            self.load_trends(halt)
+        last_commit = last_save = time.monotonic()
         while True:
             stopping = halt.is_set()
             records = self.postlog.read_after(self.indexed_seq, self.batch)
             if records:
                 self._apply(records)
                 self.indexed_seq = records[-1].seq
+                if self.trends is not None:
+                    self._count(records)
+            if answer is not None:
+                self._answer(answer)
             dirty = self.indexed_seq > self.searchable_seq
             now = time.monotonic()
             if dirty and (now - last_commit >= self.commit_interval_s or stopping):
@@ -302,6 +420,9 @@ class IndexFeeder:
                 on_commit(self.searchable_seq)
                 last_commit = now
                 continue
+            if now - last_save >= self.trend_save_s:
+                self._save_trends()
+                last_save = now
             if stopping and not records:
                 break
             if len(records) == self.batch:
@@ -310,6 +431,7 @@ class IndexFeeder:
             if dirty:
                 wait = min(wait, max(0.0, self.commit_interval_s - (now - last_commit)))
             halt.wait(wait)
+        self._save_trends()
         self.close()
 
     def close(self) -> None:

@@ -9,8 +9,14 @@ The two talk over one socket pair (pickled messages of ``multiprocessing.connect
 
     child -> parent  ("ready", checkpoint_seq, rebuilt, pid)   index opened (caught up later)
                      ("commit", seq)                           events up to seq searchable
+                     ("trends", id, trends or error text)      answer to a trend query
                      ("error", text)                           just before it exits on error
-    parent -> child  ("stop",)                                 index the rest, commit, exit
+    parent -> child  ("trends", id, args of TrendCounter.top)  a trend query
+                     ("stop",)                                 index the rest, commit, exit
+
+The child also keeps the trend counts (``trends.TrendCounter``): it reads every post in log
+order anyway, so the counts match a log position exactly and are saved with it
+(``trends.TrendStore``); a restart loads them and replays only the log after that position.
 
 The child dies with its parent: on Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` has the kernel
 kill it when the supervisor thread that started it goes away (also under SIGKILL of the
@@ -28,8 +34,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import itertools
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -44,6 +52,7 @@ import tantivy
 from gigafactory.errors import GigafactoryError
 from gigafactory.grok.memory.index import IndexFeeder, open_index, register_analyzers
 from gigafactory.grok.memory.log import LogReader
+from gigafactory.grok.memory.trends import Trend, TrendCounter, TrendStore
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,18 @@ RESTART_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 class IndexerError(GigafactoryError):
     """The indexer process could not be started."""
+
+
+class TrendsUnavailable(GigafactoryError):
+    """The indexer process cannot answer a trend query now (HTTP 503)."""
+
+
+class _Answer:
+    """A trend query waiting for the indexer process's answer."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Any = None
 
 
 # -- the child -------------------------------------------------------------------------------
@@ -67,16 +88,18 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(3)
 
 
-def _watch_parent(conn: Connection, halt: threading.Event) -> None:
-    """Set ``halt`` on ``("stop",)``; end the process when the parent's end closes."""
+def _watch_parent(conn: Connection, halt: threading.Event, queries: queue.SimpleQueue) -> None:
+    """Queue trend queries for the feeder; set ``halt`` on ``("stop",)``; end the process
+    when the parent's end closes."""
     while True:
         try:
             msg = conn.recv()
         except (EOFError, OSError):
             os._exit(4)  # the parent is gone: the log has everything, nothing to save
-        if msg and msg[0] == "stop":
+        if msg and msg[0] == "trends":
+            queries.put((msg[1], msg[2]))
+        elif msg and msg[0] == "stop":
             halt.set()
-            return
 
 
 def child_main(argv: list[str] | None = None) -> int:
@@ -89,6 +112,9 @@ def child_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--commit-interval", type=float, default=0.1)
     ap.add_argument("--heap-mb", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--trend-bucket-s", type=int, default=60)
+    ap.add_argument("--trend-retention-s", type=int, default=6 * 3600)
+    ap.add_argument("--trend-save-s", type=float, default=5.0)
     args = ap.parse_args(argv)
     _die_with_parent(args.parent_pid)
     # Ctrl-C in a terminal signals the whole process group: the parent stops this process
@@ -97,7 +123,8 @@ def child_main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level="WARNING", format="%(asctime)s indexer %(levelname)s %(message)s")
     conn = Connection(args.fd)
     halt = threading.Event()
-    threading.Thread(target=_watch_parent, args=(conn, halt), daemon=True).start()
+    queries: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_watch_parent, args=(conn, halt, queries), daemon=True).start()
     send_lock = threading.Lock()
 
     def send(*msg: Any) -> None:
@@ -113,9 +140,13 @@ def child_main(argv: list[str] | None = None) -> int:
             args.commit_interval,
             heap_bytes=args.heap_mb * 1_000_000,
             threads=args.threads,
+            trends=TrendCounter(args.trend_bucket_s, args.trend_retention_s),
+            trend_store=TrendStore(args.data_dir / "trends"),
+            trend_save_s=args.trend_save_s,
         )
+        feeder.queries = queries
         send("ready", opened.checkpoint_seq, opened.rebuilt, os.getpid())
-        feeder.run(halt, lambda seq: send("commit", seq))
+        feeder.run(halt, lambda seq: send("commit", seq), lambda rid, res: send("trends", rid, res))
     except BaseException as exc:
         log.exception("indexer failed")
         with contextlib.suppress(OSError):
@@ -141,6 +172,9 @@ class IndexerProcess:
         heap_mb: int = 256,
         threads: int = 1,
         start_timeout_s: float = 600.0,
+        trend_bucket_s: int = 60,
+        trend_retention_s: int = 6 * 3600,
+        trend_save_s: float = 5.0,
     ):
         self.data_dir = Path(data_dir)
         self.args = [
@@ -154,7 +188,16 @@ class IndexerProcess:
             str(heap_mb),
             "--threads",
             str(threads),
+            "--trend-bucket-s",
+            str(trend_bucket_s),
+            "--trend-retention-s",
+            str(trend_retention_s),
+            "--trend-save-s",
+            repr(trend_save_s),
         ]
+        self._ids = itertools.count(1)
+        self._asked: dict[int, _Answer] = {}
+        self._send_lock = threading.Lock()
         self.index: tantivy.Index | None = None
         self.searchable_seq = 0
         self.commits = 0
@@ -208,10 +251,14 @@ class IndexerProcess:
                         failures = 0
                     elif msg[0] == "ready":
                         self._on_ready(msg[1], msg[2], msg[3])
+                    elif msg[0] == "trends":
+                        self._on_answer(msg[1], msg[2])
                     elif msg[0] == "error":
                         child_error = msg[1]
             finally:
                 conn.close()
+                for rid in list(self._asked):  # questions to a dead child: no answer
+                    self._on_answer(rid, "the indexer process exited; retry")
                 rc = proc.wait()
                 self.ready = False
             if self._halt.is_set():
@@ -252,7 +299,44 @@ class IndexerProcess:
             self.commits += 1
             self._visible.notify_all()
 
+    def _on_answer(self, rid: int, result: Any) -> None:
+        slot = self._asked.pop(rid, None)
+        if slot is not None:
+            slot.result = result
+            slot.done.set()
+
     # -- API -------------------------------------------------------------------------------
+    def trends(
+        self,
+        window_s: float,
+        at_us: int | None,
+        baseline: int,
+        limit: int,
+        min_count: int,
+        timeout_s: float = 10.0,
+    ) -> list[Trend]:
+        """``TrendCounter.top`` of the counts the indexer process keeps; raises
+        ``TrendsUnavailable`` when it cannot answer (down, restarting, loading its counts
+        for longer than ``timeout_s``)."""
+        slot = _Answer()
+        rid = next(self._ids)
+        self._asked[rid] = slot
+        try:
+            conn = self._conn
+            if conn is None or not self.ready:
+                raise TrendsUnavailable("the indexer process is starting; retry")
+            with self._send_lock:
+                conn.send(("trends", rid, (window_s, at_us, baseline, limit, min_count)))
+            if not slot.done.wait(timeout_s):
+                raise TrendsUnavailable(f"no trend answer in {timeout_s:g}s; retry")
+        except OSError:
+            raise TrendsUnavailable("the indexer process is restarting; retry") from None
+        finally:
+            self._asked.pop(rid, None)
+        if isinstance(slot.result, str):
+            raise TrendsUnavailable(slot.result)
+        return slot.result
+
     def is_alive(self) -> bool:
         """Whether the indexer process is running and has opened the index."""
         proc = self._proc
@@ -276,7 +360,7 @@ class IndexerProcess:
         self._halt.set()
         conn, proc = self._conn, self._proc
         if conn is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError), self._send_lock:
                 conn.send(("stop",))
         if proc is not None:
             try:

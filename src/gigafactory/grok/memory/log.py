@@ -141,12 +141,13 @@ class AppendResult:
 class _Pending:
     """A batch waiting for its group commit, then its result (or the commit's error)."""
 
-    __slots__ = ("bodies", "error", "ids", "kind", "result")
+    __slots__ = ("bodies", "error", "ids", "kind", "result", "wake")
 
     def __init__(self, kind: int, ids: Sequence[str], bodies: Sequence[str]):
         self.kind, self.ids, self.bodies = kind, ids, bodies
         self.result: AppendResult | None = None
         self.error: BaseException | None = None
+        self.wake = threading.Event()  # set once: result ready, or lead the next commit
 
     def outcome(self) -> AppendResult:
         if self.error is not None:
@@ -215,6 +216,31 @@ class LogReader:
                 yield Record(*row)
             top = rows[-1][0] - 1
 
+    def record_at(self, seq: int) -> Record | None:
+        """The event with sequence number ``seq``, if any."""
+        row = (
+            self._reader()
+            .execute("SELECT seq, kind, post_id, body, ingested_us FROM log WHERE seq = ?", (seq,))
+            .fetchone()
+        )
+        return None if row is None else Record(*row)
+
+    def first_seq_since(self, since_us: int) -> int:
+        """The first sequence number ingested at or after ``since_us`` (``last_seq + 1``
+        when none): a binary search over ``seq``, along which ingestion times only grow."""
+        con = self._reader()
+        lo, hi = 1, self.last_seq + 1  # the answer is in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            row = con.execute(
+                "SELECT ingested_us FROM log WHERE seq >= ? ORDER BY seq LIMIT 1", (mid,)
+            ).fetchone()
+            if row is not None and row[0] >= since_us:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
     def post_bodies(self, ids: Sequence[str]) -> dict[str, str]:
         """The logged body of each post in ``ids`` that exists."""
         out: dict[str, str] = {}
@@ -259,7 +285,7 @@ class PostLog(LogReader):
                 "check the data dir is writable and not a corrupt file"
             ) from exc
         self._lock = threading.Lock()  # the writer connection
-        self._turn = threading.Condition()  # the group-commit queue
+        self._turn = threading.Lock()  # the group-commit queue and who leads
         self._queue: list[_Pending] = []
         self._committing = False
         self.commits = 0  # transactions committed by ``append``
@@ -294,20 +320,25 @@ class PostLog(LogReader):
         req = _Pending(kind, ids, bodies)
         with self._turn:
             self._queue.append(req)
-            while req.result is None and req.error is None:
-                if not self._committing:  # lead: commit everything queued so far
-                    self._committing = True
-                    group, self._queue = self._queue, []
-                    break
-                self._turn.wait()
-            else:
+            lead = not self._committing
+            self._committing = True
+        if not lead:
+            req.wake.wait()  # woken once: with its result, or to lead the next commit
+            if req.result is not None or req.error is not None:
                 return req.outcome()
+        with self._turn:
+            group, self._queue = self._queue, []
         try:
             self._commit_group(group)
         finally:
-            with self._turn:
-                self._committing = False
-                self._turn.notify_all()
+            for r in group:
+                if r is not req:
+                    r.wake.set()
+            with self._turn:  # hand the lead to the first batch that came meanwhile
+                nxt = self._queue[0] if self._queue else None
+                self._committing = nxt is not None
+            if nxt is not None:
+                nxt.wake.set()
         return req.outcome()
 
     def _commit_group(self, group: list[_Pending]) -> None:

@@ -8,16 +8,19 @@ language, minimum engagement) are MUST clauses; the BM25 candidates are then re-
 recency and engagement (``rank.combined_score``). An empty query lists the newest posts; a
 query with nothing indexable in it (only punctuation) finds nothing. Emoji and other symbols
 are tokens, so a query of an emoji finds the posts containing it.
+
+Very common words (in more than 5 % of the posts of a large index: "the", "de", "の") are
+dropped from a query that has other words; a query of only such words takes its candidates
+from the newest posts first (``_newest_slices``), so its cost does not grow with the index.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import tantivy
 
@@ -25,6 +28,9 @@ from gigafactory.grok.memory.index import POST, text_analyzer
 from gigafactory.grok.memory.rank import RankWeights, combined_score
 
 MAX_CLAUSES = 32  # terms and phrases OR-ed per query
+COMMON_DOC_FRACTION = 0.05  # a word in more of the posts than this is "very common"
+COMMON_MIN_DOCS = 10_000  # ... once the index is this large
+RECENT_SLICES_S = (600, 3600, 6 * 3600)  # newest-first windows for very-common-only queries
 MAX_LIMIT = 100
 _UNSPACED_NAMES = ("CJK ", "HIRAGANA", "KATAKANA", "HALFWIDTH KATAKANA", "HANGUL", "THAI ")
 _UNSPACED_NAMES += ("LAO ", "KHMER ", "MYANMAR ", "KANGXI ", "IDEOGRAPHIC ")
@@ -112,28 +118,37 @@ def query_clauses(q: str) -> list[Clause]:
     return out
 
 
-def _clause_query(schema: tantivy.Schema, clause: Clause, boost: float) -> tantivy.Query:
-    Q = tantivy.Query
-    query = (
-        Q.term_query(schema, "text", clause, index_option="freq")
-        if isinstance(clause, str)
-        else Q.phrase_query(schema, "text", list(clause))
-    )
-    return query if boost == 1.0 else Q.boost_query(query, boost)
+def _boosted(query: tantivy.Query, boost: float) -> tantivy.Query:
+    return query if boost == 1.0 else tantivy.Query.boost_query(query, boost)
 
 
 def build_query(
-    schema: tantivy.Schema, sq: SearchQuery, boosts: Mapping[Clause, float] | None = None
+    schema: tantivy.Schema,
+    sq: SearchQuery,
+    clauses: list[Clause] | None = None,
+    boosts: Mapping[Clause, float] | None = None,
 ) -> tuple[tantivy.Query, bool]:
-    """(query, has_text): the terms OR-ed for BM25 plus the filters as MUST clauses; a clause
-    in ``boosts`` has its BM25 contribution multiplied by its boost (``global_boosts``)."""
+    """(query, has_text): the ``clauses`` (default: ``query_clauses(sq.q)``) OR-ed for BM25
+    plus the filters as MUST clauses; a clause in ``boosts`` has its BM25 contribution
+    multiplied by its boost (index shards: ``shards.global_boosts``)."""
     Q, Occur = tantivy.Query, tantivy.Occur
-    terms = query_clauses(sq.q)
+    terms = query_clauses(sq.q) if clauses is None else clauses
     must: list[tuple[tantivy.Occur, tantivy.Query]] = []
     if terms:
         boosts = boosts or {}
         text = Q.boolean_query(
-            [(Occur.Should, _clause_query(schema, t, boosts.get(t, 1.0))) for t in terms]
+            [
+                (
+                    Occur.Should,
+                    _boosted(
+                        Q.term_query(schema, "text", t, index_option="freq")
+                        if isinstance(t, str)
+                        else Q.phrase_query(schema, "text", list(t)),
+                        boosts.get(t, 1.0),
+                    ),
+                )
+                for t in terms
+            ]
         )
         must.append((Occur.Must, text))
     else:
@@ -165,6 +180,42 @@ def build_query(
     return Q.boolean_query(must), bool(terms)
 
 
+def common_terms(searcher: tantivy.Searcher, clauses: list[Clause]) -> set[str]:
+    """The single-word clauses found in more than ``COMMON_DOC_FRACTION`` of the documents
+    (once the index holds ``COMMON_MIN_DOCS``): "the", "de", "の" -- stop words learnt from
+    the stream itself, in every language."""
+    docs = searcher.num_docs
+    if docs < COMMON_MIN_DOCS:
+        return set()
+    cut = COMMON_DOC_FRACTION * docs
+    return {c for c in clauses if isinstance(c, str) and searcher.doc_freq("text", c) > cut}
+
+
+def _newest_slices(
+    searcher: tantivy.Searcher,
+    schema: tantivy.Schema,
+    sq: SearchQuery,
+    clauses: list[Clause],
+    now_us: int,
+    candidates: int,
+) -> list[tuple[float, tantivy.DocAddress]]:
+    """BM25 candidates of a query of only very common words, taken from the newest posts:
+    the last ``RECENT_SLICES_S`` of the asked time window in turn, until one holds enough
+    (BM25 barely tells such posts apart, so recency decides; a scan of every match of
+    "the" would cost time in proportion to the whole index)."""
+    want = max(sq.limit, candidates)
+    hits: list[tuple[float, tantivy.DocAddress]] = []
+    for slice_s in (*RECENT_SLICES_S, None):
+        since = sq.since_us
+        if slice_s is not None:
+            since = max(since or 0, now_us - slice_s * 1_000_000)
+        query, _ = build_query(schema, replace(sq, since_us=since), clauses)
+        hits = searcher.search(query, want, count=False).hits
+        if len(hits) >= sq.limit or since == sq.since_us:
+            break
+    return hits
+
+
 def _hit(doc: tantivy.Document, bm25: float, score: float) -> Hit:
     g = doc.get_first
     return Hit(
@@ -183,39 +234,6 @@ def _hit(doc: tantivy.Document, bm25: float, score: float) -> Hit:
     )
 
 
-def bm25_idf(n_docs: int, doc_freq: int) -> float:
-    """BM25's inverse document frequency ``ln(1 + (N - n + 0.5) / (n + 0.5))`` of a term in
-    ``n`` of ``N`` documents (Robertson & Zaragoza, "The Probabilistic Relevance Framework:
-    BM25 and Beyond", 2009, eq. 3.3, with Lucene's +1 that keeps it positive; tantivy's
-    ``Bm25Weight`` uses the same form, and sums it over the terms of a phrase)."""
-    return math.log(1.0 + (n_docs - doc_freq + 0.5) / (doc_freq + 0.5))
-
-
-def global_boosts(
-    searchers: Sequence[tantivy.Searcher], clauses: list[Clause]
-) -> list[dict[Clause, float]]:
-    """Per shard, the factor that turns each clause's shard-local IDF into the IDF over all
-    shards (document counts and document frequencies summed, as Elasticsearch's
-    ``dfs_query_then_fetch`` does): a clause's BM25 contribution is ``idf · tf-part``, so
-    multiplying it by ``idf_global / idf_shard`` gives every shard the same IDF. The length
-    normalisation keeps each shard's average length (hash partitioning makes the shards
-    uniform samples, so those agree closely)."""
-    n = [s.num_docs for s in searchers]
-    total = sum(n)
-    terms = {t for c in clauses for t in ((c,) if isinstance(c, str) else c)}
-    df = {t: [s.doc_freq("text", t) for s in searchers] for t in terms}
-    out: list[dict[Clause, float]] = []
-    for k in range(len(searchers)):
-        boosts: dict[Clause, float] = {}
-        for c in clauses:
-            words = (c,) if isinstance(c, str) else c
-            if all(df[t][k] for t in words):
-                local = sum(bm25_idf(n[k], df[t][k]) for t in words)
-                boosts[c] = sum(bm25_idf(total, sum(df[t])) for t in words) / local
-        out.append(boosts)
-    return out
-
-
 def search(
     index: tantivy.Index,
     sq: SearchQuery,
@@ -223,40 +241,42 @@ def search(
     now_us: int | None = None,
 ) -> list[Hit]:
     """The ``sq.limit`` best posts for ``sq`` (see the module docstring)."""
-    return search_shards([index], sq, weights, now_us)
-
-
-def search_shards(
-    indexes: Sequence[tantivy.Index],
-    sq: SearchQuery,
-    weights: RankWeights | None = None,
-    now_us: int | None = None,
-) -> list[Hit]:
-    """``search`` over several index shards: each returns its best candidates scored with
-    global IDF (``global_boosts``), and the merged candidates are re-ranked together."""
     w = weights or RankWeights()
     now_us = time.time_ns() // 1000 if now_us is None else now_us
     limit = max(1, min(sq.limit, MAX_LIMIT))
-    searchers = [ix.searcher() for ix in indexes]
+    searcher = index.searcher()
     clauses = query_clauses(sq.q)
-    if not clauses and sq.q.strip():
-        return []  # text with nothing indexable in it (punctuation only) matches nothing
-    if not clauses:  # the newest posts of every shard, merged by time
-        newest = []
-        for ix, searcher in zip(indexes, searchers, strict=True):
-            query, _ = build_query(ix.schema, sq)
-            hits = searcher.search(query, limit, count=False, order_by_field="created_us").hits
-            newest += [(created, searcher, a) for created, a in hits]
-        newest.sort(key=lambda t: t[0], reverse=True)
-        return [_hit(searcher.doc(a), 0.0, 0.0) for _c, searcher, a in newest[:limit]]
-    boosts = global_boosts(searchers, clauses) if len(indexes) > 1 else [{}]
-    cands = []
-    for ix, searcher, b in zip(indexes, searchers, boosts, strict=True):
-        query, _ = build_query(ix.schema, sq, b)
+    if not clauses:
+        if sq.q.strip():
+            return []  # text with nothing indexable in it (punctuation only) matches nothing
+        query, _ = build_query(index.schema, sq, clauses)
+        hits = searcher.search(query, limit, count=False, order_by_field="created_us").hits
+        return [_hit(searcher.doc(a), 0.0, 0.0) for _k, a in hits]
+    common = common_terms(searcher, clauses)
+    if len(common) < len(clauses):  # very common words add cost, not relevance: drop them
+        clauses = [c for c in clauses if c not in common]
+        query, _ = build_query(index.schema, sq, clauses)
         hits = searcher.search(query, max(limit, w.candidates), count=False).hits
+    else:
+        hits = _newest_slices(searcher, index.schema, sq, clauses, now_us, w.candidates)
+    return rank_candidates([(searcher, hits)], limit, w, now_us)
+
+
+def rank_candidates(
+    per_searcher: Sequence[tuple[tantivy.Searcher, list[tuple[float, tantivy.DocAddress]]]],
+    limit: int,
+    w: RankWeights,
+    now_us: int,
+) -> list[Hit]:
+    """The ``limit`` best of BM25 candidates (of one index, or of several shards scored with
+    the same statistics), re-ranked with recency and engagement (``rank.combined_score``)."""
+    cands = []
+    for searcher, hits in per_searcher:
+        if not hits:
+            continue
         addrs = [a for _s, a in hits]
-        created = searcher.fast_field_values("created_us", addrs) if hits else []
-        eng = searcher.fast_field_values("engagement", addrs) if hits else []
+        created = searcher.fast_field_values("created_us", addrs)
+        eng = searcher.fast_field_values("engagement", addrs)
         for (s, a), c, e in zip(hits, created, eng, strict=True):
             cands.append((s, c or 0, e or 0, searcher, a))
     if not cands:

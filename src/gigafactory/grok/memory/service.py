@@ -1,5 +1,6 @@
-"""The Grok memory as one object: log + index + indexer + trends, with the operations the API
-exposes. The API module is a thin HTTP layer over ``GrokService``."""
+"""The Grok memory as one object: log + index + indexer (which also keeps the trend counts),
+with the operations the API exposes. The API module is a thin HTTP layer over
+``GrokService``."""
 
 from __future__ import annotations
 
@@ -9,13 +10,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from gigafactory.grok.memory.indexer import IndexerProcess
 from gigafactory.grok.memory.ingest import Refusal, prepare_posts, validate_updates
 from gigafactory.grok.memory.log import KIND_POST, AppendResult, PostLog
 from gigafactory.grok.memory.search import Hit, SearchQuery, search
-from gigafactory.grok.memory.trends import Trend, TrendCounter
+from gigafactory.grok.memory.trends import Trend, check_window
 from gigafactory.grok.settings import GrokSettings
 
 log = logging.getLogger(__name__)
@@ -45,40 +44,22 @@ class GrokService:
                 settings.commit_interval_s,
                 heap_mb=settings.indexer_heap_mb,
                 threads=settings.indexer_threads,
+                trend_bucket_s=settings.trend_bucket_s,
+                trend_retention_s=settings.trend_retention_s,
+                trend_save_s=settings.trend_save_s,
             )
         except BaseException:
             self.log.close()
             raise
         self.rebuilt = self.indexer.rebuilt
-        self.trends = TrendCounter(settings.trend_bucket_s, settings.trend_retention_s)
-        self.trend_history = self._load_trends(self.log.last_seq)
         self.started = time.time()
         self._closed = False
 
-    def _load_trends(self, upto_seq: int) -> int:
-        """Count, for trends, the logged posts ingested within the retention period (new
-        posts are counted as they are ingested)."""
-        since_us = time.time_ns() // 1000 - self.settings.trend_retention_s * 1_000_000
-        batch: list[tuple[int, str]] = []
-        n = 0
-        for r in self.log.iter_back(upto_seq, since_us):
-            if r.kind == KIND_POST:
-                post = orjson.loads(r.body)
-                batch.append((post["created_us"], post["text"]))
-                if len(batch) == 10_000:
-                    self.trends.add_many(batch)
-                    n += len(batch)
-                    batch = []
-        self.trends.add_many(batch)
-        return n + len(batch)
-
     def ingest_posts(self, items: list[Any]) -> IngestResult:
-        """Validate and durably log posts; see ``gigafactory.grok.memory.ingest`` for semantics."""
+        """Validate and durably log posts; see ``gigafactory.grok.memory.ingest`` for semantics.
+        Safe to call from many threads: concurrent calls share log commits (group commit)."""
         ready, refused = prepare_posts(items, datetime.now(UTC), self.settings.max_future_s)
         res = self.log.append(KIND_POST, ready.ids, ready.bodies)
-        if res.accepted:
-            cu, texts = ready.created_us, ready.texts
-            self.trends.add_many([(cu[p], texts[p]) for p in res.accepted])
         return self._result(res, ready.positions, ready.ids, refused)
 
     def ingest_updates(self, items: list[Any]) -> IngestResult:
@@ -110,8 +91,11 @@ class GrokService:
         min_count: int = 5,
         at_us: int | None = None,
     ) -> list[Trend]:
-        """Trending terms over the ``window_s`` seconds up to ``at_us`` (default: now)."""
-        return self.trends.top(window_s, at_us, baseline, limit, min_count)
+        """Trending terms over the ``window_s`` seconds up to ``at_us`` (default: now), from
+        the counts the indexer process keeps (``TrendWindowError`` for a window longer than
+        the retention, ``TrendsUnavailable`` while the indexer process cannot answer)."""
+        check_window(window_s, self.settings.trend_retention_s)
+        return self.indexer.trends(window_s, at_us, baseline, limit, min_count)
 
     def healthy(self) -> bool:
         """Whether the indexer process is running and has not failed since its last start."""

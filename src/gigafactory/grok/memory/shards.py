@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nats.errors
@@ -49,6 +50,22 @@ from gigafactory.grok.memory.index import (
     register_analyzers,
 )
 from gigafactory.grok.memory.log import with_counts
+from gigafactory.grok.memory.rank import RankWeights
+from gigafactory.grok.memory.search import (
+    COMMON_DOC_FRACTION,
+    COMMON_MIN_DOCS,
+    MAX_LIMIT,
+    Clause,
+    Hit,
+    SearchQuery,
+    _hit,
+    _newest_slices,
+    build_query,
+    query_clauses,
+    rank_candidates,
+    search,
+)
+from gigafactory.grok.memory.trends import Trend, TrendCounter
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +130,7 @@ class ShardFeeder(IndexFeeder):
         else:
             w.add_json(text)
             self._pending[orjson.loads(body)["id"]] = text
+            self.posts += 1
         self.indexed_seq = seq
 
     def _committed_body(self, pid: str) -> str | None:
@@ -284,7 +302,116 @@ class ShardSet:
         out = []
         for ix in self._indexes:
             try:
-                out.append(checkpoint_of(ix)[0] if ix is not None else 0)
+                out.append(checkpoint_of(ix).seq if ix is not None else 0)
             except IndexCorrupt:
                 out.append(0)
         return out
+
+
+# -- search over the shards -------------------------------------------------------------------
+def bm25_idf(n_docs: int, doc_freq: int) -> float:
+    """BM25's inverse document frequency ``ln(1 + (N - n + 0.5) / (n + 0.5))`` of a term in
+    ``n`` of ``N`` documents (Robertson & Zaragoza, "The Probabilistic Relevance Framework:
+    BM25 and Beyond", 2009, eq. 3.3, with Lucene's +1 that keeps it positive; tantivy's
+    ``Bm25Weight`` uses the same form, and sums it over the terms of a phrase)."""
+    return math.log(1.0 + (n_docs - doc_freq + 0.5) / (doc_freq + 0.5))
+
+
+def _words(clause: Clause) -> tuple[str, ...]:
+    return (clause,) if isinstance(clause, str) else clause
+
+
+def global_boosts(
+    searchers: Sequence[tantivy.Searcher], clauses: list[Clause]
+) -> list[dict[Clause, float]]:
+    """Per shard, the factor that turns each clause's shard-local IDF into the IDF over all
+    shards (document counts and document frequencies summed, as Elasticsearch's
+    ``dfs_query_then_fetch`` does): a clause's BM25 contribution is ``idf · tf-part``, so
+    multiplying it by ``idf_global / idf_shard`` gives every shard the same IDF. The length
+    normalisation keeps each shard's average length (hash partitioning makes the shards
+    uniform samples, so those agree closely)."""
+    n = [s.num_docs for s in searchers]
+    total = sum(n)
+    df = {t: [s.doc_freq("text", t) for s in searchers] for c in clauses for t in _words(c)}
+    out: list[dict[Clause, float]] = []
+    for k in range(len(searchers)):
+        boosts: dict[Clause, float] = {}
+        for c in clauses:
+            if all(df[t][k] for t in _words(c)):
+                local = sum(bm25_idf(n[k], df[t][k]) for t in _words(c))
+                boosts[c] = sum(bm25_idf(total, sum(df[t])) for t in _words(c)) / local
+        out.append(boosts)
+    return out
+
+
+def _common_overall(searchers: Sequence[tantivy.Searcher], clauses: list[Clause]) -> set[str]:
+    """``search.common_terms`` over all shards together (summed counts)."""
+    docs = sum(s.num_docs for s in searchers)
+    if docs < COMMON_MIN_DOCS:
+        return set()
+    freq = {c: sum(s.doc_freq("text", c) for s in searchers) for c in clauses if isinstance(c, str)}
+    return {c for c, f in freq.items() if f > COMMON_DOC_FRACTION * docs}
+
+
+def search_shards(
+    indexes: Sequence[tantivy.Index],
+    sq: SearchQuery,
+    weights: RankWeights | None = None,
+    now_us: int | None = None,
+) -> list[Hit]:
+    """``search.search`` over several shards: the same clauses (very common words judged over
+    all shards), each shard's best candidates scored with global IDF (``global_boosts``),
+    merged and re-ranked together (``search.rank_candidates``). A query of only very common
+    words takes each shard's newest matches (``search._newest_slices``), unboosted: BM25
+    barely tells such posts apart and recency decides."""
+    if len(indexes) == 1:
+        return search(indexes[0], sq, weights, now_us)
+    w = weights or RankWeights()
+    now_us = time.time_ns() // 1000 if now_us is None else now_us
+    limit = max(1, min(sq.limit, MAX_LIMIT))
+    searchers = [ix.searcher() for ix in indexes]
+    clauses = query_clauses(sq.q)
+    if not clauses:
+        if sq.q.strip():
+            return []  # text with nothing indexable in it (punctuation only) matches nothing
+        newest = []
+        for ix, searcher in zip(indexes, searchers, strict=True):
+            query, _ = build_query(ix.schema, sq, clauses)
+            hits = searcher.search(query, limit, count=False, order_by_field="created_us").hits
+            newest += [(created, searcher, a) for created, a in hits]
+        newest.sort(key=lambda t: t[0], reverse=True)
+        return [_hit(searcher.doc(a), 0.0, 0.0) for _c, searcher, a in newest[:limit]]
+    common = _common_overall(searchers, clauses)
+    per_shard = []
+    if len(common) < len(clauses):  # very common words add cost, not relevance: drop them
+        clauses = [c for c in clauses if c not in common]
+        boosts = global_boosts(searchers, clauses)
+        for ix, searcher, b in zip(indexes, searchers, boosts, strict=True):
+            query, _ = build_query(ix.schema, sq, clauses, b)
+            per_shard.append((searcher, searcher.search(query, max(limit, w.candidates)).hits))
+    else:
+        for ix, searcher in zip(indexes, searchers, strict=True):
+            hits = _newest_slices(searcher, ix.schema, sq, clauses, now_us, w.candidates)
+            per_shard.append((searcher, hits))
+    return rank_candidates(per_shard, limit, w, now_us)
+
+
+class ShardPositions:
+    """What the service reads as ``self.indexer``: the stream sequence every shard has
+    committed past (the smallest shard checkpoint, a lower bound of what is searchable), and
+    the trend counts of the posts this API process has published (``GrokService.top_trends``
+    asks ``indexer.trends``)."""
+
+    def __init__(self, shards: ShardSet, trends: TrendCounter):
+        self.shards = shards
+        self.counter = trends
+
+    @property
+    def searchable_seq(self) -> int:
+        return min(self.shards.checkpoints(), default=0)
+
+    def trends(
+        self, window_s: float, at_us: int | None, baseline: int, limit: int, min_count: int
+    ) -> list[Trend]:
+        """``TrendCounter.top`` of the counts this process keeps."""
+        return self.counter.top(window_s, at_us, baseline, limit, min_count)

@@ -9,11 +9,16 @@ the distinct terms of real text are such hapaxes, and alone they cannot trend).
 from __future__ import annotations
 
 import math
+import os
 import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
 
 from gigafactory.errors import GigafactoryError
 
@@ -189,6 +194,15 @@ class TrendWindowError(GigafactoryError, ValueError):
     """A trend window the counter cannot answer (longer than what it keeps)."""
 
 
+def check_window(window_s: float, retention_s: int) -> None:
+    """Raise ``TrendWindowError`` for a window longer than the retention."""
+    if window_s > retention_s:
+        raise TrendWindowError(
+            f"window of {window_s:g}s exceeds the {retention_s}s of counts kept; "
+            "ask for a shorter window (or raise trend_retention_s)"
+        )
+
+
 def now_us() -> int:
     """The server clock in µs since the epoch."""
     return time.time_ns() // 1000
@@ -203,6 +217,7 @@ class TrendCounter:
         self.retention_s = retention_s
         self._buckets: dict[int, Counter[str]] = {}
         self._pruned: set[int] = set()
+        self._dirty: set[int] = set()  # changed since the last ``take_dirty``
         self._lock = threading.Lock()
 
     @property
@@ -232,6 +247,7 @@ class TrendCounter:
                     self._buckets[b] = counts
                 else:
                     bucket.update(counts)
+            self._dirty.update(counted)
             self._roll(current)
 
     def _roll(self, current: int) -> None:
@@ -240,11 +256,35 @@ class TrendCounter:
         for b in [b for b in self._buckets if b < keep_from]:
             del self._buckets[b]
             self._pruned.discard(b)
+            self._dirty.discard(b)
         for b, counter in self._buckets.items():
             if b < current - 2 and b not in self._pruned:
                 for term in [t for t, c in counter.items() if c < 2]:
                     del counter[term]
                 self._pruned.add(b)
+                self._dirty.add(b)
+
+    # -- persistence (``TrendStore``) ----------------------------------------------------
+    def take_dirty(self) -> tuple[dict[int, dict[str, int]], list[int]]:
+        """(copies of the buckets changed since the last call, keys of all buckets kept)."""
+        with self._lock:
+            dirty = {b: dict(self._buckets[b]) for b in self._dirty}
+            self._dirty.clear()
+            return dirty, sorted(self._buckets)
+
+    def mark_dirty(self, keys: Iterable[int]) -> None:
+        """Have ``take_dirty`` return these buckets again (their save failed)."""
+        with self._lock:
+            self._dirty.update(b for b in keys if b in self._buckets)
+
+    def restore(self, buckets: dict[int, Counter[str]], at_us: int | None = None) -> None:
+        """Replace the counts by saved ``buckets`` (those past the retention are dropped)."""
+        current = (now_us() if at_us is None else at_us) // (self.bucket_s * 1_000_000)
+        with self._lock:
+            self._buckets = dict(buckets)
+            self._pruned = {b for b in buckets if b < current - 2}
+            self._dirty = set()
+            self._roll(current)
 
     def top(
         self,
@@ -259,30 +299,24 @@ class TrendCounter:
         ahead of it, within the allowed skew, is not in any window yet). A window longer
         than the retention raises ``TrendWindowError``; the work is bounded by the buckets
         kept, whatever the window."""
-        if window_s > self.retention_s:
-            raise TrendWindowError(
-                f"window of {window_s:g}s exceeds the {self.retention_s}s of counts kept; "
-                "ask for a shorter window (or raise trend_retention_s)"
-            )
+        check_window(window_s, self.retention_s)
         at_us = now_us() if at_us is None else at_us
         bsize = self.bucket_s * 1_000_000
         n_win = max(1, round(window_s / self.bucket_s))
         last = at_us // bsize
         first_win = last - n_win + 1
         first_base = last - n_win * (1 + baseline) + 1
-        with self._lock:  # only references and copies of the window's buckets
-            keys = [b for b in self._buckets if first_base <= b <= last]
-            win = [Counter(self._buckets[b]) for b in keys if b >= first_win]
-            base = [Counter(self._buckets[b]) for b in keys if b < first_win]
+        now: Counter[str] = Counter()
+        before: Counter[str] = Counter()
+        with self._lock:  # the indexer process's loop is the only user: never contended
+            for b, counts in self._buckets.items():
+                if first_win <= b <= last:
+                    now.update(counts)
+                elif first_base <= b < first_win:
+                    before.update(counts)
             oldest = min(self._buckets, default=last)
         # baseline buckets since data began count, even the silent (absent) ones
         n_base = max(0, first_win - max(first_base, oldest))
-        now: Counter[str] = Counter()
-        for c in win:
-            now.update(c)
-        before: Counter[str] = Counter()
-        for c in base:
-            before.update(c)
         # the newest bucket is only partly elapsed: compare like with like
         covered = n_win - 1 + ((at_us % bsize) + 1) / bsize
         scale = covered / max(1, n_base)
@@ -302,3 +336,82 @@ class TrendCounter:
             )
         out.sort(key=lambda t: t.score, reverse=True)
         return out[:limit]
+
+
+class TrendStore:
+    """Snapshots of a ``TrendCounter`` in ``folder``, with the log position they reflect, so a
+    restart replays only the log after it (not the whole retention).
+
+    One file per bucket, written only when the bucket changed since the last save (closed
+    buckets are written about once), named with the save's generation; then a manifest
+    (``state.json``: generation, log seq, bucket size and retention, file of each bucket)
+    replaces the previous one atomically (write, fsync, rename), and the files it no longer
+    names are deleted. A crash at any point leaves the previous manifest and every file it
+    names intact, so the counts loaded always match the seq loaded."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.gen = 0
+        self.files: dict[int, str] = {}
+
+    @property
+    def manifest(self) -> Path:
+        return self.folder / "state.json"
+
+    def load(self, counter: TrendCounter, at_us: int | None = None) -> int | None:
+        """Restore ``counter`` from the last save (the clock reading ``at_us``, default now);
+        its log seq, or None when there is no usable save (none, unreadable, or another
+        bucket size or retention)."""
+        try:
+            m = orjson.loads(self.manifest.read_bytes())
+            if (m["bucket_s"], m["retention_s"]) != (counter.bucket_s, counter.retention_s):
+                return None
+            files = {int(k): v for k, v in m["files"].items()}
+            buckets = {
+                b: Counter(orjson.loads((self.folder / name).read_bytes()))
+                for b, name in files.items()
+            }
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        counter.restore(buckets, at_us)
+        self.gen, self.files = int(m["gen"]), files
+        keep = {*files.values(), self.manifest.name}
+        for f in self.folder.iterdir():  # files of a save that did not complete
+            if f.name not in keep:
+                f.unlink(missing_ok=True)
+        return int(m["seq"])
+
+    def save(self, counter: TrendCounter, seq: int) -> None:
+        """Write the buckets changed since the last save and a manifest at ``seq`` (the
+        counter must hold exactly the posts logged up to ``seq``)."""
+        dirty, keys = counter.take_dirty()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            gen = self.gen + 1
+            files = {b: self.files[b] for b in keys if b in self.files}
+            for b, counts in dirty.items():
+                files[b] = f"b{b}.g{gen}.json"
+                _write_synced(self.folder / files[b], orjson.dumps(counts))
+            manifest = {
+                "gen": gen,
+                "seq": seq,
+                "bucket_s": counter.bucket_s,
+                "retention_s": counter.retention_s,
+                "files": {str(b): name for b, name in files.items()},
+            }
+            tmp = self.folder / "state.json.tmp"
+            _write_synced(tmp, orjson.dumps(manifest))
+            tmp.replace(self.manifest)
+        except BaseException:
+            counter.mark_dirty(dirty)
+            raise
+        for name in set(self.files.values()) - set(files.values()):
+            (self.folder / name).unlink(missing_ok=True)
+        self.gen, self.files = gen, files
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
