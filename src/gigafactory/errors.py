@@ -35,3 +35,7 @@ class UnknownPresetError(GigafactoryError, KeyError):
 
 class LayoutError(GigafactoryError, ValueError):
     """A parallel layout cannot run this model on this many GPUs."""
+
+
+class OutputPathError(GigafactoryError, ValueError):
+    """A file the user asked for (a plot, a report) cannot be written there."""

@@ -41,93 +41,33 @@ def _step_dict(est: Any) -> dict[str, Any]:
     return out
 
 
-def _layout_text(layout: Any) -> str:
-    parts = [f"tp={layout.tp}", f"pp={layout.pp}"]
-    if layout.vpp > 1:
-        parts.append(f"vpp={layout.vpp}")
-    parts += [f"cp={layout.cp}", f"ep={layout.ep}", f"dp={layout.dp}", layout.sharding]
-    parts += [f"mb={layout.micro_batch}", f"gbs={layout.global_batch}"]
-    parts += [f"recompute={layout.recompute}", layout.precision]
-    return " ".join(parts)
+def rows_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
+    t = Table(title=title)
+    for i, col in enumerate(columns):
+        t.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        t.add_row(*row)
+    return t
 
 
 def _render_step(est: Any, run: Any) -> None:
-    mem = est.memory
-    status = "[green]fits[/]" if mem.fits else "[bold red]DOES NOT FIT[/]"
+    from gigafactory.plan.report import layout_text, memory_rows, step_rows, throughput_rows
+
+    status = "[green]fits[/]" if est.memory.fits else "[bold red]DOES NOT FIT[/]"
     console.print(
         f"[bold]{est.model}[/] on {est.gpus:,} × {est.hardware} ({est.cluster or 'no cluster'})"
-        f" — {_layout_text(est.layout)}"
+        f" — {layout_text(est.layout)}"
     )
-    t = Table(title=f"memory per GPU ({status})")
-    t.add_column("part")
-    t.add_column("GB", justify="right")
-    for name, value in (
-        ("weights", mem.weights_bytes),
-        ("gradients", mem.gradients_bytes),
-        ("optimizer states", mem.optimizer_bytes),
-        ("activations", mem.activations_bytes),
-        ("total", mem.total_bytes),
-        (f"usable (HBM {mem.capacity_bytes / 1e9:g} GB − reserve)", mem.usable_bytes),
-    ):
-        t.add_row(name, f"{value / 1e9:,.1f}")
-    console.print(t)
-    t = Table(title=f"step time {est.step_s:,.3f} s")
-    t.add_column("part")
-    t.add_column("s", justify="right")
-    t.add_column("%", justify="right")
-    for name, value in est.time.parts().items():
-        if value > 0:
-            t.add_row(name, f"{value:,.3f}", f"{100 * value / est.step_s:.1f}")
-    console.print(t)
-    t = Table(title="throughput")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    rows = [
-        ("MFU", f"{100 * est.mfu:.1f}%"),
-        ("HFU", f"{100 * est.hfu:.1f}%"),
-        ("model TFLOP/s per GPU", f"{est.model_tflops_per_gpu:,.0f}"),
-        ("tokens/s per GPU", f"{est.tokens_per_s_per_gpu:,.0f}"),
-        ("tokens/s (cluster)", f"{est.tokens_per_s:,.3g}"),
-    ]
-    if run is not None:
-        rows += [
-            ("token budget", f"{run.tokens:.3g}"),
-            ("days without failures", f"{run.days:,.1f}"),
-            ("goodput after failures", f"{100 * run.goodput:.1f}%"),
-            ("wall-clock days", f"{run.wall_days:,.1f}"),
-            ("interruptions (expected)", f"{run.interruptions:,.0f}"),
-            ("checkpoint every", f"{run.checkpoint_interval_s:,.0f} s"),
-            ("GPU-hours", f"{run.gpu_hours:,.3g}"),
-            ("facility power", f"{run.power_mw:,.1f} MW"),
-            ("energy", f"{run.energy_mwh:,.0f} MWh"),
-            ("cost", f"${run.cost_usd / 1e6:,.1f}M"),
-        ]
-    for name, value in rows:
-        t.add_row(name, value)
-    console.print(t)
+    console.print(rows_table(f"memory per GPU ({status})", ("part", "GB"), memory_rows(est)))
+    console.print(rows_table(f"step time {est.step_s:,.3f} s", ("part", "s", "%"), step_rows(est)))
+    console.print(rows_table("throughput", ("metric", "value"), throughput_rows(est, run)))
+    _render_power(run)
 
 
-def _plot_step(est: Any, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    parts = {k: v for k, v in est.time.parts().items() if v > 0}
-    a.barh(list(parts), list(parts.values()))
-    a.set_xlabel("seconds per step")
-    a.set_title(f"step time {est.step_s:.2f} s, MFU {100 * est.mfu:.1f}%")
-    mem = est.memory
-    names = ["weights", "gradients", "optimizer", "activations"]
-    vals = [mem.weights_bytes, mem.gradients_bytes, mem.optimizer_bytes, mem.activations_bytes]
-    b.bar(names, [v / 1e9 for v in vals])
-    b.axhline(mem.usable_bytes / 1e9, color="red", linestyle="--", label="usable HBM")
-    b.set_ylabel("GB per GPU")
-    b.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def _render_power(run: Any) -> None:
+    """Say clearly when the facility power exceeds the cluster's supply."""
+    if run is not None and run.power_exceeds_budget:
+        console.print(f"[bold red]power:[/] {run.power_note()}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -139,8 +79,8 @@ def register(app: typer.Typer) -> None:
         cluster: str = typer.Option("colossus", help="Cluster preset or YAML file."),
         gpu: str = typer.Option("", help="Accelerator preset (default: the cluster's)."),
         gpus: int = typer.Option(0, help="GPUs for the run (default: the whole cluster)."),
-        tp: int = typer.Option(0, help="Tensor parallel; with no degree given, search."),
-        pp: int = typer.Option(0, help="Pipeline parallel."),
+        tp: int | None = typer.Option(None, help="Tensor parallel; with no degree given, search."),
+        pp: int | None = typer.Option(None, help="Pipeline parallel."),
         vpp: int = typer.Option(1, help="Interleaved chunks per pipeline stage."),
         cp: int = typer.Option(1, help="Context parallel."),
         ep: int = typer.Option(1, help="Expert parallel (inside dp·cp)."),
@@ -156,17 +96,27 @@ def register(app: typer.Typer) -> None:
         top: int = typer.Option(5, help="Layouts to show when searching."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
         plot: Path | None = typer.Option(None, help="Write a PNG of the breakdowns."),
+        report: Path | None = typer.Option(None, help="Write a self-contained HTML report."),
     ) -> None:
         """Plan a training step and run: memory, step time, MFU, days, power, energy, cost.
 
         With no layout degrees (--tp/--pp) it searches the layouts that fit and plans the
         fastest; with no arguments at all it plans Grok-1 on Colossus.
         """
+        from gigafactory.plan.report import check_output_path
         from gigafactory.plan.run import DEFAULT_TOKENS, estimate_run
         from gigafactory.plan.search import DEFAULT_GLOBAL_BATCH, search_layouts
         from gigafactory.plan.step import estimate_step
         from gigafactory.spec import LayoutSpec, load_cluster, load_hardware, load_model
+        from gigafactory.spec.options import PlanOptions
 
+        PlanOptions(
+            gpus=gpus, tp=tp, pp=pp, vpp=vpp, cp=cp, ep=ep, global_batch=global_batch,
+            micro_batch=micro_batch, seq=seq, tokens=tokens, checkpoint_s=checkpoint_s,
+            restart_s=restart_s, top=top,
+        )  # fmt: skip
+        check_output_path(plot)
+        check_output_path(report)
         m = load_model(model)
         c = load_cluster(cluster)
         h = load_hardware(gpu or c.gpu)
@@ -176,7 +126,7 @@ def register(app: typer.Typer) -> None:
         budget = tokens or DEFAULT_TOKENS
         gbs = global_batch or DEFAULT_GLOBAL_BATCH
         searched = None
-        if tp or pp:
+        if tp is not None or pp is not None:
             t, p = tp or 1, pp or 1
             if n % (t * p * cp):
                 from gigafactory.errors import LayoutError
@@ -207,6 +157,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             out: dict[str, Any] = {"plan": _step_dict(best), "run": dataclasses.asdict(run)}
             out["run"]["cost_usd"] = run.cost_usd
+            out["run"]["power_note"] = run.power_note()
             if searched is not None:
                 out["search"] = {
                     "considered": searched.considered,
@@ -217,18 +168,13 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(out, default=str))
         else:
             if searched is not None:
-                t = Table(
-                    title=f"fastest layouts that fit ({searched.fitting} of "
+                from gigafactory.plan.report import LAYOUT_COLUMNS, layout_rows
+
+                title = (
+                    f"fastest layouts that fit ({searched.fitting} of "
                     f"{searched.considered} considered)"
                 )
-                for col in ("layout", "step s", "MFU", "GB/GPU", "tokens/s/GPU"):
-                    t.add_column(col, justify="left" if col == "layout" else "right")
-                for e in shown:
-                    t.add_row(
-                        _layout_text(e.layout), f"{e.step_s:.2f}", f"{100 * e.mfu:.1f}%",
-                        f"{e.memory.total_bytes / 1e9:.1f}", f"{e.tokens_per_s_per_gpu:,.0f}",
-                    )  # fmt: skip
-                console.print(t)
+                console.print(rows_table(title, LAYOUT_COLUMNS, layout_rows(shown)))
             _render_step(best, run)
             if not best.fits:
                 console.print(
@@ -236,7 +182,14 @@ def register(app: typer.Typer) -> None:
                     "--sharding fsdp or --recompute selective/full"
                 )
         if plot:
-            _plot_step(best, plot)
+            from gigafactory.plan.report import save_figure, step_figure
+
+            save_figure(step_figure(best), plot)
+        if report:
+            from gigafactory.plan.report import plan_report_html
+
+            fastest = shown if searched is not None else None
+            report.write_text(plan_report_html(best, run, fastest), encoding="utf-8")
 
     @app.command("validate")
     def validate_cmd(
@@ -245,8 +198,10 @@ def register(app: typer.Typer) -> None:
         plot: Path | None = typer.Option(None, help="Write a predicted-vs-published PNG."),
     ) -> None:
         """Predict published training runs with their own layouts; report the errors."""
+        from gigafactory.plan.report import check_output_path
         from gigafactory.plan.validate import validate
 
+        check_output_path(plot)
         report = validate(file)
         if as_json:
             rows = [

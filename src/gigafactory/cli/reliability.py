@@ -23,15 +23,23 @@ def register(app: typer.Typer) -> None:
             4.0, help="Hours for an interruption needing a person."
         ),
         interval_s: float = typer.Option(0.0, help="Work between checkpoints; 0 = optimal."),
-        failure_scale: float = typer.Option(1.0, help="Failure rates relative to Llama 3's."),
-        trials: int = typer.Option(200, min=1, help="Monte Carlo runs to simulate."),
-        seed: int = typer.Option(0),
+        failure_scale: float = typer.Option(1.0, help="Failure rates relative to the study's."),
+        study: str = typer.Option(
+            "llama3", help="Failure rates from: llama3, rsc1, rsc2, rsc-jobs (Meta RSC, 2024)."
+        ),
+        trials: int = typer.Option(200, help="Monte Carlo runs to simulate."),
+        seed: int = typer.Option(0, help="Random seed of the simulation."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
         plot: Path | None = typer.Option(None, help="Write goodput vs cluster size to a PNG."),
     ) -> None:
-        """Interruptions at 100k-GPU scale (rates from Llama 3's 16k-GPU run) and the goodput
-        left after checkpoints, rework and restarts: closed form and Monte Carlo."""
+        """Interruptions at 100k-GPU scale (rates from Llama 3's 16k-GPU run, or Meta's research
+        clusters with --study) and the goodput left after checkpoints, rework and restarts:
+        closed form and Monte Carlo."""
+        from gigafactory.plan.report import check_output_path
         from gigafactory.reliability import ReliabilityScenario, analyze, simulate
+        from gigafactory.reliability.studies import load_study
+
+        check_output_path(plot)
 
         scenario = ReliabilityScenario(
             gpus=gpus,
@@ -41,6 +49,7 @@ def register(app: typer.Typer) -> None:
             manual_repair_s=manual_repair_h * 3600,
             interval_s=interval_s,
             failure_scale=failure_scale,
+            failures=load_study(study),
         )
         closed = analyze(scenario)
         console = Console()
@@ -63,6 +72,8 @@ def register(app: typer.Typer) -> None:
             print(
                 json.dumps(
                     {
+                        "study": study,
+                        "source": scenario.failures.source,
                         "closed_form": dataclasses.asdict(closed),
                         "simulation": dataclasses.asdict(sim),
                     },
@@ -101,7 +112,10 @@ def register(app: typer.Typer) -> None:
         for name, value in sim.days.items():
             lost.add_row(name, f"{value:,.2f}", f"{value / sim.wall_days_mean:.1%}")
         console.print(lost)
-        causes = Table(title="Interruptions per day by root cause (Llama 3 Table 5 mix)")
+        causes = Table(
+            title="Interruptions per day by root cause",
+            caption=f"rates: {scenario.failures.source}",
+        )
         causes.add_column("cause")
         causes.add_column("category")
         causes.add_column("per day", justify="right")

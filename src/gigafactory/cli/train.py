@@ -143,6 +143,12 @@ def register(app: typer.Typer) -> None:
         compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile."),
         tensorboard: bool = typer.Option(True, "--tensorboard/--no-tensorboard"),
         export: bool = typer.Option(True, "--export/--no-export", help="Write model/ at the end."),
+        restart: bool = typer.Option(
+            False,
+            "--restart",
+            help="When every checkpoint in --out fails verification, delete them and start "
+            "from step 0 (without it such a run is refused).",
+        ),
     ) -> None:
         """Train (or resume) a Grok-architecture model; runs under torchrun as well."""
         from gigafactory.train.loop import TrainConfig, train
@@ -151,7 +157,7 @@ def register(app: typer.Typer) -> None:
             model=model, out=out, steps=steps, batch=batch, micro_batch=micro_batch, seq=seq,
             lr=lr, warmup=warmup, seed=seed, data=data, posts=posts, text_field=text_field,
             ckpt_every=ckpt_every, keep=keep, dp=dp, device=device, precision=precision,
-            compile=compile, tensorboard=tensorboard, export=export,
+            compile=compile, tensorboard=tensorboard, export=export, restart=restart,
         )  # fmt: skip
         console = Console(stderr=False)
         if not _is_rank0():
@@ -192,8 +198,13 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., help="Folder to write (safetensors + config + tokenizer)."),
     ) -> None:
         """Export a trained model to safetensors + config.json + tokenizer.json."""
-        from gigafactory.train.export import export_model, load_for_inference
+        from gigafactory.train.export import export_model, find_weights, load_for_inference
 
-        model, tok = load_for_inference(checkpoint)
-        written = export_model(model.state_dict(), model.spec, tok, out)
-        Console().print(f"exported {model.num_params():,} parameters to {written}")
+        weights = find_weights(checkpoint)
+        model, tok = load_for_inference(weights.folder)
+        step = weights.step
+        written = export_model(model.state_dict(), model.spec, tok, out, step)
+        Console().print(
+            f"exported {model.num_params():,} parameters (step {step}) to {written}",
+            highlight=False,
+        )

@@ -1,7 +1,8 @@
 """A whole training run: days, GPU-hours, power, energy and cost for a token budget.
 
 power = nodes · node power · PUE (the facility's overhead on the IT load);
-energy = power · wall-clock hours; cost = GPU-hours · $/GPU-hour (capital and non-energy
+energy = power · wall-clock hours; the power is checked against the cluster's supply
+(``ClusterSpec.power_budget_mw``) and the largest GPU count that supply feeds is reported; cost = GPU-hours · $/GPU-hour (capital and non-energy
 operations) + energy · $/kWh. Wall-clock time includes the goodput lost to interruptions
 (``gigafactory.reliability``): the GPUs are held, powered and paid for through checkpoints,
 rework and restarts.
@@ -39,6 +40,15 @@ def facility_power_mw(gpus: int, cluster: ClusterSpec, hardware: HardwareSpec) -
     return nodes * node_power_w(cluster, hardware) * cluster.pue / 1e6
 
 
+def gpus_within_budget(cluster: ClusterSpec, hardware: HardwareSpec) -> int:
+    """The most GPUs (whole nodes) whose facility power fits the cluster's supply; 0 when the
+    cluster states no supply: ⌊budget / (node power · PUE)⌋ · GPUs per node."""
+    if not cluster.power_budget_mw:
+        return 0
+    node_mw = facility_power_mw(cluster.gpus_per_node, cluster, hardware)
+    return math.floor(cluster.power_budget_mw / node_mw + 1e-9) * cluster.gpus_per_node
+
+
 @dataclass(frozen=True)
 class RunEstimate:
     """Totals of a training run of ``tokens`` at the step's throughput."""
@@ -55,10 +65,25 @@ class RunEstimate:
     energy_mwh: float
     compute_cost_usd: float
     energy_cost_usd: float
+    power_budget_mw: float = 0.0  # the cluster's supply; 0 = not stated
+    power_exceeds_budget: bool = False
+    gpus_within_budget: int = 0  # most GPUs the supply feeds; 0 = no budget stated
 
     @property
     def cost_usd(self) -> float:
         return self.compute_cost_usd + self.energy_cost_usd
+
+    def power_note(self) -> str:
+        """One sentence on power against supply ('' when the cluster states no supply)."""
+        if not self.power_budget_mw:
+            return ""
+        if self.power_exceeds_budget:
+            return (
+                f"facility power {self.power_mw:,.1f} MW exceeds the {self.power_budget_mw:,.0f} MW "
+                f"supply by {self.power_mw - self.power_budget_mw:,.1f} MW: the supply feeds at "
+                f"most {self.gpus_within_budget:,} GPUs"
+            )
+        return f"facility power {self.power_mw:,.1f} MW within the {self.power_budget_mw:,.0f} MW supply"
 
 
 def estimate_run(
@@ -97,4 +122,7 @@ def estimate_run(
         energy_mwh=energy,
         compute_cost_usd=gpu_hours * cluster.usd_per_gpu_hour,
         energy_cost_usd=energy * 1000 * cluster.usd_per_kwh,
+        power_budget_mw=cluster.power_budget_mw,
+        power_exceeds_budget=bool(cluster.power_budget_mw) and power > cluster.power_budget_mw,
+        gpus_within_budget=gpus_within_budget(cluster, hardware),
     )

@@ -1,14 +1,18 @@
 """Interruption rates per root cause, scaled from a measured run to any cluster size.
 
-The measured run is Llama 3 405B pre-training (Meta 2024, Table 5): 419 unexpected
+The default measured run is Llama 3 405B pre-training (Meta 2024, Table 5): 419 unexpected
 interruptions in 54 days on 16,384 H100 GPUs, plus 47 planned ones. Unexpected failures
 scale with the number of components, i.e. linearly with GPUs (a job stops when any of its
 GPUs, hosts, NICs or links fails); planned interruptions are scheduled per job, not per GPU.
+Other studies (``gigafactory.reliability.studies``) may measure a job failure rate that grows
+faster than linearly with job size: ``size_exponent`` > 1 models it as a power law around
+the study's ``reference_gpus``.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,8 +25,8 @@ HOURS_PER_DAY = 24.0
 @dataclass(frozen=True)
 class Cause:
     name: str
-    rate_per_gpu_hour: float
-    category: str  # hardware | software | network
+    rate_per_gpu_hour: float  # at the study's reference job size
+    category: str  # hardware | software | network | infrastructure
 
 
 @dataclass(frozen=True)
@@ -33,14 +37,21 @@ class FailureModel:
     planned_per_day: float
     manual_fraction: float  # share of interruptions that need a person before a restart
     source: str
+    reference_gpus: int = 1  # job size at which the per-GPU rates were measured
+    size_exponent: float = 1.0  # 1 = failures linear in job size; > 1 = faster than linear
 
     @property
     def rate_per_gpu_hour(self) -> float:
         return sum(c.rate_per_gpu_hour for c in self.causes)
 
     def job_rate_per_hour(self, gpus: int) -> float:
-        """Unexpected interruptions per hour of a job spanning ``gpus`` GPUs: λ = N·Σλ_i."""
-        return gpus * self.rate_per_gpu_hour
+        """Unexpected interruptions per hour of a job spanning ``gpus`` GPUs.
+
+        λ(N) = N₀·Σλ_i · (N/N₀)^α with N₀ = ``reference_gpus`` and α = ``size_exponent``;
+        α = 1 is the series-system law λ = N·Σλ_i (every component a single point of failure).
+        """
+        n0 = self.reference_gpus
+        return n0 * self.rate_per_gpu_hour * (gpus / n0) ** self.size_exponent
 
     def job_mtbf_hours(self, gpus: int) -> float:
         """Mean time between unexpected interruptions of the whole job: M = 1 / (N·Σλ_i)."""
@@ -57,9 +68,10 @@ class FailureModel:
         if factor <= 0:
             raise SpecError("reliability", "failure_scale", f"must be > 0, got {factor}")
         causes = tuple(
-            Cause(c.name, c.rate_per_gpu_hour * factor, c.category, c.manual) for c in self.causes
+            dataclasses.replace(c, rate_per_gpu_hour=c.rate_per_gpu_hour * factor)
+            for c in self.causes
         )
-        return FailureModel(causes, self.planned_per_day, self.source)
+        return dataclasses.replace(self, causes=causes)
 
 
 def llama3_failure_model(

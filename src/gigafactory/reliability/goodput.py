@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from gigafactory.errors import SpecError
 from gigafactory.reliability.failures import FailureModel, llama3_failure_model
+from gigafactory.spec._fields import positive_float, positive_int
 
 SECONDS_PER_HOUR = 3600.0
 # Mixed-precision Adam state saved per parameter: bf16 weights (2) + fp32 master (4)
@@ -30,7 +31,7 @@ def expected_goodput(
     E[T] = M · e^{R/M} · (e^{(τ+δ)/M} − 1), so goodput = τ / E[T]. Exact for exponential
     failures; it reduces to the first-order τ/(τ+δ) · (1 − ((τ+δ)/2 + R)/M) when M is large.
     """
-    if interval_s <= 0 or checkpoint_s < 0 or mtbf_s <= 0 or restart_s < 0:
+    if not interval_s > 0 or not checkpoint_s >= 0 or not mtbf_s > 0 or not restart_s >= 0:
         raise SpecError("reliability", "interval_s", "times must be positive")
     exponent = (interval_s + checkpoint_s) / mtbf_s + restart_s / mtbf_s
     if exponent > 700:  # e^700 overflows: no useful work gets through
@@ -85,7 +86,7 @@ class ReliabilityScenario:
 
     gpus: int = 100_000
     work_days: float = 54.0
-    checkpoint_s: float = 10.0  # stall per checkpoint (async save: host copy + barrier)
+    checkpoint_s: float = 10.0  # stall per checkpoint (async save: host copy + barrier); 0 = none
     restart_s: float = 300.0  # detect (NCCL watchdog), swap in spares, reload the checkpoint
     manual_repair_s: float = 4 * 3600.0
     interval_s: float = 0.0  # 0 = Daly's optimum
@@ -93,16 +94,18 @@ class ReliabilityScenario:
     failures: FailureModel = field(default_factory=llama3_failure_model)
 
     def __post_init__(self) -> None:
-        if self.gpus < 1:
-            raise SpecError("reliability", "gpus", f"must be >= 1, got {self.gpus}")
-        for name in ("work_days", "checkpoint_s"):
-            if getattr(self, name) <= 0:
-                raise SpecError("reliability", name, f"must be > 0, got {getattr(self, name)}")
-        for name in ("restart_s", "manual_repair_s", "interval_s"):
-            if getattr(self, name) < 0:
-                raise SpecError("reliability", name, f"must be >= 0, got {getattr(self, name)}")
-        if self.failure_scale <= 0:
-            raise SpecError("reliability", "failure_scale", "must be > 0 (1 = Llama 3's rates)")
+        positive_int("reliability", "gpus", self.gpus)
+        positive_float("reliability", "work_days", self.work_days)
+        for name in ("checkpoint_s", "restart_s", "manual_repair_s", "interval_s"):
+            positive_float("reliability", name, getattr(self, name), allow_zero=True)
+        if self.checkpoint_s == 0 and self.interval_s == 0:
+            raise SpecError(
+                "reliability",
+                "checkpoint_s",
+                "a checkpoint that costs nothing has no optimal interval; give checkpoint_s > 0 "
+                "or an explicit interval_s",
+            )
+        positive_float("reliability", "failure_scale", self.failure_scale)
 
     @property
     def model(self) -> FailureModel:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gigafactory.reliability.goodput import ReliabilityScenario
+from gigafactory.spec._fields import positive_int
 
 DAY_S = 86_400.0
 
@@ -41,8 +42,8 @@ def simulate(
     progress: Callable[[float], None] | None = None,
 ) -> SimulationResult:
     """Replay ``trials`` runs of ``scenario``; ``progress`` gets the done fraction (0..1)."""
-    if trials < 1:
-        raise ValueError(f"trials must be >= 1, got {trials}")
+    positive_int("reliability", "trials", trials)
+    positive_int("reliability", "seed", seed, minimum=0)
     rng = np.random.default_rng(seed)
     model = scenario.model
     tau, delta = scenario.interval, scenario.checkpoint_s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from typing import Any, TypeVar
 
 from gigafactory.errors import SpecError
@@ -38,10 +39,11 @@ def positive_int(spec: str, field: str, value: Any, minimum: int = 1) -> None:
 
 
 def positive_float(spec: str, field: str, value: Any, allow_zero: bool = False) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    """Refuse anything but a finite number > 0 (>= 0 with ``allow_zero``); NaN and ±inf too."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise SpecError(spec, field, f"must be a number {bound}, got {value!r}")
+        raise SpecError(spec, field, f"must be a finite number {bound}, got {value!r}")
 
 
 def one_of(spec: str, field: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -83,6 +83,7 @@ class ClusterSpec:
     ``fabric_efficiency`` is the share of NIC line rate that collectives reach at scale (NVIDIA
     reports 95% for Spectrum-X against about 60% for standard Ethernet). ``node_power_w`` is
     the whole server at load (GPUs included); ``pue`` the facility overhead on top.
+    ``power_budget_mw`` is the facility's grid supply (0 = not known, not checked).
     """
 
     name: str
@@ -98,6 +99,7 @@ class ClusterSpec:
     pue: float = 1.3
     usd_per_gpu_hour: float = 2.0
     usd_per_kwh: float = 0.08
+    power_budget_mw: float = 0.0  # facility supply; 0 = unknown
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -120,6 +122,7 @@ class ClusterSpec:
             raise SpecError(s, "pue", f"power usage effectiveness is >= 1, got {self.pue}")
         positive_float(s, "usd_per_gpu_hour", self.usd_per_gpu_hour, allow_zero=True)
         positive_float(s, "usd_per_kwh", self.usd_per_kwh, allow_zero=True)
+        positive_float(s, "power_budget_mw", self.power_budget_mw, allow_zero=True)
         if self.gpus % self.gpus_per_node and self.gpus > self.gpus_per_node:
             raise SpecError(
                 s, "gpus", f"{self.gpus} is not a whole number of {self.gpus_per_node}-GPU nodes"

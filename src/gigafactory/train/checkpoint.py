@@ -136,8 +136,17 @@ def identity_mismatch(manifest: dict[str, Any], identity: dict[str, Any]) -> str
 class Checkpointer:
     """Saves and finds checkpoints under ``root`` for one run (model spec + data identity)."""
 
-    def __init__(self, root: Path, runtime: Runtime, identity: dict[str, Any], keep: int = 3):
+    def __init__(
+        self,
+        root: Path,
+        runtime: Runtime,
+        identity: dict[str, Any],
+        keep: int = 3,
+        restart: bool = False,
+    ):
         self.root, self.runtime, self.identity, self.keep = root, runtime, identity, keep
+        self.restart = restart
+        self._verified: dict[str, str] = {}  # folder name -> '' (complete) or why it is not
 
     def complete(self) -> list[Path]:
         """Step folders, newest first (not yet verified)."""
@@ -161,6 +170,7 @@ class Checkpointer:
         self.runtime.barrier()
         if self.runtime.is_main:
             write_manifest(tmp, step, self.identity)
+            self._verified[final.name] = ""  # just written and checksummed
             if final.exists():  # a stale or corrupt folder of the same step: move it aside
                 trash = self.root / f"{TMP_PREFIX}old-{final.name}"
                 shutil.rmtree(trash, ignore_errors=True)
@@ -172,9 +182,24 @@ class Checkpointer:
         self.runtime.barrier()
         return final
 
+    def _check(self, folder: Path) -> str:
+        """'' if ``folder`` verifies, else the reason; each folder is checksummed once."""
+        if folder.name not in self._verified:
+            self._verified[folder.name] = verify(folder)[1]
+        return self._verified[folder.name]
+
     def _prune(self) -> None:
-        for old in self.complete()[self.keep :]:
-            shutil.rmtree(old, ignore_errors=True)
+        """Keep the newest ``keep`` checkpoints that verify. Older verified ones go, and so do
+        corrupt ones older than the newest good one (they can never be resumed); a corrupt
+        one newer than every good one stays for the user to look at, and never counts
+        towards ``keep``, so it can never push a verified checkpoint out."""
+        good = 0
+        for folder in self.complete():
+            ok = not self._check(folder)
+            if (ok and good >= self.keep) or (not ok and good > 0):
+                shutil.rmtree(folder, ignore_errors=True)
+                self._verified.pop(folder.name, None)
+            good += ok
 
     def latest(self) -> tuple[Path | None, list[str]]:
         """The newest checkpoint that verifies, and a warning for each one skipped.
@@ -198,15 +223,30 @@ class Checkpointer:
             for stale in sorted(self.root.glob(f"{TMP_PREFIX}*")):
                 warnings.append(f"removed partial checkpoint {stale} (a write that never finished)")
                 shutil.rmtree(stale, ignore_errors=True)
+        corrupt = []
         for folder in self.complete():
             manifest, reason = verify(folder)
+            self._verified[folder.name] = reason
             if manifest is None:
                 warnings.append(f"skipped checkpoint {folder}: {reason}")
+                corrupt.append(folder)
                 continue
             mismatch = identity_mismatch(manifest, self.identity)
             if mismatch:
                 return [None, warnings, f"checkpoint {folder} {mismatch}"]
             return [str(folder), warnings, ""]
+        if corrupt and not self.restart:
+            names = ", ".join(f.name for f in corrupt)
+            return [
+                None,
+                warnings,
+                f"every checkpoint in {self.root} fails verification ({names}); restore them, "
+                "or pass --restart to delete them and train from step 0",
+            ]
+        for folder in corrupt:
+            shutil.rmtree(folder, ignore_errors=True)
+            self._verified.pop(folder.name, None)
+            warnings.append(f"deleted corrupt checkpoint {folder} (--restart)")
         return [None, warnings, ""]
 
     def load(self, path: Path, state: dict[str, Any]) -> None:

@@ -121,6 +121,16 @@ def _text_documents(path: Path) -> Iterator[str]:
 
 
 def _jsonl_documents(path: Path, field: str) -> Iterator[str]:
+    try:
+        yield from _jsonl_rows(path, field)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path} is not UTF-8 text (byte {exc.start} of a line cannot be decoded); give "
+            "one UTF-8 JSON object per line"
+        ) from exc
+
+
+def _jsonl_rows(path: Path, field: str) -> Iterator[str]:
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():

@@ -23,3 +23,7 @@ class CheckpointError(TrainError, ValueError):
 
 class TrainConfigError(TrainError, ValueError):
     """A training option has a value that cannot run (steps, batch, sequence length...)."""
+
+
+class NonFiniteError(TrainError, FloatingPointError):
+    """The loss or the gradient became NaN or infinite; the run stopped before saving it."""

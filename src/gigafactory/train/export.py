@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,6 +35,8 @@ def export_model(
 ) -> Path:
     """Write ``model.safetensors``, ``config.json`` (the ModelSpec) and ``tokenizer.json`` into a
     temporary folder, then rename it to ``out_dir`` (replacing an older export)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TrainConfigError(f"--out {out_dir} is a file; give a folder for the export")
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / CONFIG).is_file():
         raise TrainConfigError(
             f"{out_dir} exists and is not a model export; give --out a new folder"
@@ -73,23 +76,72 @@ def _from_checkpoint(folder: Path, device: torch.device) -> tuple[Transformer, T
     return model.to(device).eval(), load_tokenizer(folder.parent.parent / TOKENIZER)
 
 
+def inference_device(device: str) -> torch.device:
+    """``cpu`` or ``cuda``, refused with the fix where this build or machine has no CUDA."""
+    if device not in ("cpu", "cuda"):
+        raise TrainConfigError(f"--device must be cpu or cuda; got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        reason = (
+            "this PyTorch build has no CUDA support"
+            if torch.version.cuda is None
+            else "no CUDA GPU is visible"
+        )
+        raise TrainConfigError(f"--device cuda: {reason}; use --device cpu")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a model's weights are: an export folder or a DCP checkpoint, and their step."""
+
+    folder: Path
+    step: int
+    checkpoint: bool
+
+
+def _export_step(folder: Path) -> int:
+    try:
+        return int(json.loads((folder / CONFIG).read_text()).get("step", 0))
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+def find_weights(path: Path) -> Weights:
+    """The weights ``path`` names. For a run folder: the newest of its ``model/`` export and
+    its newest checkpoint that verifies (a run trained on after its export, or killed before
+    exporting, is read from the checkpoint); an export of the same step wins the tie."""
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; pass a run folder, model/ or checkpoint")
+    if (path / CONFIG).is_file() and (path / WEIGHTS).is_file():
+        return Weights(path, _export_step(path), checkpoint=False)
+    if path.name.startswith(PREFIX):
+        manifest, reason = verify(path)
+        if manifest is None:
+            raise CheckpointError(f"checkpoint {path} cannot be read: {reason}")
+        return Weights(path, int(manifest["step"]), checkpoint=True)
+    found = []
+    if (path / "model" / CONFIG).is_file():
+        found.append(Weights(path / "model", _export_step(path / "model"), checkpoint=False))
+    for folder in sorted((path / "checkpoints").glob(f"{PREFIX}*"), reverse=True):
+        manifest, _ = verify(folder)
+        if manifest is not None:
+            found.append(Weights(folder, int(manifest["step"]), checkpoint=True))
+            break
+    if not found:
+        raise CheckpointError(
+            f"{path} holds no exported model and no complete checkpoint; pass a run folder "
+            "written by gigafactory train (its --out), its model/ folder, or a checkpoint folder"
+        )
+    return max(found, key=lambda w: (w.step, not w.checkpoint))
+
+
 def load_for_inference(path: Path, device: str = "cpu") -> tuple[Transformer, Tokenizer]:
     """A model and its tokenizer from an export, a run folder or a checkpoint folder."""
-    dev = torch.device(device)
-    if (path / CONFIG).is_file() and (path / WEIGHTS).is_file():
-        return _from_export(path, dev)
-    if (path / "model" / CONFIG).is_file():
-        return _from_export(path / "model", dev)
-    if path.name.startswith(PREFIX):
-        return _from_checkpoint(path, dev)
-    ckpts = sorted((path / "checkpoints").glob(f"{PREFIX}*"), reverse=True)
-    for folder in ckpts:
-        if verify(folder)[0] is not None:
-            return _from_checkpoint(folder, dev)
-    raise CheckpointError(
-        f"{path} holds no exported model and no complete checkpoint; pass a run folder "
-        "written by gigafactory train (its --out), its model/ folder, or a checkpoint folder"
-    )
+    dev = inference_device(device)
+    weights = find_weights(path)
+    if weights.checkpoint:
+        return _from_checkpoint(weights.folder, dev)
+    return _from_export(weights.folder, dev)
 
 
 def sample_next(

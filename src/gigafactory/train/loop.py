@@ -31,8 +31,9 @@ from gigafactory.spec.model import ModelSpec
 from gigafactory.train import metrics as m
 from gigafactory.train.checkpoint import Checkpointer
 from gigafactory.train.data import Corpus, TokenLoader, load_prepared, prepare
-from gigafactory.train.errors import TrainConfigError
+from gigafactory.train.errors import NonFiniteError, TrainConfigError
 from gigafactory.train.export import export_model
+from gigafactory.train.fit import check_fits
 from gigafactory.train.model import Transformer
 from gigafactory.train.parallelize import (
     ParallelDims,
@@ -74,15 +75,33 @@ class TrainConfig:
     compile: bool = False
     tensorboard: bool = True
     export: bool = True
+    restart: bool = False  # every checkpoint corrupt: delete them and start from step 0
 
     def check(self) -> None:
-        for name in ("steps", "batch", "ckpt_every", "keep"):
+        for name in ("steps", "batch", "ckpt_every", "keep", "posts"):
             if getattr(self, name) < 1:
                 raise TrainConfigError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.lr <= 0:
-            raise TrainConfigError(f"--lr must be > 0, got {self.lr}")
+        for name in ("micro_batch", "seq", "dp"):
+            if getattr(self, name) < 0:
+                raise TrainConfigError(
+                    f"--{name.replace('_', '-')} must be >= 0 (0 = the default), got "
+                    f"{getattr(self, name)}"
+                )
+        for name in ("lr", "weight_decay", "grad_clip", "min_lr_ratio"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+                raise TrainConfigError(
+                    f"--{name.replace('_', '-')} must be a finite number "
+                    f"{'> 0' if name == 'lr' else '>= 0'}, got {value}"
+                )
+        if self.warmup < -1:
+            raise TrainConfigError(
+                f"--warmup must be >= 0 steps, or -1 for 5% of --steps; got {self.warmup}"
+            )
         if self.warmup >= self.steps:
             raise TrainConfigError(f"--warmup {self.warmup} must be below --steps {self.steps}")
+        if self.out is not None and self.out.exists() and not self.out.is_dir():
+            raise TrainConfigError(f"--out {self.out} is a file; give a folder for the run")
 
 
 # --- events the loop reports (rank 0 only) -------------------------------------------------
@@ -221,6 +240,19 @@ def train_step(
     return loss, aux, float(norm)
 
 
+def check_finite(step: int, loss: float, grad_norm: float, resumed_from: Path | None) -> None:
+    """Stop before a non-finite loss or gradient reaches a checkpoint. Every rank sees the same
+    averaged loss and global norm, so every rank stops at the same step."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    start = f"resume from {resumed_from}" if resumed_from else "start again"
+    raise NonFiniteError(
+        f"step {step}: loss {loss} and gradient norm {grad_norm} are not both finite, so "
+        f"training stopped before any checkpoint of them was written; lower --lr, check the "
+        f"data, then {start}"
+    )
+
+
 def rng_state(runtime: Runtime) -> dict[str, Any]:
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -288,6 +320,7 @@ def _train(
     dims = ParallelDims.build(runtime.world_size, cfg.batch, cfg.micro_batch, cfg.dp)
     dims.validate(spec)
     precision = resolve_precision(cfg.precision, runtime.device)
+    check_fits(spec, dims.layout().replace(precision=precision), seq, runtime.device)
     if runtime.device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matmuls
     out = cfg.out or Path("runs") / spec.name
@@ -314,7 +347,7 @@ def _train(
     model = build_model(spec, runtime, precision, cfg.compile, cfg.seed)
     optimizer, scheduler = build_optimizer(model, cfg)
     identity = {"model": spec.to_dict(), "data": prepared.fingerprint, "corpus": corpus.describe()}
-    ckpt = Checkpointer(out / "checkpoints", runtime, identity, cfg.keep)
+    ckpt = Checkpointer(out / "checkpoints", runtime, identity, cfg.keep, cfg.restart)
     params = sum(p.numel() for p in model.parameters())  # sharded or not, numel is global
 
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -359,6 +392,11 @@ def _train(
             set_rng_state(current[rng_key], runtime)
         start = int(current["train"]["step"])
         loader_key = f"loader.dp_rank_{runtime.rank}"
+        if start > cfg.steps:
+            raise TrainConfigError(
+                f"{path} is at step {start}, beyond --steps {cfg.steps}; pass --steps above "
+                f"{start} to train on, or give a new --out to start again"
+            )
 
     hw, hw_warning = m.device_hardware(runtime.device)
     if hw_warning:
@@ -375,8 +413,9 @@ def _train(
         )
     )  # fmt: skip
 
-    log = m.MetricsLog(out, cfg.tensorboard) if main else None
+    log = m.MetricsLog(out, cfg.tensorboard, resume_step=start) if main else None
     result = TrainResult(out, start, cfg.steps, params, warnings=warnings, resumed_from=path)
+    last_saved = path
     try:
         model.train()
         for step in range(start + 1, cfg.steps + 1):
@@ -386,6 +425,7 @@ def _train(
                 model, optimizer, scheduler, loader.next_batch(), runtime, precision,
                 cfg.grad_clip,
             )  # fmt: skip
+            check_finite(step, loss, norm, last_saved)
             if runtime.device.type == "cuda":
                 torch.cuda.synchronize(runtime.device)
             dt = time.perf_counter() - t0
@@ -406,10 +446,12 @@ def _train(
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 st = state()
                 st["train"]["step"] = step
-                saved_at = ckpt.save(step, st)
+                saved_at = last_saved = ckpt.save(step, st)
                 emit(CheckpointSaved(step, saved_at))
         if cfg.export:
-            result.export_dir = _export(model, spec, prepared.tokenizer_path, out, runtime)
+            result.export_dir = _export(
+                model, spec, prepared.tokenizer_path, out, runtime, cfg.steps
+            )
             if result.export_dir is not None:
                 emit(Notice(f"exported the model to {result.export_dir}"))
     finally:
@@ -420,7 +462,7 @@ def _train(
 
 
 def _export(
-    model: nn.Module, spec: ModelSpec, tokenizer_path: Path, out: Path, runtime: Runtime
+    model: nn.Module, spec: ModelSpec, tokenizer_path: Path, out: Path, runtime: Runtime, step: int
 ) -> Path | None:
     """Gather the full weights (a collective under FSDP2) and write them on rank 0."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -429,4 +471,4 @@ def _export(
     full = get_model_state_dict(model, options=options)
     if not runtime.is_main:
         return None
-    return export_model(full, spec, load_tokenizer(tokenizer_path), out / "model")
+    return export_model(full, spec, load_tokenizer(tokenizer_path), out / "model", step)

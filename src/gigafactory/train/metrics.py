@@ -107,9 +107,16 @@ class StepMetrics:
 class MetricsLog:
     """JSONL (one object per step, flushed) and TensorBoard scalars; used on rank 0 only."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int = 0):
+        """A run resumed at ``resume_step`` first drops the steps logged after it (a killed
+        run logs steps its last checkpoint does not hold), so no step appears twice."""
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / "metrics.jsonl"
+        if self.path.is_file():
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            tmp.replace(self.path)
         self._jsonl = self.path.open("a")
         self._tb = None
         if tensorboard:
@@ -132,5 +139,12 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Every logged step of a run, in the order written (a resumed run repeats steps)."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Every logged step of a run, in the order written; a line cut short by a kill (the last
+    one) is left out."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
