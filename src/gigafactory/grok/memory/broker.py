@@ -104,6 +104,7 @@ class Broker:
                 f"cannot reach the broker at {url} (connection refused or timed out); start "
                 "`nats-server -js` there or fix --broker"
             )
+        self.reconnects = 0  # connections re-established after a loss (a server restart)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
@@ -117,6 +118,7 @@ class Broker:
                     max_reconnect_attempts=-1,
                     allow_reconnect=True,
                     error_cb=self._on_error,
+                    reconnected_cb=self._on_reconnect,
                 ),
                 connect_timeout_s * 3,
             )
@@ -127,6 +129,9 @@ class Broker:
                 "`nats-server -js` there or fix --broker"
             ) from None
         self.js = self.nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
+
+    async def _on_reconnect(self) -> None:
+        self.reconnects += 1
 
     async def _on_error(self, exc: Exception) -> None:
         """The client's errors while it reconnects: one log line each, no traceback."""

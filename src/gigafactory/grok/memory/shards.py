@@ -158,7 +158,7 @@ async def _bind_consumer(broker: Broker, partition: int, start_seq: int):
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
         opt_start_seq=start_seq,
         ack_policy=AckPolicy.ALL,
-        ack_wait=60.0,
+        ack_wait=10.0,  # a safety net: lost deliveries are re-fetched from the checkpoint
         max_ack_pending=-1,
     )
     await js.add_consumer(STREAM, config)
@@ -176,13 +176,17 @@ async def consume(
 ) -> None:
     """Index the partition until ``halt`` is set, then commit what was added and return."""
     sub = None
+    bound_at = -1  # broker.reconnects when the consumer was last (re)created
     last_msg = None
     last_commit = time.monotonic()
     while True:
         stopping = halt.is_set()
         msgs = []
         try:
-            if sub is None:
+            # after a reconnect, messages the server counts as delivered may never have
+            # arrived (they would come back only after ack_wait): restart at our position
+            if sub is None or bound_at != broker.reconnects:
+                bound_at = broker.reconnects
                 sub = await _bind_consumer(broker, partition, feeder.indexed_seq + 1)
             msgs = await sub.fetch(batch, timeout=min(commit_interval_s, 0.5))
         except nats.errors.TimeoutError:
@@ -192,6 +196,7 @@ async def consume(
             await asyncio.sleep(0.2)
         except TRANSIENT as exc:  # the server is away; the client reconnects by itself
             log.info("partition %d: %s; retrying", partition, type(exc).__name__)
+            sub = None
             await asyncio.sleep(0.2)
         for m in msgs:
             kind = (m.headers or {}).get(KIND_HEADER, POST)
