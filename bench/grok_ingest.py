@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import orjson
 from rich.console import Console
 
 from _report import emit, pct
+from _server import free_port, start_server, wait_up
 from gigafactory.grok.memory.generator import generate_posts
 
 KEY = {"x-api-key": "bench", "content-type": "application/json"}
@@ -56,9 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     console = Console(stderr=args.json)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     tmp = Path(tempfile.mkdtemp(prefix="grok-bench-"))
     console.print(f"pre-generating {args.posts:,} posts ...")
@@ -72,33 +70,20 @@ def main() -> None:
         if len(chunk) == args.batch:
             batches.append((len(chunk), orjson.dumps(chunk)))
             chunk = []
-    env_cmd = [
-        sys.executable,
-        "-c",
-        "from gigafactory.cli import main; main()",
-        "serve",
-        "--data-dir",
-        str(tmp / "data"),
-        "--port",
-        str(port),
-        "--api-key",
+    server = start_server(
+        tmp / "data",
+        port,
         "bench",
         "--synchronous",
         args.sync,
         "--commit-interval",
         str(args.commit_interval),
-    ]
-    server = subprocess.Popen(env_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    )
     burners = [
         subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.burn)
     ]
     try:
-        for _ in range(300):
-            try:
-                httpx.get(f"{url}/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_up(url)
         next_batch = iter(enumerate(batches))
         lock = threading.Lock()
         stop = threading.Event()

@@ -14,9 +14,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -27,6 +24,7 @@ import orjson
 from rich.console import Console
 
 from _report import emit
+from _server import free_port, start_server
 from gigafactory.grok.memory.generator import generate_posts
 from gigafactory.grok.memory.log import KIND_POST, PostLog, post_body
 from gigafactory.grok.memory.service import GrokService
@@ -54,12 +52,6 @@ def fill(data: Path, n: int, batch: int = 20_000) -> None:
     svc.close()
 
 
-def _serve(data: Path, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", "from gigafactory.cli import main; main()", "serve"]
-    cmd += ["--data-dir", str(data), "--port", str(port), "--api-key", "bench"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def _until(url: str, t0: float, params: dict | None = None, timeout: float = 600) -> float:
     while time.perf_counter() - t0 < timeout:
         try:
@@ -76,7 +68,7 @@ def restart(data: Path, port: int, crash: bool) -> dict[str, float]:
     ingest when ``crash``, so the next start has no final trend save)."""
     url = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
-    proc = _serve(data, port)
+    proc = start_server(data, port, "bench")
     out = {
         "healthz_s": _until(f"{url}/healthz", t0),
         "search_s": _until(f"{url}/v1/search", t0, {"q": "launch"}),
@@ -104,9 +96,7 @@ def main() -> None:
     console = Console(stderr=args.json)
     tmp = None if args.data_dir else Path(tempfile.mkdtemp(prefix="grok-restart-"))
     data = args.data_dir or tmp / "data"  # type: ignore[operator]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     try:
         t0 = time.perf_counter()
         if not (data / "log.sqlite3").exists():

@@ -22,9 +22,6 @@ import asyncio
 import multiprocessing as mp
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -35,8 +32,10 @@ import orjson
 from rich.console import Console
 
 from _report import emit, pct
+from _server import free_port, start_server, wait_up
 
 KEY = "bench"
+SPAWN_S = 5.0  # time allowed for the client processes to start and connect
 
 
 def _request(method: str, path: str, port: int, body: bytes = b"") -> bytes:
@@ -47,9 +46,13 @@ def _request(method: str, path: str, port: int, body: bytes = b"") -> bytes:
     return head.encode() + body
 
 
-async def _connection(port: int, phase: str, tag: str, stop_at: float, lat: list[float]) -> int:
-    """Requests on one keep-alive connection until ``stop_at``; returns the 2xx count."""
+async def _connection(
+    port: int, phase: str, tag: str, start_at: float, stop_at: float, lat: list[float]
+) -> int:
+    """Requests on one keep-alive connection from ``start_at`` until ``stop_at``; returns
+    the 2xx count."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
     now = datetime.now(UTC).isoformat()
     ok = n = 0
     while time.perf_counter() < stop_at:
@@ -73,11 +76,16 @@ async def _connection(port: int, phase: str, tag: str, stop_at: float, lat: list
     return ok
 
 
-def _client_proc(port: int, phase: str, conns: int, proc_id: int, stop_at: float, out) -> None:
+def _client_proc(
+    port: int, phase: str, conns: int, proc_id: int, start_at: float, stop_at: float, out
+) -> None:
     async def run() -> tuple[int, list[float]]:
         lat: list[float] = []
         oks = await asyncio.gather(
-            *(_connection(port, phase, f"p{proc_id}c{c}", stop_at, lat) for c in range(conns))
+            *(
+                _connection(port, phase, f"p{proc_id}c{c}", start_at, stop_at, lat)
+                for c in range(conns)
+            )
         )
         return sum(oks), lat
 
@@ -87,10 +95,12 @@ def _client_proc(port: int, phase: str, conns: int, proc_id: int, stop_at: float
 def _phase(port: int, phase: str, clients: int, procs: int, duration: float) -> dict:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    stop_at = time.perf_counter() + duration  # perf_counter is system-wide on Linux
+    # all clients start together once spawned (perf_counter is system-wide on Linux)
+    start_at = time.perf_counter() + SPAWN_S
+    stop_at = start_at + duration
     per = [clients // procs + (i < clients % procs) for i in range(procs)]
     ps = [
-        ctx.Process(target=_client_proc, args=(port, phase, n, i, stop_at, q))
+        ctx.Process(target=_client_proc, args=(port, phase, n, i, start_at, stop_at, q))
         for i, n in enumerate(per)
     ]
     for p in ps:
@@ -117,33 +127,12 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     console = Console(stderr=args.json)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     tmp = Path(tempfile.mkdtemp(prefix="grok-single-"))
-    cmd = [
-        sys.executable,
-        "-c",
-        "from gigafactory.cli import main; main()",
-        "serve",
-        "--data-dir",
-        str(tmp / "data"),
-        "--port",
-        str(port),
-        "--api-key",
-        KEY,
-        "--synchronous",
-        args.sync,
-    ]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = start_server(tmp / "data", port, KEY, "--synchronous", args.sync)
     try:
-        for _ in range(300):
-            try:
-                httpx.get(f"{url}/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_up(url)
         trivial = _phase(port, "trivial", args.clients, args.procs, args.duration)
         before = httpx.get(f"{url}/v1/status", headers={"x-api-key": KEY}).json()
         single = _phase(port, "single", args.clients, args.procs, args.duration)

@@ -61,3 +61,24 @@ def test_same_id_from_concurrent_batches_is_accepted_once(tmp_path):
     assert all(0 in acc for acc, _ref in verdicts)  # each batch's own post went in
     assert lg.count_posts() == 17
     lg.close()
+
+
+def test_async_single_posts_from_one_event_loop_share_commits(make_service):
+    import asyncio
+
+    from .conftest import post
+
+    svc = make_service()
+    before = svc.log.commits
+
+    async def burst() -> list:
+        return await asyncio.gather(
+            *(svc.ingest_posts_async([post(f"as{i}", f"async {i}")]) for i in range(80))
+        )
+
+    results = asyncio.run(burst())
+    assert all(r.accepted == 1 and not r.refused for r in results)
+    assert sorted(r.last_seq for r in results) == list(range(1, 81))
+    assert svc.log.commits - before < 80
+    big = asyncio.run(svc.ingest_posts_async([post(f"big{i}", "x") for i in range(100)]))
+    assert big.accepted == 100  # validated in a worker thread

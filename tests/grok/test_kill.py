@@ -7,7 +7,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from gigafactory.cli.grok import serve_argv
 
 from .conftest import post
 from .test_indexer_process import _gone, _wait_until
@@ -29,20 +30,7 @@ def _free_port() -> int:
 
 
 def _start(data: Path, port: int, log: Path, **popen) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-c",
-        "from gigafactory.cli import main; main()",
-        "serve",
-        "--data-dir",
-        str(data),
-        "--port",
-        str(port),
-        "--api-key",
-        "k",
-        "--commit-interval",
-        "0.05",
-    ]
+    cmd = serve_argv(data, port, "k", "--commit-interval", "0.05")
     return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, **popen)
 
 

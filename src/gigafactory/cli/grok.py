@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -205,6 +206,24 @@ def feed(
         str(stats.throttled),
     )
     console.print(table)
+
+
+def serve_argv(data_dir: Path, port: int, api_key: str, *options: str) -> list[str]:
+    """The command line that runs ``gigafactory serve`` in a child process with this
+    interpreter (tests and benchmarks start real servers with it)."""
+    return [
+        sys.executable,
+        "-c",
+        "from gigafactory.cli import main; main()",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        "--api-key",
+        api_key,
+        *options,
+    ]
 
 
 def register(app: typer.Typer) -> None:

@@ -216,7 +216,7 @@ def create_app(settings: GrokSettings, service: GrokService | None = None) -> Fa
         future, duplicate). The answer comes after the accepted posts are committed."""
         items = await read_items(request)
         limit(ingest_limit, key, max(1, len(items)))
-        return _result(await run_in_threadpool(s.ingest_posts, items))
+        return _result(await s.ingest_posts_async(items))
 
     @app.post(
         "/v1/engagement",

@@ -113,6 +113,10 @@ def build_schema() -> tantivy.Schema:
     return sb.build()
 
 
+class TrendsLoading(Exception):
+    """Trend counts are still being replayed from the log after a start."""
+
+
 class IndexCorrupt(Exception):
     """The on-disk index cannot be trusted; it will be rebuilt from the log."""
 
@@ -263,7 +267,7 @@ class IndexFeeder:
     It runs in the indexer process (``gigafactory.grok.memory.indexer``).
 
     With ``trends``, it also counts every post it reads into that ``TrendCounter`` (in log
-    order, so the counts reflect exactly the log up to ``trend_seq``), saves them to
+    order, so the counts reflect exactly the log up to ``indexed_seq``), saves them to
     ``trend_store`` every ``trend_save_s`` and at the end, and answers trend queries put on
     ``queries`` between batches (this loop is the counter's only user: no lock is held
     against ingest)."""
@@ -295,7 +299,7 @@ class IndexFeeder:
         self.trends = trends
         self.trend_store = trend_store
         self.trend_save_s = trend_save_s
-        self.trend_seq = 0
+        self.replay_seq = self.live_from = 0
         self.saved_trend_seq = -1
         self.queries: queue.SimpleQueue[tuple[int, tuple]] = queue.SimpleQueue()
 
@@ -345,21 +349,25 @@ class IndexFeeder:
         self.searchable_seq = self.indexed_seq
 
     # -- trends ----------------------------------------------------------------------------
-    def _count(self, records: list[Record]) -> None:
-        """Count the posts of ``records`` not yet counted into ``trends``."""
+    # Counted: the log up to ``replay_seq`` (loaded or replayed) and every post the loop
+    # indexes after ``live_from``; complete (and saved, at ``indexed_seq``) once the replay
+    # has reached ``live_from``. The replay goes a chunk per loop turn, beside indexing.
+    def _count(self, records: list[Record], after: int) -> None:
+        """Count the posts of ``records`` with a seq above ``after``."""
         assert self.trends is not None
-        if not records:
-            return
-        seq = self.trend_seq
-        docs = [orjson.loads(r.body) for r in records if r.kind == KIND_POST and r.seq > seq]
+        docs = [orjson.loads(r.body) for r in records if r.kind == KIND_POST and r.seq > after]
         if docs:
             self.trends.add_many([(d["created_us"], d["text"]) for d in docs])
-        self.trend_seq = max(seq, records[-1].seq)
 
-    def load_trends(self, halt: threading.Event) -> None:
-        """Trend counts from the last save, then the log after it up to the index's position
-        (the loop counts the rest as it indexes); without a usable save, the log from the
-        start of the retention period."""
+    @property
+    def trends_complete(self) -> bool:
+        """Whether the counts cover the whole log up to ``indexed_seq``."""
+        return self.trends is not None and self.replay_seq >= self.live_from
+
+    def load_trends(self) -> None:
+        """Trend counts from the last save; the log between it and the index's checkpoint
+        is then replayed (``_replay_trends``), the loop counting what it indexes after.
+        Without a usable save, the replay starts at the retention period's first post."""
         trends = self.trends
         assert trends is not None
         seq = self.trend_store.load(trends) if self.trend_store is not None else None
@@ -367,18 +375,23 @@ class IndexFeeder:
             trends.restore({})
             since_us = time.time_ns() // 1000 - trends.retention_s * 1_000_000
             seq = self.postlog.first_seq_since(since_us) - 1
-        self.trend_seq = seq
-        while self.trend_seq < self.indexed_seq and not halt.is_set():
-            records = self.postlog.read_after(self.trend_seq, self.batch)
-            self._count([r for r in records if r.seq <= self.indexed_seq])
-            if not records:
-                break
+        self.replay_seq = seq
+        self.live_from = max(seq, self.indexed_seq)
+
+    def _replay_trends(self) -> None:
+        """Count one chunk of the log the save did not cover, up to ``live_from``."""
+        records = self.postlog.read_after(self.replay_seq, self.batch)
+        records = [r for r in records if r.seq <= self.live_from]
+        self._count(records, self.replay_seq)
+        self.replay_seq = records[-1].seq if records else self.live_from
 
     def _save_trends(self) -> None:
         store, trends = self.trend_store, self.trends
-        if store is not None and trends is not None and self.trend_seq != self.saved_trend_seq:
-            store.save(trends, self.trend_seq)
-            self.saved_trend_seq = self.trend_seq
+        if store is None or trends is None or not self.trends_complete:
+            return  # a partial count is never saved as if complete
+        if self.indexed_seq != self.saved_trend_seq:
+            store.save(trends, self.indexed_seq)
+            self.saved_trend_seq = self.indexed_seq
 
     def _answer(self, answer: Callable[[int, Any], None]) -> None:
         """Answer the trend queries waiting: ``answer(id, list of Trend or error text)``."""
@@ -386,6 +399,9 @@ class IndexFeeder:
             rid, args = self.queries.get()
             try:
                 assert self.trends is not None, "this indexer counts no trends"
+                if not self.trends_complete:
+                    done = self.replay_seq / max(1, self.live_from)
+                    raise TrendsLoading(f"trend counts are loading ({done:.0%} of the log read)")
                 result: Any = self.trends.top(*args)
             except Exception as exc:  # the asker gets the reason, the loop goes on
                 result = f"{type(exc).__name__}: {exc}"
@@ -401,16 +417,18 @@ class IndexFeeder:
         the writer. ``on_commit(seq)`` is called after every commit; trend queries are
         answered through ``answer``."""
         if self.trends is not None:
-            self.load_trends(halt)
+            self.load_trends()
         last_commit = last_save = time.monotonic()
         while True:
             stopping = halt.is_set()
+            if self.trends is not None and not self.trends_complete and not stopping:
+                self._replay_trends()
             records = self.postlog.read_after(self.indexed_seq, self.batch)
             if records:
                 self._apply(records)
                 self.indexed_seq = records[-1].seq
                 if self.trends is not None:
-                    self._count(records)
+                    self._count(records, self.live_from)
             if answer is not None:
                 self._answer(answer)
             dirty = self.indexed_seq > self.searchable_seq
@@ -425,7 +443,8 @@ class IndexFeeder:
                 last_save = now
             if stopping and not records:
                 break
-            if len(records) == self.batch:
+            replaying = self.trends is not None and not self.trends_complete
+            if len(records) == self.batch or (replaying and not stopping):
                 continue
             wait = self.poll_s
             if dirty:

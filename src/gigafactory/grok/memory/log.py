@@ -20,6 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -139,21 +140,13 @@ class AppendResult:
 
 
 class _Pending:
-    """A batch waiting for its group commit, then its result (or the commit's error)."""
+    """A batch waiting for its group commit; ``future`` gets its result (or the error)."""
 
-    __slots__ = ("bodies", "error", "ids", "kind", "result", "wake")
+    __slots__ = ("bodies", "future", "ids", "kind")
 
     def __init__(self, kind: int, ids: Sequence[str], bodies: Sequence[str]):
         self.kind, self.ids, self.bodies = kind, ids, bodies
-        self.result: AppendResult | None = None
-        self.error: BaseException | None = None
-        self.wake = threading.Event()  # set once: result ready, or lead the next commit
-
-    def outcome(self) -> AppendResult:
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None
-        return self.result
+        self.future: Future[AppendResult] = Future()
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -285,9 +278,13 @@ class PostLog(LogReader):
                 "check the data dir is writable and not a corrupt file"
             ) from exc
         self._lock = threading.Lock()  # the writer connection
-        self._turn = threading.Lock()  # the group-commit queue and who leads
+        self._turn = threading.Condition()  # the group-commit queue
         self._queue: list[_Pending] = []
-        self._committing = False
+        self._closing = False
+        self._committer = threading.Thread(
+            target=self._commit_loop, name="grok-log-commit", daemon=True
+        )
+        self._committer.start()
         self.commits = 0  # transactions committed by ``append``
         self._last_seq = self._w.execute("SELECT coalesce(max(seq), 0) FROM log").fetchone()[0]
 
@@ -311,35 +308,35 @@ class PostLog(LogReader):
         """Append events of one ``kind`` (already serialised ``bodies``): a post whose id is
         already logged or repeated in the batch is refused as a duplicate, an engagement
         update of an unlogged post as unknown. Returns once the transaction holding the batch
-        has committed (durable per ``synchronous``).
+        has committed (durable per ``synchronous``). See ``submit``."""
+        return self.submit(kind, ids, bodies).result()
 
-        Group commit: batches that arrive while a commit is in flight wait for it, then the
-        first of them commits all of them in one transaction (one fsync), each batch in its
-        own savepoint so that the verdicts are those of appending them one by one in arrival
-        order. A failing commit raises in every batch of its group."""
+    def submit(self, kind: int, ids: Sequence[str], bodies: Sequence[str]) -> Future[AppendResult]:
+        """``append`` without waiting: the future is done once the batch has committed.
+
+        Group commit: one committer thread takes every batch queued while it was committing
+        and commits them in one transaction (one fsync), each batch in its own savepoint so
+        that the verdicts are those of appending them one by one in arrival order. A failing
+        commit fails every batch of its group. Callers may be threads or, through
+        ``asyncio.wrap_future``, an event loop (no thread waits per request)."""
         req = _Pending(kind, ids, bodies)
         with self._turn:
+            if self._closing:
+                raise LogError("the post log is closed")
             self._queue.append(req)
-            lead = not self._committing
-            self._committing = True
-        if not lead:
-            req.wake.wait()  # woken once: with its result, or to lead the next commit
-            if req.result is not None or req.error is not None:
-                return req.outcome()
-        with self._turn:
-            group, self._queue = self._queue, []
-        try:
+            self._turn.notify()
+        return req.future
+
+    def _commit_loop(self) -> None:
+        """The committer thread: commit what is queued, as one group, until closed."""
+        while True:
+            with self._turn:
+                while not self._queue and not self._closing:
+                    self._turn.wait()
+                if not self._queue:
+                    return  # closing, and everything queued is committed
+                group, self._queue = self._queue, []
             self._commit_group(group)
-        finally:
-            for r in group:
-                if r is not req:
-                    r.wake.set()
-            with self._turn:  # hand the lead to the first batch that came meanwhile
-                nxt = self._queue[0] if self._queue else None
-                self._committing = nxt is not None
-            if nxt is not None:
-                nxt.wake.set()
-        return req.outcome()
 
     def _commit_group(self, group: list[_Pending]) -> None:
         """One transaction for the batches of ``group``; sets each one's result or error."""
@@ -359,10 +356,10 @@ class PostLog(LogReader):
                     raise
         except BaseException as exc:
             for r in group:
-                r.error = exc
+                r.future.set_exception(exc)
             return
         for r, res in zip(group, results, strict=True):
-            r.result = res
+            r.future.set_result(res)
 
     def _append_one(self, req: _Pending, now_us: int) -> AppendResult:
         """Insert one batch inside the open transaction, in a savepoint: optimistically all
@@ -428,6 +425,12 @@ class PostLog(LogReader):
         )
 
     def close(self) -> None:
-        """Close the writer connection (readers close with their threads)."""
+        """Commit what is queued, stop the committer and close the writer connection
+        (readers close with their threads). Idempotent."""
+        with self._turn:
+            self._closing = True
+            self._turn.notify()
+        if self._committer is not threading.current_thread():
+            self._committer.join()
         with self._lock:
             self._w.close()

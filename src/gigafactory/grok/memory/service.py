@@ -4,6 +4,7 @@ with the operations the API exposes. The API module is a thin HTTP layer over
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -11,13 +12,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gigafactory.grok.memory.indexer import IndexerProcess
-from gigafactory.grok.memory.ingest import Refusal, prepare_posts, validate_updates
+from gigafactory.grok.memory.ingest import (
+    LoggablePosts,
+    Refusal,
+    prepare_posts,
+    validate_updates,
+)
 from gigafactory.grok.memory.log import KIND_POST, AppendResult, PostLog
 from gigafactory.grok.memory.search import Hit, SearchQuery, search
 from gigafactory.grok.memory.trends import Trend, check_window
 from gigafactory.grok.settings import GrokSettings
 
 log = logging.getLogger(__name__)
+
+INLINE_ITEMS = 32
+"""Batches up to this size are validated on the event loop (``ingest_posts_async``)."""
 
 
 @dataclass(frozen=True)
@@ -55,11 +64,25 @@ class GrokService:
         self.started = time.time()
         self._closed = False
 
+    def _prepare(self, items: list[Any]) -> tuple[LoggablePosts, list[Refusal]]:
+        return prepare_posts(items, datetime.now(UTC), self.settings.max_future_s)
+
     def ingest_posts(self, items: list[Any]) -> IngestResult:
         """Validate and durably log posts; see ``gigafactory.grok.memory.ingest`` for semantics.
         Safe to call from many threads: concurrent calls share log commits (group commit)."""
-        ready, refused = prepare_posts(items, datetime.now(UTC), self.settings.max_future_s)
+        ready, refused = self._prepare(items)
         res = self.log.append(KIND_POST, ready.ids, ready.bodies)
+        return self._result(res, ready.positions, ready.ids, refused)
+
+    async def ingest_posts_async(self, items: list[Any]) -> IngestResult:
+        """``ingest_posts`` for an event loop: a small batch is validated in the loop, a
+        large one (over ``INLINE_ITEMS``) in a worker thread, and the loop awaits the group
+        commit without a thread waiting per request."""
+        if len(items) > INLINE_ITEMS:
+            ready, refused = await asyncio.to_thread(self._prepare, items)
+        else:
+            ready, refused = self._prepare(items)
+        res = await asyncio.wrap_future(self.log.submit(KIND_POST, ready.ids, ready.bodies))
         return self._result(res, ready.positions, ready.ids, refused)
 
     def ingest_updates(self, items: list[Any]) -> IngestResult:
