@@ -1,5 +1,5 @@
 # The two fresh-machine commands:
-#   make run   — install into .venv and plan the default scenario (Grok-1 on Colossus)
+#   make run   — install into .venv and run the end-to-end demo (gigafactory demo)
 #   make test  — install the dev extras into .venv, lint, and run the test suite
 #   (CI then runs `make test-scaleout`: real Slurm and NATS JetStream clusters on loopback)
 PY ?= python3
@@ -24,7 +24,7 @@ system:
 	bash scripts/install-system.sh
 
 run: install
-	$(BIN)/gigafactory plan
+	$(BIN)/gigafactory demo
 
 LINT_PATHS := src tests $(wildcard bench)
 

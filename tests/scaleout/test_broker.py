@@ -262,6 +262,15 @@ def test_duplicates_updates_trends_and_status_through_the_broker(tmp_path, nats_
         assert status["status"] == "ok" and status["index_docs"] == 20
         assert sum(p["searchable_seq"] > 0 for p in status["partitions"]) == 2
         assert "broker" in {t.term for t in svc.top_trends(900, min_count=10)}
+        # the Grok chat's retrieval runs unchanged on the broker service
+        from gigafactory.grok.answers.question import understand_turn
+        from gigafactory.grok.answers.retrieve import SearchParams, count_matches, retrieve
+
+        assert count_matches(svc.indexer.index, ("broker",), SearchQuery()) == 20
+        ctx = retrieve(svc, understand_turn("what about broker test?", time.time_ns() // 1000),
+                       SearchParams())  # fmt: skip
+        assert ctx.searched and ctx.posts and all(h.id.startswith("b0-") for h in ctx.posts)
+        assert ctx.matched == 20
     finally:
         halt.set()
         for t in threads:

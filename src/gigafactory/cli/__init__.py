@@ -8,7 +8,7 @@ import sys
 import typer
 from rich.console import Console
 
-from gigafactory.cli import catalog, compare, grok, plan, reliability, train
+from gigafactory.cli import catalog, compare, demo, grok, plan, reliability, train
 from gigafactory.errors import GigafactoryError
 
 app = typer.Typer(
@@ -26,7 +26,7 @@ def _root() -> None:
     """Plan, train and serve Grok on a 100,000-GPU gigafactory of compute."""
 
 
-for part in (catalog, plan, compare, reliability, train, grok):
+for part in (catalog, plan, compare, reliability, train, grok, demo):
     part.register(app)
 
 

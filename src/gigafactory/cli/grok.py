@@ -17,6 +17,17 @@ from gigafactory.errors import GigafactoryError
 console = Console()
 
 
+def feed_progress() -> Progress:
+    """The progress bar of a feed: ``feed ━━━ <task description> 0:00:12``."""
+    return Progress(
+        TextColumn("[bold]feed[/]"),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
 def serve(
     data_dir: Annotated[
         str | None,
@@ -37,6 +48,30 @@ def serve(
         str | None,
         typer.Option(help="SQLite synchronous mode: FULL (fsync each batch) or NORMAL [FULL]"),
     ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="default answer backend: offline, checkpoint or remote "
+            "[env GROK_ANSWER_BACKEND; offline]"
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="gigafactory train output for backend checkpoint [env GROK_CHECKPOINT]"),
+    ] = None,
+    remote_url: Annotated[
+        str | None,
+        typer.Option(help="OpenAI-compatible base URL, e.g. http://host:8000/v1 [GROK_REMOTE_URL]"),
+    ] = None,
+    remote_model: Annotated[
+        str | None, typer.Option(help="model name to ask the remote server for [default]")
+    ] = None,
+    remote_key: Annotated[
+        str | None, typer.Option(help="API key of the remote server [env GROK_REMOTE_KEY]")
+    ] = None,
+    remote_timeout: Annotated[
+        float | None, typer.Option(help="seconds to wait for the remote server [30]")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn/log level")] = "warning",
     broker: Annotated[
         str | None,
@@ -47,7 +82,8 @@ def serve(
         int, typer.Option(help="with --broker: copies of a new stream (3 in production)")
     ] = 1,
 ) -> None:
-    """Run the Grok memory service: POST /v1/posts, GET /v1/search, /v1/trends, /docs."""
+    """Run the Grok service: POST /v1/posts, GET /v1/search, /v1/trends,
+    POST /v1/chat/completions (OpenAI-compatible), /docs."""
     import uvicorn
 
     from gigafactory.grok.api.app import create_app
@@ -61,6 +97,12 @@ def serve(
         api_keys=tuple(api_key) if api_key else None,
         commit_interval_s=commit_interval,
         synchronous=synchronous,
+        answer_backend=backend,
+        checkpoint=checkpoint,
+        remote_url=remote_url,
+        remote_model=remote_model,
+        remote_key=remote_key,
+        remote_timeout_s=remote_timeout,
     )
     if not settings.api_keys:
         raise GigafactoryError("no API key: pass --api-key K or set GROK_API_KEYS=K1,K2")
@@ -76,8 +118,8 @@ def serve(
     else:
         service = GrokService(settings)  # opened here, so a bad data dir is one line, exit 2
     console.print(
-        f"[bold]grok memory[/] on http://{settings.host}:{settings.port} "
-        f"(data {settings.data_dir}, docs at /docs)"
+        f"[bold]grok[/] on http://{settings.host}:{settings.port} "
+        f"(data {settings.data_dir}, answers by {settings.answer_backend}, docs at /docs)"
     )
     try:
         uvicorn.run(
@@ -158,14 +200,7 @@ def feed(
         events, what = generated(seed, rate), f"generated, seed {seed}, {rate:g} posts/s"
         duration = 60.0 if duration is None else duration
     client = FeedClient(to, key)
-    progress = Progress(
-        TextColumn("[bold]feed[/]"),
-        BarColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
+    progress = feed_progress()
     try:
         with progress:
             task = progress.add_task(what, total=duration)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gigafactory.errors import GigafactoryError
 from gigafactory.grok.memory.rank import RankWeights
@@ -51,6 +51,16 @@ class GrokSettings(BaseModel):
     trend_bucket_s: int = Field(60, ge=1)
     trend_retention_s: int = Field(6 * 3600, ge=60)
     trend_save_s: float = Field(5.0, gt=0, le=3600, description="seconds between trend saves")
+    # answers (see gigafactory.grok.answers)
+    answer_backend: str = Field("offline", pattern="^(offline|checkpoint|remote)$")
+    checkpoint: Path | None = Field(None, description="gigafactory train output (backend 2)")
+    remote_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$")
+    remote_model: str = Field("default", min_length=1, max_length=200)
+    remote_key: str | None = None
+    remote_timeout_s: float = Field(30.0, gt=0, le=600)
+    answer_timeout_s: float = Field(60.0, gt=0, le=3600)
+    max_message_chars: int = Field(32_000, ge=100)
+    citation_url: str = Field("https://x.com/{author}/status/{id}", pattern=r"\{id\}")
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -89,6 +99,18 @@ class GrokSettings(BaseModel):
             return tuple(k.strip() for k in value.split(",") if k.strip())
         return value
 
+    @model_validator(mode="after")
+    def _backend_configured(self) -> GrokSettings:
+        if self.answer_backend == "checkpoint" and self.checkpoint is None:
+            raise ValueError(
+                "answer_backend checkpoint needs checkpoint (a gigafactory train --out)"
+            )
+        if self.answer_backend == "remote" and not self.remote_url:
+            raise ValueError("answer_backend remote needs remote_url (http://host:port/v1)")
+        if self.checkpoint is not None and not self.checkpoint.is_dir():
+            raise ValueError(f"checkpoint {self.checkpoint} is not a folder")
+        return self
+
     @property
     def weights(self) -> RankWeights:
         """The ranking weights as the search code takes them."""
@@ -117,4 +139,6 @@ class GrokSettings(BaseModel):
         except ValidationError as exc:
             e = exc.errors(include_url=False)[0]
             name = ".".join(str(p) for p in e["loc"])
+            if not name:  # a rule across settings
+                raise SettingsError(str(e["msg"]).removeprefix("Value error, ")) from None
             raise SettingsError(f"setting {name} (env GROK_{name.upper()}): {e['msg']}") from None

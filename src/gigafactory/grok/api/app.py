@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from gigafactory.grok.api.page import mount_page
 from gigafactory.grok.api.ratelimit import RateLimiter
 from gigafactory.grok.memory.indexer import TrendsUnavailable
 from gigafactory.grok.memory.ingest import BatchError, BatchTooLarge, parse_batch
@@ -171,6 +172,7 @@ def create_app(settings: GrokSettings, service: GrokService | None = None) -> Fa
         lifespan=lifespan,
     )
     app.state.keys = frozenset(settings.api_keys)
+    mount_page(app)
 
     def limit(limiter: RateLimiter, key: str, n: float) -> None:
         wait = limiter.take(key, n)
@@ -297,6 +299,10 @@ def create_app(settings: GrokSettings, service: GrokService | None = None) -> Fa
         bucket = s.settings.trend_bucket_s
         whole = max(1, round(window_s / bucket)) * bucket  # windows are whole buckets
         return TrendsOut(window_s=whole, at=at, trends=[TrendOut(**t.__dict__) for t in trends])
+
+    from gigafactory.grok.api.chat import router as chat_router  # chat.py imports this module
+
+    app.include_router(chat_router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz(s: Svc) -> JSONResponse:

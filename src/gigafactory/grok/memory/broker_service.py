@@ -16,6 +16,7 @@ embedded service.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import zlib
 from datetime import UTC, datetime
@@ -48,8 +49,8 @@ class BrokerService(GrokService):
     """The Grok memory on a NATS JetStream stream of ``partitions`` subjects (created with
     ``replicas`` copies if it does not exist yet) and the shards under ``settings.data_dir``.
 
-    A ``GrokService`` whose log is the stream and whose index is the shards: ingest, search,
-    health and close are its own; what reads only the trends (``top_trends``) is inherited,
+    A ``GrokService`` whose log is the stream and whose index is the shards: every method
+    that touches the log or the indexer process (ingest, search, health, close) is its own; what reads only the trends (``top_trends``) is inherited,
     so the interface the API and the Grok chat call stays one."""
 
     def __init__(  # the parent's __init__ opens a log and an indexer process: not called
@@ -135,6 +136,10 @@ class BrokerService(GrokService):
         self.trends.add_many([(ready.created_us[keep[i]], ready.texts[keep[i]]) for i in stored])
         refused.sort(key=lambda r: r.index)
         return IngestResult(len(stored), refused, last_seq)
+
+    async def ingest_posts_async(self, items: list[Any]) -> IngestResult:
+        """``ingest_posts`` for an event loop (in a worker thread: it waits for PubAcks)."""
+        return await asyncio.to_thread(self.ingest_posts, items)
 
     def ingest_updates(self, items: list[Any]) -> IngestResult:
         """Validate engagement updates and publish each to its post's partition (the shard

@@ -31,6 +31,14 @@ _HASHTAG = re.compile(r"(?<![\w#])#(\w{1,64})")
 _MENTION = re.compile(r"(?<![\w@])@(\w{1,32})")
 
 
+def words(text: str) -> list[str]:
+    """The tokens the index makes of ``text`` (``index.text_analyzer``: words lower-cased and
+    accent-folded, characters of unspaced scripts, emoji)."""
+    from gigafactory.grok.memory.search import _analyze  # the index imports this module
+
+    return _analyze(text)
+
+
 def strip_controls(text: str) -> str:
     """Remove C0/C1 control characters (keeping tab, newline, carriage return) and the
     invisible bidi/zero-width marks used to hide text from human readers."""

@@ -118,6 +118,12 @@ def query_clauses(q: str) -> list[Clause]:
     return out
 
 
+def query_terms(q: str) -> list[str]:
+    """The single-word clauses of ``query_clauses(q)`` (what the Grok chat counts and
+    highlights)."""
+    return [c for c in query_clauses(q) if isinstance(c, str)]
+
+
 def _boosted(query: tantivy.Query, boost: float) -> tantivy.Query:
     return query if boost == 1.0 else tantivy.Query.boost_query(query, boost)
 

@@ -24,6 +24,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import nats.errors
@@ -45,6 +46,7 @@ from gigafactory.grok.memory.index import (
     IndexCorrupt,
     IndexFeeder,
     OpenedIndex,
+    build_schema,
     checkpoint_of,
     open_index,
     register_analyzers,
@@ -401,6 +403,39 @@ def search_shards(
     return rank_candidates(per_shard, limit, w, now_us)
 
 
+@dataclass(frozen=True)
+class _Counted:
+    count: int
+    hits: list  # always empty: hits of several shards have no common address space
+
+
+class _ShardsSearcher:
+    def __init__(self, searchers: list[tantivy.Searcher]):
+        self.searchers = searchers
+
+    @property
+    def num_docs(self) -> int:
+        return sum(s.num_docs for s in self.searchers)
+
+    def search(self, query: tantivy.Query, limit: int = 10, count: bool = True, **_: object):
+        """Only the count of matches, summed over the shards (``hits`` is empty)."""
+        return _Counted(sum(s.search(query, 1, count=True).count for s in self.searchers), [])
+
+
+class ShardsView:
+    """A read-only stand-in for one ``tantivy.Index`` over all shards, for code that counts
+    matches on ``service.indexer.index`` (the Grok chat's ``retrieve.count_matches``): the
+    common schema, and searchers that count over every shard. Ranked search goes through
+    ``search_shards``."""
+
+    def __init__(self, shards: ShardSet):
+        self.shards = shards
+        self.schema = build_schema()
+
+    def searcher(self) -> _ShardsSearcher:
+        return _ShardsSearcher([ix.searcher() for ix in self.shards.indexes()])
+
+
 class ShardPositions:
     """What the service reads as ``self.indexer``: the stream sequence every shard has
     committed past (the smallest shard checkpoint, a lower bound of what is searchable), and
@@ -410,6 +445,7 @@ class ShardPositions:
     def __init__(self, shards: ShardSet, trends: TrendCounter):
         self.shards = shards
         self.counter = trends
+        self.index = ShardsView(shards)
 
     @property
     def searchable_seq(self) -> int:
