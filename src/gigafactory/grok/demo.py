@@ -392,7 +392,7 @@ class Demo:
             self.check()
             lag = 0
             if feed.stream_s >= target:
-                health = self._get("/healthz")
+                health = self._get("/v1/status")  # positions (memory: /healthz is liveness only)
                 goal = health["log_seq"] if goal is None else goal
                 lag = max(0, goal - health["searchable_seq"])
                 deadline = min(deadline, time.monotonic() + opts.timeout_s)
