@@ -123,14 +123,14 @@ def serve(
     )
     try:
         uvicorn.run(
-            create_app(settings, service),
+            create_app(settings, service, close_service=True),
             host=settings.host,
             port=settings.port,
             log_level=log_level.lower(),
             access_log=False,
         )
     finally:
-        service.close()
+        service.close()  # idempotent: the app's shutdown closed it already
 
 
 def indexer(

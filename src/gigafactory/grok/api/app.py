@@ -147,14 +147,18 @@ Key = Annotated[str, Depends(api_key)]
 Svc = Annotated[GrokService, Depends(get_service)]
 
 
-def create_app(settings: GrokSettings, service: GrokService | None = None) -> FastAPI:
-    """The FastAPI app. The service is opened at startup (or ``service`` is used as is)."""
+def create_app(
+    settings: GrokSettings, service: GrokService | None = None, close_service: bool = False
+) -> FastAPI:
+    """The FastAPI app. The service is opened at startup and closed at shutdown (or
+    ``service`` is used as is, and closed at shutdown only with ``close_service``: uvicorn
+    re-raises SIGTERM after its shutdown, so code after ``uvicorn.run`` may never run)."""
     ingest_limit = RateLimiter(settings.ingest_rate, settings.ingest_burst)
     query_limit = RateLimiter(settings.query_rate, settings.query_burst)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        own = service is None
+        own = service is None or close_service
         svc = service or await run_in_threadpool(GrokService, settings)
         app.state.service = svc
         if svc.rebuilt:
