@@ -211,7 +211,9 @@ class Broker:
         self._thread.join(5)
 
     def close(self) -> None:
-        """Flush and close the connection, then stop the loop thread."""
+        """Flush and close the connection, then stop the loop thread (idempotent)."""
+        if not self._thread.is_alive():
+            return
         with contextlib.suppress(Exception):  # closing a connection whose server is gone
             self.run(self.nc.close(), 10)
         self._stop_loop()
