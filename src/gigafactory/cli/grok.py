@@ -73,6 +73,14 @@ def serve(
         float | None, typer.Option(help="seconds to wait for the remote server [30]")
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn/log level")] = "warning",
+    broker: Annotated[
+        str | None,
+        typer.Option(help="nats://HOST:PORT: posts go to NATS JetStream (docs/grok.md)"),
+    ] = None,
+    partitions: Annotated[int, typer.Option(help="with --broker: partitions of the stream")] = 2,
+    replicas: Annotated[
+        int, typer.Option(help="with --broker: copies of a new stream (3 in production)")
+    ] = 1,
 ) -> None:
     """Run the Grok service: POST /v1/posts, GET /v1/search, /v1/trends,
     POST /v1/chat/completions (OpenAI-compatible), /docs."""
@@ -99,7 +107,16 @@ def serve(
     if not settings.api_keys:
         raise GigafactoryError("no API key: pass --api-key K or set GROK_API_KEYS=K1,K2")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
-    service = GrokService(settings)  # opened here, so a bad data dir is one line, exit 2
+    if broker is not None:
+        from gigafactory.grok.memory.broker_service import BrokerService
+
+        service = BrokerService(settings, broker, partitions, replicas)
+        console.print(
+            f"posts on {broker}, {service.partitions} partitions; run one `gigafactory indexer "
+            f"--broker {broker} --partition K --data-dir {settings.data_dir}` per partition"
+        )
+    else:
+        service = GrokService(settings)  # opened here, so a bad data dir is one line, exit 2
     console.print(
         f"[bold]grok[/] on http://{settings.host}:{settings.port} "
         f"(data {settings.data_dir}, answers by {settings.answer_backend}, docs at /docs)"
@@ -114,6 +131,35 @@ def serve(
         )
     finally:
         service.close()  # idempotent: the app's shutdown closed it already
+
+
+def indexer(
+    broker: Annotated[str, typer.Option(help="nats://HOST:PORT of the post stream")],
+    partition: Annotated[int, typer.Option(help="the partition (0..N-1) this process indexes")],
+    data_dir: Annotated[Path, typer.Option(help="holds shard-K/, the index of partition K")] = Path(
+        "grok-data"
+    ),
+    commit_interval: Annotated[float, typer.Option(help="seconds between index commits")] = 0.1,
+) -> None:
+    """Index one partition of the post stream into its shard (stop with Ctrl-C or SIGTERM)."""
+    import signal
+    import threading
+
+    from gigafactory.grok.memory.shards import run_indexer, shard_dir
+
+    if not 0 < commit_interval <= 10:
+        raise GigafactoryError(f"--commit-interval {commit_interval}: give 0 < seconds <= 10")
+    halt = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: halt.set())
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(message)s")
+    console.print(
+        f"indexing partition {partition} of {broker} into {shard_dir(data_dir, partition)}"
+    )
+    opened = run_indexer(broker, partition, data_dir, halt, commit_interval)
+    if opened.rebuilt:
+        console.print(f"[yellow]shard rebuilt from the stream: {opened.rebuilt}[/]")
+    console.print(f"indexer of partition {partition} stopped")
 
 
 def feed(
@@ -219,3 +265,4 @@ def register(app: typer.Typer) -> None:
     """Add this part's verbs to ``app``."""
     app.command()(serve)
     app.command()(feed)
+    app.command()(indexer)

@@ -136,7 +136,7 @@ class Checkpoint:
     log_us: int = 0
 
 
-def _checkpoint(index: tantivy.Index) -> Checkpoint:
+def checkpoint_of(index: tantivy.Index) -> Checkpoint:
     """The checkpoint of an opened index; raises IndexCorrupt."""
     index.reload()
     searcher = index.searcher()
@@ -203,9 +203,11 @@ def _create(path: Path, schema: tantivy.Schema) -> tantivy.Index:
     return register_analyzers(tantivy.Index(schema, str(path), reuse=False))
 
 
-def open_index(path: Path, postlog: LogReader) -> OpenedIndex:
+def open_index(path: Path, postlog: LogReader | None) -> OpenedIndex:
     """Open the index at ``path``, or create/rebuild it when it is missing, unreadable or
-    inconsistent with ``postlog`` (the reason is returned in ``rebuilt``).
+    inconsistent with ``postlog`` (the reason is returned in ``rebuilt``). Without a
+    ``postlog`` (a shard fed from the broker, ``shards.open_shard``) only the index itself is
+    checked, and a rebuilt one starts from checkpoint 0 of its source.
 
     Only a folder this service created (it holds ``MARKER``) is ever deleted: a non-empty
     folder without the marker is adopted if it is a consistent index of this schema (and
@@ -219,8 +221,9 @@ def open_index(path: Path, postlog: LogReader) -> OpenedIndex:
             if not ours and not (path / "meta.json").exists():  # opening would create one
                 raise IndexCorrupt("no tantivy index (meta.json) in it")
             index = register_analyzers(tantivy.Index(schema, str(path), reuse=True))
-            cp = _checkpoint(index)
-            _check_against_log(cp, postlog)
+            cp = checkpoint_of(index)
+            if postlog is not None:
+                _check_against_log(cp, postlog)
             if not ours:
                 (path / MARKER).write_text("adopted by gigafactory grok: a consistent index\n")
             return OpenedIndex(index, cp, None)
@@ -236,7 +239,7 @@ def open_index(path: Path, postlog: LogReader) -> OpenedIndex:
                 ) from None
             log.warning("index at %s is unusable (%s); rebuilding it from the log", path, reason)
             shutil.rmtree(path, ignore_errors=True)
-    elif postlog.last_seq:
+    elif postlog is not None and postlog.last_seq:
         reason = "index missing"
         log.warning("no index at %s; rebuilding it from the log", path)
     return OpenedIndex(_create(path, schema), Checkpoint(), reason)

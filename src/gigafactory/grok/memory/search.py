@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import tantivy
@@ -118,27 +119,39 @@ def query_clauses(q: str) -> list[Clause]:
 
 
 def query_terms(q: str) -> list[str]:
-    """The ``text``-field terms of the query's words (``query_clauses`` less the phrases of
-    unspaced scripts): what a term query on ``text`` can match."""
+    """The single-word clauses of ``query_clauses(q)`` (what the Grok chat counts and
+    highlights)."""
     return [c for c in query_clauses(q) if isinstance(c, str)]
 
 
+def _boosted(query: tantivy.Query, boost: float) -> tantivy.Query:
+    return query if boost == 1.0 else tantivy.Query.boost_query(query, boost)
+
+
 def build_query(
-    schema: tantivy.Schema, sq: SearchQuery, clauses: list[Clause] | None = None
+    schema: tantivy.Schema,
+    sq: SearchQuery,
+    clauses: list[Clause] | None = None,
+    boosts: Mapping[Clause, float] | None = None,
 ) -> tuple[tantivy.Query, bool]:
     """(query, has_text): the ``clauses`` (default: ``query_clauses(sq.q)``) OR-ed for BM25
-    plus the filters as MUST clauses."""
+    plus the filters as MUST clauses; a clause in ``boosts`` has its BM25 contribution
+    multiplied by its boost (index shards: ``shards.global_boosts``)."""
     Q, Occur = tantivy.Query, tantivy.Occur
     terms = query_clauses(sq.q) if clauses is None else clauses
     must: list[tuple[tantivy.Occur, tantivy.Query]] = []
     if terms:
+        boosts = boosts or {}
         text = Q.boolean_query(
             [
                 (
                     Occur.Should,
-                    Q.term_query(schema, "text", t, index_option="freq")
-                    if isinstance(t, str)
-                    else Q.phrase_query(schema, "text", list(t)),
+                    _boosted(
+                        Q.term_query(schema, "text", t, index_option="freq")
+                        if isinstance(t, str)
+                        else Q.phrase_query(schema, "text", list(t)),
+                        boosts.get(t, 1.0),
+                    ),
                 )
                 for t in terms
             ]
@@ -252,18 +265,35 @@ def search(
         hits = searcher.search(query, max(limit, w.candidates), count=False).hits
     else:
         hits = _newest_slices(searcher, index.schema, sq, clauses, now_us, w.candidates)
-    if not hits:
+    return rank_candidates([(searcher, hits)], limit, w, now_us)
+
+
+def rank_candidates(
+    per_searcher: Sequence[tuple[tantivy.Searcher, list[tuple[float, tantivy.DocAddress]]]],
+    limit: int,
+    w: RankWeights,
+    now_us: int,
+) -> list[Hit]:
+    """The ``limit`` best of BM25 candidates (of one index, or of several shards scored with
+    the same statistics), re-ranked with recency and engagement (``rank.combined_score``)."""
+    cands = []
+    for searcher, hits in per_searcher:
+        if not hits:
+            continue
+        addrs = [a for _s, a in hits]
+        created = searcher.fast_field_values("created_us", addrs)
+        eng = searcher.fast_field_values("engagement", addrs)
+        for (s, a), c, e in zip(hits, created, eng, strict=True):
+            cands.append((s, c or 0, e or 0, searcher, a))
+    if not cands:
         return []
-    addrs = [a for _s, a in hits]
-    created = searcher.fast_field_values("created_us", addrs)
-    eng = searcher.fast_field_values("engagement", addrs)
-    best = hits[0][0]
+    best = max(c[0] for c in cands)
     scored = sorted(
         (
-            (combined_score(s, best, (now_us - (c or 0)) / 1e6, e or 0, w), s, a)
-            for (s, a), c, e in zip(hits, created, eng, strict=True)
+            (combined_score(s, best, (now_us - c) / 1e6, e, w), s, searcher, a)
+            for s, c, e, searcher, a in cands
         ),
         key=lambda t: t[0],
         reverse=True,
     )[:limit]
-    return [_hit(searcher.doc(a), s, score) for score, s, a in scored]
+    return [_hit(searcher.doc(a), s, score) for score, s, searcher, a in scored]
