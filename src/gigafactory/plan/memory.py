@@ -232,17 +232,30 @@ def memory_per_gpu(
     software: Software = MODERN,
 ) -> MemoryBreakdown:
     """Every part of the first stage's memory and the HBM it has to fit in."""
+    cap = hardware.memory_bytes
+    return memory_breakdown(model, layout, cap, HBM_RESERVE_FRACTION * cap, seq_len, software)
+
+
+def memory_breakdown(
+    model: ModelSpec,
+    layout: LayoutSpec,
+    capacity_bytes: float,
+    reserve_bytes: float,
+    seq_len: int | None = None,
+    software: Software = MODERN,
+) -> MemoryBreakdown:
+    """The first stage's memory against ``capacity_bytes`` less ``reserve_bytes`` (the trainer
+    asks with the memory its device has free now, and no reserve)."""
     software = software_with(software, layout)
     split = params_per_gpu(model, layout)
     layer_params = split.total / vmax(1.0, layers_per_stage(model, layout))
     weights, grads, optim = state_bytes(split, layout, layer_params, software)
-    cap = hardware.memory_bytes
     return MemoryBreakdown(
         weights_bytes=weights,
         gradients_bytes=grads,
         optimizer_bytes=optim,
         activations_bytes=activation_bytes(model, layout, seq_len),
-        capacity_bytes=cap,
-        reserve_bytes=HBM_RESERVE_FRACTION * cap,
+        capacity_bytes=capacity_bytes,
+        reserve_bytes=reserve_bytes,
         params_per_gpu=split.total,
     )

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import torch
 
-from gigafactory.plan.memory import GB, MemoryBreakdown, activation_bytes, state_bytes
-from gigafactory.plan.shard import params_per_gpu
+from gigafactory.plan.memory import GB, MemoryBreakdown, memory_breakdown
 from gigafactory.spec.layout import LayoutSpec
 from gigafactory.spec.model import ModelSpec
 from gigafactory.train.errors import TrainConfigError
@@ -42,18 +41,7 @@ def predicted_memory(
 ) -> MemoryBreakdown:
     """The planner's per-rank memory for this layout (no reserve: ``capacity_bytes`` is what is
     free now, after the runtime's own allocations)."""
-    split = params_per_gpu(spec, layout)
-    layer_params = split.total / max(1.0, spec.layers / layout.pp)
-    weights, grads, optim = state_bytes(split, layout, layer_params)
-    return MemoryBreakdown(
-        weights_bytes=weights,
-        gradients_bytes=grads,
-        optimizer_bytes=optim,
-        activations_bytes=activation_bytes(spec, layout, seq),
-        capacity_bytes=capacity_bytes,
-        reserve_bytes=0.0,
-        params_per_gpu=split.total,
-    )
+    return memory_breakdown(spec, layout, capacity_bytes, 0.0, seq)
 
 
 def check_fits(
