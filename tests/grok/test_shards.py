@@ -130,3 +130,20 @@ def test_an_unreadable_shard_is_rebuilt_from_the_stream(tmp_path):
     (tmp_path / "s" / "meta.json").write_text("not json")
     opened = open_shard(tmp_path / "s")
     assert opened.checkpoint_seq == 0 and opened.rebuilt is not None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--partition", "-1"], "--partition -1"),
+        (["--partition", "0", "--commit-interval", "0"], "--commit-interval 0"),
+    ],
+)
+def test_indexer_refuses_bad_options_before_connecting(capsys, tmp_path, args, message):
+    from gigafactory.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["indexer", "--broker", "nats://127.0.0.1:1", "--data-dir", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # nothing created

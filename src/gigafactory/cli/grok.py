@@ -149,6 +149,8 @@ def indexer(
 
     if not 0 < commit_interval <= 10:
         raise GigafactoryError(f"--commit-interval {commit_interval}: give 0 < seconds <= 10")
+    if partition < 0:
+        raise GigafactoryError(f"--partition {partition}: give a partition number 0..N-1")
     halt = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: halt.set())
