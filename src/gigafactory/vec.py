@@ -52,11 +52,36 @@ def per_unique(layout: Any, fields: tuple[str, ...], fn: Callable[[Any], T]) -> 
     if not is_array(layout.tp):
         return fn(layout)
     key = np.zeros(len(layout.tp), dtype=np.int64)
-    for f in fields:  # mixed-radix key of the (non-negative integer) fields
-        col = np.asarray(getattr(layout, f), dtype=np.int64)
-        key = key * (int(col.max()) + 1) + col
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    return _spread(fn(layout.subset(first)), inverse.ravel())
+    size = 1
+    for f in fields:  # mixed-radix key of the (non-negative integer) fields' value ranks
+        rank, radix = _dense_codes(np.asarray(getattr(layout, f), dtype=np.int64))
+        key, size = key * radix + rank, size * radix
+    first, inverse = _group(key, size)
+    return _spread(fn(layout.subset(first)), inverse)
+
+
+def _dense_codes(col: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each element's rank among the distinct values of ``col`` (non-negative integers),
+    and how many distinct values there are: a table over 0..max, linear time, no sort."""
+    present = np.zeros(int(col.max()) + 1, dtype=np.int64)
+    present[col] = 1
+    codes = np.cumsum(present) - 1
+    return codes[col], int(codes[-1]) + 1
+
+
+def _group(key: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(one index of each distinct key, ascending by key; each element's group), like
+    ``np.unique(key, return_index=True, return_inverse=True)`` but by a table over the key
+    range 0..size (linear in the candidates) when that range is small, else by a sort."""
+    if size > 4 * len(key) + 65536:
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        return first, inverse.ravel()
+    rep = np.full(size, -1, dtype=np.int64)
+    rep[key] = np.arange(len(key))  # some element of each key (any one: they are alike)
+    present = np.flatnonzero(rep >= 0)
+    group = np.zeros(size, dtype=np.int64)
+    group[present] = np.arange(len(present))
+    return rep[present], group[key]
 
 
 def _spread(value: Any, index: np.ndarray) -> Any:

@@ -2,6 +2,7 @@
 pipelines, the modelling fixes it exposed (each worked by hand), and physical limits."""
 
 import dataclasses
+import itertools
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from gigafactory import vec
 from gigafactory.cli import app, main
 from gigafactory.errors import LayoutError, SpecError
 from gigafactory.plan import comms
@@ -23,6 +25,7 @@ from gigafactory.plan.compute import (
     stage_total_s,
 )
 from gigafactory.plan.search import (
+    TIME_TIE,
     ArrayLayout,
     enumerate_degrees,
     search_layouts,
@@ -323,3 +326,50 @@ def test_plan_search_options_change_the_plan(capsys):
     out = json.loads(res.output)
     assert out["plan"]["layout"]["first_stage_layers"] == 16
     assert "split evenly" in _cli_error([*one[:-1], "--first-stage-layers", "79"], capsys)
+
+
+def _brute_force_best(model, cluster, batches, precisions):
+    """The best (seconds per token, GPUs) of every layout timed in full, no bound: the
+    search's ranking rule (fewest GPUs within ``TIME_TIE`` of the fastest) by hand."""
+    scores = []
+    for batch in batches:
+        degrees = enumerate_degrees(model, H100, cluster, cluster.gpus, [batch], model.seq_len)
+        for sharding, recompute, prec, grad in itertools.product(
+            SHARDING, RECOMPUTE, precisions, ["fp32", "bf16"]
+        ):
+            cand = ArrayLayout(**degrees, sharding=sharding, recompute=recompute,
+                               precision=prec, grad_reduce=grad)  # fmt: skip
+            est = estimate_step(model, cand, H100, cluster, check=False)
+            fits = np.asarray(est.memory.fits, dtype=bool)
+            per_token = (est.step_s / (cand.global_batch * model.seq_len))[fits]
+            scores += zip(per_token.tolist(), cand.gpus[fits].tolist(), strict=True)
+    fastest = min(t for t, _ in scores)
+    return min((g, t) for t, g in scores if t <= fastest * (1 + TIME_TIE))[::-1]
+
+
+def test_batch_range_search_picks_the_brute_force_best():
+    """Branch and bound (and the grouping by distinct layer shape) rule out no layout that
+    could win: with the batch free in 96:128 and both precisions, the search's best equals
+    the best of every layout of the space timed in full."""
+    model, cluster = load_model("mixtral-8x7b"), COLOSSUS.with_gpus(256)
+    res = search_layouts(model, H100, cluster, precision=None, batch_range=(96, 128))
+    best = res.best[0]
+    want_s, want_gpus = _brute_force_best(model, cluster, smooth_batches(96, 128), ["bf16", "fp8"])
+    assert best.gpus == want_gpus
+    assert best.step_s / (best.layout.global_batch * model.seq_len) == pytest.approx(want_s)
+    assert res.bounded > 0  # the bound did prune
+
+
+@pytest.mark.parametrize("high", [50, 10**9])  # table path, and the sort path for wide keys
+def test_per_unique_groups_like_np_unique(high):
+    """``per_unique``'s grouping (a table over the key range, or a sort when that range is
+    wide) gives every candidate the group ``np.unique`` gives it, with one member each."""
+    rng = np.random.default_rng(0)
+    key = rng.integers(0, high, size=5000)
+    key[:3] = high - 1  # the largest key present
+    first, inverse = vec._group(key, high)
+    uniq, want_inverse = np.unique(key, return_inverse=True)
+    assert np.array_equal(key[first], uniq)
+    assert np.array_equal(inverse, want_inverse.ravel())
+    codes, count = vec._dense_codes(np.array([7, 3, 7, 100, 3]))
+    assert codes.tolist() == [1, 0, 1, 2, 0] and count == 3

@@ -194,33 +194,29 @@ def enumerate_degrees(
     model_gpus = tps[ti] * pipes[pi, 0] * cps[ci]
     keep = model_gpus <= gpus
     ti, pi, ci, model_gpus = ti[keep], pi[keep], ci[keep], model_gpus[keep]
-    gi, si = (a.ravel() for a in np.meshgrid(np.arange(len(ti)), np.arange(len(shapes))))
-    dp = shapes[si, 1]
-    keep = model_gpus[gi] * dp == gpus if exact_gpus else model_gpus[gi] * dp <= gpus
-    gi, si = gi[keep], si[keep]
-    pp, vpp = pipes[pi[gi], 0], pipes[pi[gi], 1]
-    batch, dp, mb = shapes[si, 0], shapes[si, 1], shapes[si, 2]
-    m = batch // (mb * dp)
+    # (shape, model-parallel group) pairs on the GPUs, shape-major
+    total = shapes[:, 1, None] * model_gpus[None, :]
+    si, gi = np.nonzero(total == gpus if exact_gpus else total <= gpus)
+    pp, vpp = pipes[:, 0][pi][gi], pipes[:, 1][pi][gi]
+    m = (shapes[:, 0] // (shapes[:, 2] * shapes[:, 1]))[si]
     keep = (vpp == 1) | (m % pp == 0)  # interleaving needs m a multiple of pp
     gi, si = gi[keep], si[keep]
-    hi, ei = (a.ravel() for a in np.meshgrid(np.arange(len(gi)), np.arange(len(eps))))
-    cp = cps[ci[gi[hi]]]
-    ep = eps[ei]
-    dp = shapes[si[hi], 1]
-    keep = (dp * cp) % ep == 0
-    hi, ei = hi[keep], ei[keep]
+    # (ep, candidate) pairs where ep divides dp·cp, ep-major
+    ei, hi = np.nonzero((shapes[si, 1] * cps[ci[gi]])[None, :] % eps[:, None] == 0)
     g, s = gi[hi], si[hi]
+    p = pi[g]
+    pipe, shape = np.ascontiguousarray(pipes.T), np.ascontiguousarray(shapes.T)
     return {
         "tp": tps[ti[g]],
-        "pp": pipes[pi[g], 0],
-        "vpp": pipes[pi[g], 1],
-        "first_stage_layers": pipes[pi[g], 2],
-        "last_stage_layers": pipes[pi[g], 3],
+        "pp": pipe[0][p],
+        "vpp": pipe[1][p],
+        "first_stage_layers": pipe[2][p],
+        "last_stage_layers": pipe[3][p],
         "cp": cps[ci[g]],
         "ep": eps[ei],
-        "dp": shapes[s, 1],
-        "micro_batch": shapes[s, 2],
-        "global_batch": shapes[s, 0],
+        "dp": shape[1][s],
+        "micro_batch": shape[2][s],
+        "global_batch": shape[0][s],
     }
 
 
