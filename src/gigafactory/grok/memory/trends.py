@@ -286,19 +286,13 @@ class TrendCounter:
             self._dirty = set()
             self._roll(current)
 
-    def top(
-        self,
-        window_s: float,
-        at_us: int | None = None,
-        baseline: int = 6,
-        limit: int = 20,
-        min_count: int = 5,
-    ) -> list[Trend]:
-        """The ``limit`` terms rising most in the window ``(at - window, at]`` against the
-        ``baseline`` windows before it; ``at`` defaults to the server clock (a post dated
-        ahead of it, within the allowed skew, is not in any window yet). A window longer
-        than the retention raises ``TrendWindowError``; the work is bounded by the buckets
-        kept, whatever the window."""
+    def window_counts(
+        self, window_s: float, at_us: int | None = None, baseline: int = 6
+    ) -> WindowCounts:
+        """Term counts in the window ``(at - window, at]`` and in the ``baseline`` windows
+        before it (``at`` defaults to the server clock); the work is bounded by the buckets
+        kept, whatever the window. Counts of several counters (shards) add up
+        (``WindowCounts.merge``) before they are ranked (``rank``)."""
         check_window(window_s, self.retention_s)
         at_us = now_us() if at_us is None else at_us
         bsize = self.bucket_s * 1_000_000
@@ -319,12 +313,54 @@ class TrendCounter:
         n_base = max(0, first_win - max(first_base, oldest))
         # the newest bucket is only partly elapsed: compare like with like
         covered = n_win - 1 + ((at_us % bsize) + 1) / bsize
-        scale = covered / max(1, n_base)
+        return WindowCounts(now, before, covered, n_base)
+
+    def top(
+        self,
+        window_s: float,
+        at_us: int | None = None,
+        baseline: int = 6,
+        limit: int = 20,
+        min_count: int = 5,
+    ) -> list[Trend]:
+        """The ``limit`` terms rising most in the window ``(at - window, at]`` against the
+        ``baseline`` windows before it; ``at`` defaults to the server clock (a post dated
+        ahead of it, within the allowed skew, is not in any window yet). A window longer
+        than the retention raises ``TrendWindowError``."""
+        return self.window_counts(window_s, at_us, baseline).rank(limit, min_count)
+
+
+@dataclass
+class WindowCounts:
+    """Term counts of a trend window (``now``) and of its baseline (``before``): ``covered``
+    buckets of the window have elapsed, ``n_base`` baseline buckets hold data."""
+
+    now: Counter[str]
+    before: Counter[str]
+    covered: float
+    n_base: int
+
+    @classmethod
+    def merge(cls, parts: Iterable[WindowCounts]) -> WindowCounts:
+        """The counts of several counters over the same window (shards of one stream): the
+        sums, over the longest baseline any of them has data for."""
+        now: Counter[str] = Counter()
+        before: Counter[str] = Counter()
+        covered, n_base = 1.0, 0
+        for p in parts:
+            now.update(p.now)
+            before.update(p.before)
+            covered, n_base = max(covered, p.covered), max(n_base, p.n_base)
+        return cls(now, before, covered, n_base)
+
+    def rank(self, limit: int = 20, min_count: int = 5) -> list[Trend]:
+        """The ``limit`` terms of the window rising most against the baseline."""
+        scale = self.covered / max(1, self.n_base)
         out = []
-        for term, count in now.items():
+        for term, count in self.now.items():
             if count < min_count or term in STOPWORDS:
                 continue
-            expected = before.get(term, 0) * scale
+            expected = self.before.get(term, 0) * scale
             out.append(
                 Trend(
                     term,
