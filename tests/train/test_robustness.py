@@ -197,7 +197,8 @@ def test_export_records_the_real_step_and_the_newest_weights(capsys, resumed, tm
     code, out, err = run(
         capsys, "export", "--checkpoint", str(resumed), "--out", str(tmp_path / "e")
     )
-    assert code == 0, err and "step 5" in out
+    assert code == 0, err
+    assert "step 5" in out, out
     config = json.loads((tmp_path / "e" / "config.json").read_text())
     assert config["step"] == 5
     with safe_open(str(tmp_path / "e" / "model.safetensors"), "pt") as f:
@@ -214,7 +215,8 @@ def test_generate_from_a_run_folder_reads_the_newest_checkpoint(capsys, resumed)
     code, out, err = run(
         capsys, "generate", "--checkpoint", str(resumed), "Hi", "--max-tokens", "3"
     )
-    assert code == 0, err and out.startswith("Hi")
+    assert code == 0, err
+    assert out.startswith("Hi"), out
 
 
 def test_metrics_have_no_repeated_steps_after_a_resume(capsys, resumed):
@@ -260,6 +262,7 @@ def test_binary_junk_jsonl_is_one_line(capsys, tmp_path):
     junk.write_bytes(bytes(range(256)) * 20)
     code, _, err = train(capsys, tmp_path / "r", "--data", str(junk))
     assert code == 2 and "not UTF-8" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_out_pointing_at_a_file_is_one_line(capsys, tmp_path, resumed):
