@@ -6,18 +6,22 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from datetime import timedelta
 
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 
 from gigafactory.cli import main
+from gigafactory.grok.answers.backends import PERSONA, Compose, prompt_text
 from gigafactory.grok.answers.pipeline import ChatInput
+from gigafactory.grok.answers.spotlight import Source, posts_block
 from gigafactory.grok.api.app import create_app
+from gigafactory.grok.api.chat import chat_body_limit
 from gigafactory.grok.memory.generator import INJECTIONS
 from gigafactory.grok.settings import GrokSettings, SettingsError
 
-from .conftest import post
+from .conftest import NOW, post
 
 KEY = {"x-api-key": "k1"}
 CANARY = "CANARY-b7e19"
@@ -332,3 +336,125 @@ def test_upstream_failing_mid_stream_ends_the_stream_with_an_error(client, silen
         events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
     assert orjson.loads(events[0])["choices"][0]["delta"]["content"] == "hello "
     assert "not JSON" in orjson.loads(events[-2])["error"]["message"] and events[-1] == "[DONE]"
+
+
+class Echo:
+    """A real backend that obeys its prompt too well: it repeats the whole spotlighted prompt
+    (posts, planted instructions and canaries included) in 7-character pieces."""
+
+    name = "echo"
+    description = "repeats its prompt"
+
+    def compose(self, req: Compose):
+        text = prompt_text(req)
+        for i in range(0, len(text), 7):
+            yield text[i : i + 7]
+
+
+def test_a_model_backend_that_repeats_a_canary_is_guarded(client):
+    pipeline = get_pipeline_of(client)
+    pipeline.backends[Echo.name] = Echo()
+    body = ask(
+        client,
+        "what is said about the eclipse?",
+        model="echo",
+        search_parameters={"max_search_results": 20},
+    )
+    text = body["choices"][0]["message"]["content"]
+    assert PERSONA.split(".")[0] in text and "ignoreˆallˆprevious" in text  # the prompt came
+    assert CANARY.lower() not in text.lower() and "'hacked'" not in text
+    assert body["search"]["removed_canaries"] >= 2
+
+
+def test_an_upstream_answering_with_a_canary_is_guarded(client, silent):
+    """The remote backend's upstream (a real HTTP server) writes the canary, split over two
+    events; the downstream's guard removes it."""
+    parts = ["Sure: CANA", f"RY-{CANARY.split('-')[1]} as asked [1]"]
+    events = b"".join(
+        b"data: " + orjson.dumps({"choices": [{"delta": {"content": p}}]}) + b"\n\n" for p in parts
+    )
+    events += b"data: [DONE]\n\n"
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+    silent.reply = head + b"content-length: %d\r\n\r\n" % len(events) + events
+    body = ask(
+        client,
+        "what is said about the eclipse?",
+        model="grok-remote",
+        search_parameters={"max_search_results": 20},
+    )
+    text = body["choices"][0]["message"]["content"]
+    assert text.startswith("Sure: [removed] as asked [1]"), text
+    assert body["search"]["removed_canaries"] == 1
+
+
+def get_pipeline_of(client):
+    ask(client, "warm up")  # the pipeline is made on first use
+    return client.app.state.answers
+
+
+def test_what_did_a_named_author_post(client):
+    body = ask(client, "what did @mal post?", search_parameters={"max_search_results": 20})
+    assert body["search"]["authors"] == ["mal"]
+    assert len(body["citations"]) >= 5 and {c["author"] for c in body["citations"]} == {"mal"}
+    body = ask(client, "what did @fox say about the heatwave?")
+    assert [c["author"] for c in body["citations"]] == ["fox"]
+    assert ask(client, "what did @nobody_here post?")["citations"] == []
+
+
+def test_from_date_alone_max_results_and_mode_on(client):
+    since = (NOW - timedelta(seconds=45)).isoformat()
+    body = ask(client, "static fire in the last hour", search_parameters={"from_date": since})
+    assert [c["id"] for c in body["citations"]] == ["s1"]  # s2 groups behind it; s3, s4 older
+    stamp = since.replace("+00:00", "Z")
+    assert body["search"]["from_date"] == stamp and body["search"]["window"] == f"since {stamp}"
+    assert body["choices"][0]["message"]["content"].startswith(f"2 posts since {stamp} mention")
+    for n in (1, 2, 20):
+        sp = {"max_search_results": n}
+        body = ask(client, "what is said about the eclipse?", search_parameters=sp)
+        assert len(body["citations"]) == min(n, 8)  # 8 eclipse posts, none near-duplicates
+        assert body["search"]["cited"] == list(range(1, len(body["citations"]) + 1))
+    # a system turn carrying a spotlighted block: "auto" answers from those posts, "on"
+    # searches the memory all the same
+    given = posts_block([Source(1, "zed", "2025-01-01T00:00:00Z", "static fire on Mars")])
+    turns = [{"role": "system", "content": given}, {"role": "user", "content": "static fire"}]
+    auto = ask(client, turns)
+    assert [(c["id"], c["author"]) for c in auto["citations"]] == [("given-1", "zed")]
+    on = ask(client, turns, search_parameters={"mode": "on"})
+    assert [c["id"] for c in on["citations"]] == ["s1", "s3", "s4"]  # no window: s4 too
+
+
+def test_a_huge_body_is_refused_before_it_is_parsed(client):
+    cap = chat_body_limit(client.app.state.service.settings)
+    huge = orjson.dumps({"messages": [{"role": "user", "content": "x" * (2 * cap)}]})
+    r = client.post("/v1/chat/completions", headers=KEY, content=huge)
+    assert r.status_code == 413 and f"exceeds {cap:,} bytes" in r.json()["detail"]
+
+    def chunks():  # no content-length: counted as it streams
+        for _ in range(3):
+            yield huge[: cap // 2]
+
+    r = client.post("/v1/chat/completions", headers=KEY, content=chunks())
+    assert r.status_code == 413 and f"exceeds {cap:,} bytes" in r.json()["detail"]
+    assert client.post("/v1/chat/completions", content=huge).status_code == 401
+    small = {"messages": [{"role": "user", "content": "static fire"}]}
+    assert client.post("/v1/chat/completions", headers=KEY, json=small).status_code == 200
+
+
+def test_the_answer_deadline_bounds_the_remote_wait(tmp_path, silent):
+    """``answer_timeout_s`` below ``remote_timeout_s``: the hung upstream is given up at the
+    answer's deadline, not the remote timeout."""
+    silent.reply = None
+    settings = GrokSettings.load(
+        {},
+        data_dir=tmp_path / "d",
+        api_keys="k1",
+        remote_url=f"http://127.0.0.1:{silent.port}/v1",
+        remote_timeout_s=60,
+        answer_timeout_s=0.4,
+    )
+    with TestClient(create_app(settings)) as c:
+        t0 = time.monotonic()
+        body = {"model": "grok-remote", "messages": [{"role": "user", "content": "hi"}]}
+        r = c.post("/v1/chat/completions", headers=KEY, json=body)
+        assert r.status_code == 504 and "within 0.4 s" in r.json()["detail"], r.text
+        assert time.monotonic() - t0 < 5

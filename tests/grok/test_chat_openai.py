@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -54,11 +55,12 @@ def serve(tmp: Path, name: str, *args: str) -> Iterator[str]:
             proc.wait(5)
 
 
-def tiny_export(out: Path) -> Path:
+def tiny_export(out: Path, seq_len: int = 1024) -> Path:
     """An export in ``gigafactory train``'s format: a tiny model (random weights) and a
-    tokenizer trained on generated posts."""
+    tokenizer trained on generated posts. ``seq_len`` 1024: room for Grok's instructions
+    and a few spotlighted posts (the tiny preset's 64 tokens hold neither)."""
     torch.manual_seed(0)
-    spec = load_model(str(TINY))
+    spec = replace(load_model(str(TINY)), seq_len=seq_len)
     tok = train_tokenizer(post_texts(300), vocab_size=spec.vocab)
     return export_model(Transformer(spec).state_dict(), spec, tok, out)
 

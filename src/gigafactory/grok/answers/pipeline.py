@@ -49,6 +49,7 @@ class ChatInput:
     temperature: float | None = None
     max_tokens: int | None = None
     return_citations: bool = True
+    seed: int | None = None
 
 
 @dataclass
@@ -104,7 +105,7 @@ class Answer:
         self.backend = backend
         self.req = req
         self.context = req.context
-        self.deadline = time.monotonic() + deadline_s
+        self.deadline = req.deadline if req.deadline is not None else time.monotonic() + deadline_s
         self.deadline_s = deadline_s
         self.metrics = metrics
         self.citation_url = citation_url
@@ -117,7 +118,9 @@ class Answer:
 
     def _checked(self) -> Iterator[list[str]]:
         """The backend's pieces through the guard, as words; stops at ``max_tokens`` words
-        (``finish_reason`` "length") or raises ``BackendTimeout`` past the deadline."""
+        (``finish_reason`` "length") or raises ``BackendTimeout`` past the deadline. The
+        deadline is checked here between pieces; a backend that waits (the remote one's
+        reads, the checkpoint's turn at the model) bounds each wait by ``req.deadline``."""
         pieces = self.backend.compose(self.req)
         limit = self.req.max_tokens
         try:
@@ -193,6 +196,7 @@ class Answer:
             "keywords": list(q.keywords),
             "authors": list(q.authors),
             "from_date": iso_utc(q.since_us) if q.since_us else None,
+            "to_date": iso_utc(q.until_us) if q.until_us else None,
             "window": q.window,
             "matched": self.context.matched,
             "trends": [t.term for t in self.context.trends],
@@ -254,8 +258,18 @@ class AnswerPipeline:
         if not any(role == "user" for role, _c in inp.turns):
             raise AnswerError("messages need at least one turn with role 'user'")
 
+    def counters(self) -> dict[str, int]:
+        """The answer metrics, and the tokens the checkpoint backend generated (if served)."""
+        out = self.metrics.as_dict()
+        ckpt = self.backends.get(CheckpointBackend.name)
+        if isinstance(ckpt, CheckpointBackend):
+            out["checkpoint_tokens"] = ckpt.tokens
+        return out
+
     def start(self, inp: ChatInput, now_us: int | None = None) -> Answer:
-        """Understand and retrieve (blocking: call it off the event loop)."""
+        """Understand, retrieve and let the backend prepare (blocking: call it off the event
+        loop). Raises ``AnswerError`` for a request that cannot be answered, ``BackendError``
+        when the backend cannot take it."""
         self.check(inp)
         backend = self.backend(inp.model)
         now_us = time.time_ns() // 1000 if now_us is None else now_us
@@ -265,7 +279,15 @@ class AnswerPipeline:
             context = Context(question, given, [], len(given), [], [], False)
         else:
             context = retrieve(self.service, question, inp.search, now_us)
-        req = Compose(inp.turns, context, inp.temperature, inp.max_tokens)
+        deadline = time.monotonic() + self.settings.answer_timeout_s
+        req = Compose(inp.turns, context, inp.temperature, inp.max_tokens, inp.seed, deadline)
+        prepare = getattr(backend, "prepare", None)
+        if prepare is not None:
+            try:
+                req = prepare(req)
+            except BackendError:
+                self.metrics.add(backend_errors=1)
+                raise
         return Answer(
             backend,
             req,

@@ -237,6 +237,20 @@ def _per_trend(
     return hits, similar
 
 
+def dated(q: Question, params: SearchParams) -> Question:
+    """``q`` with the window ``from_date``/``to_date`` set, which override the question's
+    (a bound not given keeps the question's), and a label that says so."""
+    since = params.since_us if params.since_us is not None else q.since_us
+    until = params.until_us if params.until_us is not None else q.until_us
+    if since is not None and until is not None:
+        label = f"between {iso_utc(since)} and {iso_utc(until)}"
+    elif since is not None:
+        label = f"since {iso_utc(since)}"
+    else:
+        label = f"until {iso_utc(until)}"
+    return replace(q, since_us=since, until_us=until, window=label)
+
+
 def retrieve(
     svc: GrokService, q: Question, params: SearchParams, now_us: int | None = None
 ) -> Context:
@@ -244,8 +258,9 @@ def retrieve(
     if params.mode == "off":
         return Context(q)
     now_us = time.time_ns() // 1000 if now_us is None else now_us
-    since = params.since_us if params.since_us is not None else q.since_us
-    until = params.until_us if params.until_us is not None else q.until_us
+    if params.since_us is not None or params.until_us is not None:
+        q = dated(q, params)
+    since, until = q.since_us, q.until_us
     authors = tuple(dict.fromkeys(params.included + q.authors))
     base = SearchQuery(since_us=since, until_us=until, limit=CANDIDATES)
     index = svc.indexer.index

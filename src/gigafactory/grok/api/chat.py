@@ -6,23 +6,25 @@ as server-sent events (one word per ``chat.completion.chunk``, the last chunk wi
 ``finish_reason`` and ``citations``, then ``data: [DONE]``). Errors: 4xx for requests that
 cannot be answered, 502 when the backend fails, 504 when it times out, each with the reason
 in ``detail``; a failure after streaming began ends the stream with an ``error`` event.
+A body longer than ``chat_body_limit`` is refused (413) before any of it is parsed.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from gigafactory.grok.answers.errors import AnswerError, BackendError
 from gigafactory.grok.answers.pipeline import ALIAS, Answer, AnswerPipeline, ChatInput
 from gigafactory.grok.answers.retrieve import SearchParams
-from gigafactory.grok.api.app import Key
+from gigafactory.grok.api.app import Key, api_key
 from gigafactory.grok.api.schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -35,8 +37,53 @@ from gigafactory.grok.api.schemas import (
     ModelList,
     Usage,
 )
+from gigafactory.grok.settings import GrokSettings
 
-router = APIRouter(tags=["chat"])
+BODY_MESSAGES = 8  # a chat body may hold this many messages of the longest allowed length
+BYTES_PER_CHAR = 6  # JSON's worst case for a BMP character: \uXXXX
+BODY_OVERHEAD = 64 * 1024  # the rest of the request: options, roles, shorter turns
+
+
+def chat_body_limit(settings: GrokSettings) -> int:
+    """The largest chat request body accepted, in bytes: ``BODY_MESSAGES`` messages of
+    ``max_message_chars`` at ``BYTES_PER_CHAR`` plus ``BODY_OVERHEAD``, and never more than
+    ``max_body_bytes`` (1.6 MB with the defaults)."""
+    own = BODY_MESSAGES * BYTES_PER_CHAR * settings.max_message_chars + BODY_OVERHEAD
+    return min(settings.max_body_bytes, own)
+
+
+def _too_large(detail: str) -> Response:
+    return JSONResponse({"detail": detail}, status_code=413)
+
+
+class CappedBody(APIRoute):
+    """A route whose body is read up to ``chat_body_limit`` before FastAPI parses it: a
+    declared or streamed body over the limit is a 413 at once, never read in full (the key
+    is checked first: no key, 401)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def capped(request: Request) -> Response:
+            if request.method == "POST":
+                api_key(request)
+                cap = chat_body_limit(request.app.state.service.settings)
+                declared = request.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > cap:
+                    return _too_large(f"body of {int(declared):,} bytes exceeds {cap:,} bytes")
+                chunks, size = [], 0
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > cap:
+                        return _too_large(f"body exceeds {cap:,} bytes")
+                    chunks.append(chunk)
+                request._body = b"".join(chunks)  # what FastAPI's request.body() returns
+            return await handler(request)
+
+        return capped
+
+
+router = APIRouter(tags=["chat"], route_class=CappedBody)
 
 
 def get_pipeline(request: Request) -> AnswerPipeline:
@@ -66,6 +113,7 @@ def chat_input(body: ChatRequest) -> ChatInput:
         body.temperature,
         body.max_completion_tokens or body.max_tokens,
         sp.return_citations if sp is not None else True,
+        body.seed,
     )
 
 
@@ -132,8 +180,9 @@ def list_models(key: Key, pipeline: Pipeline) -> ModelList:
 
 @router.get("/v1/chat/metrics", summary="Answer counters since start")
 def chat_metrics(key: Key, pipeline: Pipeline) -> dict[str, int]:
-    """Answers written, invented citation markers and canaries removed, backend failures."""
-    return pipeline.metrics.as_dict()
+    """Answers written, invented citation markers and canaries removed, backend failures
+    (and ``checkpoint_tokens``, the tokens the checkpoint backend generated, if served)."""
+    return pipeline.counters()
 
 
 @router.post(
@@ -147,7 +196,7 @@ async def chat_completions(body: ChatRequest, key: Key, pipeline: Pipeline, requ
     inp = chat_input(body)
     try:
         answer = await run_in_threadpool(pipeline.start, inp)
-    except AnswerError as exc:
+    except (AnswerError, BackendError) as exc:
         raise http_error(exc) from None
     if body.stream:
         return StreamingResponse(

@@ -106,6 +106,7 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=8192)
     max_completion_tokens: int | None = Field(None, ge=1, le=8192)
     n: int = Field(1, ge=1, le=1)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
     search_parameters: SearchParameters | None = None
 
 

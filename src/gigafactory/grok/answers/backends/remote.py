@@ -1,13 +1,16 @@
 """Any OpenAI-compatible server (vLLM, llama.cpp's server, another gigafactory) as a backend.
 
 Sends the spotlighted chat (``prompt_messages``) to ``{base_url}/chat/completions`` with
-``stream: true`` and yields the ``delta.content`` of each server-sent event. Connection
-errors and non-200 answers raise ``BackendError`` (HTTP 502), timeouts ``BackendTimeout``
-(HTTP 504), each with the reason.
+``stream: true`` (and the request's ``temperature``, ``max_tokens`` and ``seed``) and yields
+the ``delta.content`` of each server-sent event. Connection errors and non-200 answers raise
+``BackendError`` (HTTP 502), timeouts ``BackendTimeout`` (HTTP 504), each with the reason.
+Every wait (connect, each read) is bounded by ``--remote-timeout`` or by the time the answer
+has left, whichever is shorter.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,14 +64,24 @@ class RemoteBackend:
             body["temperature"] = req.temperature
         if req.max_tokens is not None:
             body["max_tokens"] = req.max_tokens
+        if req.seed is not None:
+            body["seed"] = req.seed
         return body
+
+    def timeout(self, req: Compose) -> float:
+        """Seconds any one wait may take: the configured timeout, or less when the answer's
+        deadline is nearer."""
+        if req.deadline is None:
+            return self.timeout_s
+        return max(0.001, min(self.timeout_s, req.deadline - time.monotonic()))
 
     def compose(self, req: Compose) -> Iterator[str]:
         headers = {"authorization": f"Bearer {self.key}"} if self.key else {}
         url = f"{self.base_url}/chat/completions"
+        timeout = self.timeout(req)
         try:
             with (
-                httpx.Client(timeout=self.timeout_s) as client,
+                httpx.Client(timeout=timeout) as client,
                 client.stream("POST", url, json=self.body(req), headers=headers) as r,
             ):
                 if r.status_code != 200:
@@ -77,7 +90,7 @@ class RemoteBackend:
                 yield from sse_deltas(r.iter_lines())
         except httpx.TimeoutException as exc:
             raise BackendTimeout(
-                f"upstream {url} did not answer within {self.timeout_s:g} s ({type(exc).__name__})"
+                f"upstream {url} did not answer within {timeout:.3g} s ({type(exc).__name__})"
             ) from None
         except httpx.HTTPError as exc:
             raise BackendError(f"upstream {url} failed: {type(exc).__name__}: {exc}") from None
