@@ -84,3 +84,51 @@ def test_trend_queries_do_not_wait_for_ingest(make_service):
         svc.top_trends(6 * 3600, baseline=1, min_count=1)
     assert (time.perf_counter() - t0) / 20 < 0.25
     assert Counter(_counts(svc))  # answered with counts
+
+
+def test_a_feeder_behind_the_log_commits_before_it_counts_and_catches_up(tmp_path):
+    """Freshness first: while the log is ahead of the index (full read batches) the feeder
+    indexes and commits before counting trends (at most ``max_uncounted`` posts wait);
+    once caught up every post is counted exactly once and saved at the seq counted."""
+    import threading
+
+    from gigafactory.grok.memory.index import IndexFeeder, open_index
+    from gigafactory.grok.memory.log import KIND_POST, PostLog, post_document
+    from gigafactory.grok.memory.post import to_utc
+
+    from .conftest import NOW
+
+    log = PostLog(tmp_path / "log.sqlite3", "NORMAL")
+    created = to_utc(NOW)
+    for b in range(10):  # 10 batches of 20 posts, all logged before the feeder starts
+        ids = [f"p{b}-{i}" for i in range(20)]
+        log.append(KIND_POST, ids, [post_document(i, "al", "delta #four", created) for i in ids])
+    store = TrendStore(tmp_path / "trends")
+    feeder = IndexFeeder(
+        open_index(tmp_path / "index", log),
+        log,
+        commit_interval_s=0.0,
+        batch=20,
+        trends=TrendCounter(60, 3600),
+        trend_store=store,
+        max_uncounted=60,
+    )
+    seen: list[tuple[int, int, int]] = []  # (searchable, counted, waiting) at each commit
+    halt = threading.Event()
+
+    def on_commit(seq: int) -> None:
+        seen.append((seq, feeder.counted_seq, feeder._n_uncounted))
+        if seq == 200:
+            halt.set()
+
+    feeder.run(halt, on_commit)
+    log.close()
+    assert seen[0][:2] == (20, 0)  # the first batch was searchable before it was counted
+    assert all(waiting <= 60 for _s, _c, waiting in seen)
+    assert any(counted < searchable for searchable, counted, _w in seen[1:])
+    assert feeder.counted_seq == 200
+    counts = {t.term: t.count for t in feeder.trends.top(900, limit=10, min_count=1)}
+    assert (counts["delta"], counts["#four"]) == (200, 200)
+    again = TrendCounter(60, 3600)
+    assert TrendStore(tmp_path / "trends").load(again) == 200
+    assert {t.term: t.count for t in again.top(900, limit=10, min_count=1)} == counts

@@ -267,10 +267,16 @@ class IndexFeeder:
     It runs in the indexer process (``gigafactory.grok.memory.indexer``).
 
     With ``trends``, it also counts every post it reads into that ``TrendCounter`` (in log
-    order, so the counts reflect exactly the log up to ``indexed_seq``), saves them to
+    order, so the counts reflect exactly the log up to ``counted_seq``), saves them to
     ``trend_store`` every ``trend_save_s`` and at the end, and answers trend queries put on
     ``queries`` between batches (this loop is the counter's only user: no lock is held
-    against ingest)."""
+    against ingest).
+
+    Freshness first: a batch is indexed (and committed when due) before its posts are
+    counted, and while the loop is behind the log (a full read batch) the counting waits for
+    it to catch up, up to ``max_uncounted`` posts kept in memory. Trend buckets are a minute
+    wide, so counts a second behind change nothing a reader sees; posts waiting for a commit
+    are what ``ack -> searchable`` measures."""
 
     def __init__(
         self,
@@ -284,6 +290,7 @@ class IndexFeeder:
         trends: TrendCounter | None = None,
         trend_store: TrendStore | None = None,
         trend_save_s: float = 5.0,
+        max_uncounted: int = 100_000,
     ):
         self.index = opened.index
         self.postlog = postlog
@@ -300,6 +307,10 @@ class IndexFeeder:
         self.trend_store = trend_store
         self.trend_save_s = trend_save_s
         self.replay_seq = self.live_from = 0
+        self.counted_seq = self.indexed_seq  # trends hold the posts up to here
+        self.max_uncounted = max_uncounted
+        self._uncounted: list[list[Record]] = []  # indexed, not yet counted (in log order)
+        self._n_uncounted = 0
         self.saved_trend_seq = -1
         self.queries: queue.SimpleQueue[tuple[int, tuple]] = queue.SimpleQueue()
 
@@ -359,9 +370,17 @@ class IndexFeeder:
         if docs:
             self.trends.add_many([(d["created_us"], d["text"]) for d in docs])
 
+    def _count_indexed(self) -> None:
+        """Count the posts indexed since the last call (``counted_seq`` -> ``indexed_seq``)."""
+        pending, self._uncounted, self._n_uncounted = self._uncounted, [], 0
+        for records in pending:
+            self._count(records, self.live_from)
+        self.counted_seq = self.indexed_seq
+
     @property
     def trends_complete(self) -> bool:
-        """Whether the counts cover the whole log up to ``indexed_seq``."""
+        """Whether the counts cover the whole log up to ``counted_seq`` (the replay after a
+        start is done)."""
         return self.trends is not None and self.replay_seq >= self.live_from
 
     def load_trends(self) -> None:
@@ -389,9 +408,9 @@ class IndexFeeder:
         store, trends = self.trend_store, self.trends
         if store is None or trends is None or not self.trends_complete:
             return  # a partial count is never saved as if complete
-        if self.indexed_seq != self.saved_trend_seq:
-            store.save(trends, self.indexed_seq)
-            self.saved_trend_seq = self.indexed_seq
+        if self.counted_seq != self.saved_trend_seq:
+            store.save(trends, self.counted_seq)
+            self.saved_trend_seq = self.counted_seq
 
     def _answer(self, answer: Callable[[int, Any], None]) -> None:
         """Answer the trend queries waiting: ``answer(id, list of Trend or error text)``."""
@@ -424,19 +443,27 @@ class IndexFeeder:
             if self.trends is not None and not self.trends_complete and not stopping:
                 self._replay_trends()
             records = self.postlog.read_after(self.indexed_seq, self.batch)
+            behind = len(records) == self.batch
             if records:
                 self._apply(records)
                 self.indexed_seq = records[-1].seq
                 if self.trends is not None:
-                    self._count(records, self.live_from)
-            if answer is not None:
-                self._answer(answer)
+                    self._uncounted.append(records)
+                    self._n_uncounted += len(records)
             dirty = self.indexed_seq > self.searchable_seq
             now = time.monotonic()
-            if dirty and (now - last_commit >= self.commit_interval_s or stopping):
+            commit = dirty and (now - last_commit >= self.commit_interval_s or stopping)
+            if commit:
                 self._commit()
                 on_commit(self.searchable_seq)
                 last_commit = now
+            if self._uncounted and (
+                not behind or stopping or self._n_uncounted >= self.max_uncounted
+            ):
+                self._count_indexed()
+            if answer is not None:
+                self._answer(answer)
+            if commit:
                 continue
             if now - last_save >= self.trend_save_s:
                 self._save_trends()
