@@ -55,13 +55,18 @@ class Launcher:
         return subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=timeout)
 
     @staticmethod
-    def losses(run_dir: Path) -> dict[int, float]:
+    def losses(run_dir: Path, key: str = "loss") -> dict[int, float]:
         """step → loss from metrics.jsonl; a resumed run's later line for a step wins."""
         out: dict[int, float] = {}
         for line in (run_dir / "metrics.jsonl").read_text().splitlines():
             row = json.loads(line)
-            out[row["step"]] = row["loss"]
+            out[row["step"]] = row[key]
         return out
+
+    @staticmethod
+    def aux_losses(run_dir: Path) -> dict[int, float]:
+        """step → MoE load-balancing loss from metrics.jsonl."""
+        return Launcher.losses(run_dir, "aux_loss")
 
 
 @pytest.fixture

@@ -43,10 +43,8 @@ MOE, DENSE = load_model(str(TINY_MOE)), load_model(str(TINY_DENSE))
         (DENSE, dict(world_size=2, tp=0), "--tp 0: must be a positive integer"),
         (DENSE, dict(world_size=3, tp=3, dp=1), "tp=3 does not divide the 4 attention heads"),
         (DENSE, dict(world_size=4, tp=4, dp=1), "splits the 2 KV heads"),
-        (MOE, dict(world_size=4, tp=2, ep=2, dp=2), "tensor or expert parallelism"),
         (MOE, dict(world_size=2, ep=4, dp=2), "ep=4 does not divide the 4 experts|ep=4 must"),
         (DENSE, dict(world_size=2, ep=2, dp=2), "needs an MoE model"),
-        (MOE, dict(world_size=2, pp=2, dp=1, micro_batch=1), "tied embeddings"),
         (DENSE, dict(world_size=2, pp=2, dp=1), "at least 2 micro-batches"),
         (DENSE, dict(world_size=2, pp=2, vpp=2, dp=1, micro_batch=1), r"pp·vpp = 2·2 = 4"),
         (DENSE, dict(world_size=1, vpp=2), "needs pipeline parallelism"),
@@ -56,10 +54,8 @@ MOE, DENSE = load_model(str(TINY_MOE)), load_model(str(TINY_DENSE))
         "zero",
         "heads",
         "kv-heads",
-        "tp-and-ep",
         "ep-experts",
         "ep-dense",
-        "pp-tied",
         "pp-microbatches",
         "vpp-layers",
         "vpp-without-pp",
@@ -70,10 +66,43 @@ def test_refused_layouts_say_why(spec, dims, match):
         ParallelDims.build(global_batch=8, **dims).validate(spec)
 
 
-def test_pipeline_of_an_moe_model_is_refused():
-    untied = MOE.replace(tied_embeddings=False)
-    with pytest.raises(LayoutError, match="load-balancing loss"):
-        ParallelDims.build(2, 8, micro_batch=1, pp=2).validate(untied)
+def test_what_the_trainer_does_not_build_is_refused_in_validate_too():
+    """A plan's context parallelism and uneven stages, and a --seq beyond the model's, are
+    refused by the same ``validate`` as every degree, each with its reason."""
+    layout = LayoutSpec(tp=1, dp=2, cp=2, micro_batch=1, global_batch=8)
+    with pytest.raises(LayoutError, match=r"context parallelism \(cp=2\).*plan with --cp 1"):
+        ParallelDims.from_layout(layout, world_size=4).validate(DENSE)
+    uneven = LayoutSpec(pp=2, dp=1, first_stage_layers=1, micro_batch=1, global_batch=8)
+    with pytest.raises(LayoutError, match=r"uneven pipeline stages.*equal stages"):
+        ParallelDims.from_layout(uneven, world_size=2).validate(DENSE.replace(layers=3))
+    with pytest.raises(LayoutError, match=r"--seq 65 is longer than .* seq_len 64"):
+        ParallelDims.build(1, 8).validate(DENSE, seq=65)
+    ParallelDims.build(1, 8).validate(DENSE, seq=64)  # the model's own length runs
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        dict(tp=2, ep=2, dp=2, world_size=4),  # experts over ep, each tp rank its positions
+        dict(pp=2, dp=1, world_size=2, micro_batch=1),  # tied embeddings, MoE in stages
+        dict(pp=2, vpp=1, tp=2, ep=2, dp=2, world_size=8, micro_batch=1),
+    ],
+    ids=["tp2xep2", "pp2-tied-moe", "pp2xtp2xep2"],
+)
+def test_the_grok_combinations_are_accepted(layout):
+    ParallelDims.build(global_batch=8, **layout).validate(MOE)
+
+
+def test_the_planners_grok1_layout_runs_but_for_its_cp():
+    """`gigafactory plan --model grok-1` picks tp=8 pp=4 vpp=16 cp=4 ep=8 dp=512: refused for
+    its cp alone; the same layout with cp folded into dp is accepted."""
+    planned = LayoutSpec(tp=8, pp=4, vpp=16, cp=4, ep=8, dp=512, sharding="fsdp",
+                         micro_batch=2, global_batch=4096)  # fmt: skip
+    grok = load_model("grok-1")
+    with pytest.raises(LayoutError, match="cp=4"):
+        ParallelDims.from_layout(planned, world_size=planned.gpus).validate(grok)
+    no_cp = planned.replace(cp=1, dp=2048, global_batch=16384)
+    ParallelDims.from_layout(no_cp, world_size=no_cp.gpus).validate(grok)
 
 
 def test_the_plans_layout_is_the_trainers():
@@ -84,8 +113,6 @@ def test_the_plans_layout_is_the_trainers():
     )  # fmt: skip
     dims.validate(MOE)
     assert dims.layout().replace(sharding="zero1", precision="bf16") == layout
-    with pytest.raises(LayoutError, match="context parallelism"):
-        ParallelDims.from_layout(layout.replace(cp=2, dp=1), world_size=4)
 
 
 def _plan_json(capsys, path: Path, *args: str) -> Path:
@@ -96,7 +123,7 @@ def _plan_json(capsys, path: Path, *args: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["world", "cp", "junk", "missing"])
+@pytest.mark.parametrize("case", ["world", "cp", "junk", "missing", "flags"])
 def test_bad_layout_from_plan_is_one_red_line(capsys, tmp_path, case):
     plan = tmp_path / "plan.json"
     if case == "world":  # a 2-GPU plan given to one process
@@ -109,9 +136,10 @@ def test_bad_layout_from_plan_is_one_red_line(capsys, tmp_path, case):
         plan.write_text(json.dumps(data))
     elif case == "junk":
         plan.write_bytes(b"\x00\xffnot json")
+    flags = ["--tp", "2", "--ep", "2"] if case == "flags" else []  # the plan says the layout
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--model", str(TINY_MOE), "--out", str(tmp_path / "run"),
-              "--layout-from-plan", str(plan), "--posts", "2000"])  # fmt: skip
+              "--layout-from-plan", str(plan), "--posts", "2000", *flags])  # fmt: skip
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1
     expect = {
@@ -119,6 +147,7 @@ def test_bad_layout_from_plan_is_one_red_line(capsys, tmp_path, case):
         "cp": "context parallelism (cp=2)",
         "junk": "not the JSON of `gigafactory plan --json`",
         "missing": "cannot read it",
+        "flags": "--layout-from-plan takes the layout from the plan; drop --tp 2 --ep 2",
     }[case]
     assert expect in " ".join(err.split())
 
@@ -140,8 +169,9 @@ def _resume_copy(src: Path, dst: Path) -> Path:
 def runs(tmp_path_factory):
     """Every run of this module, each started once (they dominate its time)."""
     root, launch = tmp_path_factory.mktemp("layouts"), Launcher()
-    dense4 = root / "tiny-dense4.yaml"  # 4 layers: 2 pipeline ranks × 2 interleaved chunks
-    dense4.write_text(TINY_DENSE.read_text().replace("layers: 2", "layers: 4"))
+    moe4, dense4 = root / "tiny-moe4.yaml", root / "tiny-dense4.yaml"  # 2 pipeline ranks × 2
+    moe4.write_text(TINY_MOE.read_text().replace("layers: 2", "layers: 4"))  # tied, MoE
+    dense4.write_text(TINY_DENSE.read_text().replace("layers: 2", "layers: 4"))  # untied head
     plan = root / "tp2.json"
     out: dict[str, Path] = {}
     logs: dict[str, str] = {}
@@ -172,14 +202,24 @@ def runs(tmp_path_factory):
     assert written.returncode == 0, written.stderr
     plan.write_text(written.stdout)
 
+    # MoE with tied embeddings (every Grok trait): tp, ep, tp×ep, pipelines
     train("one-moe", TINY_MOE, "--micro-batch", "4")
     train("tp2", TINY_MOE, "--layout-from-plan", str(plan), nproc=2)
-    train("ep2", TINY_MOE, "--ep", "2", nproc=2, into=_resume_copy(out["tp2"], root / "ep2"))
-    train("tp2xdp2", TINY_MOE, "--tp", "2", "--dp", "2", nproc=4)
-    train("one-dense4", dense4, "--micro-batch", "2")
-    train("pp2-vpp2", dense4, "--pp", "2", "--vpp", "2", "--micro-batch", "2", nproc=2)
-    resumed = _resume_copy(out["pp2-vpp2"], root / "pp2-1f1b")
-    train("pp2-1f1b", dense4, "--pp", "2", "--micro-batch", "2", nproc=2, into=resumed)
+    train("ep2", TINY_MOE, "--ep", "2", nproc=2)
+    train("tp2xep2", TINY_MOE, "--tp", "2", "--ep", "2", "--dp", "2", nproc=4)
+    # 2 ranks → 4: tp2×dp2 resumes ep2's step 2
+    train("tp2xdp2", TINY_MOE, "--tp", "2", "--dp", "2", nproc=4,
+          into=_resume_copy(out["ep2"], root / "tp2xdp2"))  # fmt: skip
+    train("one-moe4", moe4, "--micro-batch", "2")
+    train("pp2-vpp2", moe4, "--pp", "2", "--vpp", "2", "--micro-batch", "2", nproc=2)
+    # 1 rank → 2 pipeline ranks, and 2 pipeline ranks → 1 rank
+    resumed = _resume_copy(out["one-moe4"], root / "pp2-1f1b")
+    train("pp2-1f1b", moe4, "--pp", "2", "--micro-batch", "2", nproc=2, into=resumed)
+    resumed = _resume_copy(out["pp2-vpp2"], root / "one-from-pp2")
+    train("one-from-pp2", moe4, "--micro-batch", "2", into=resumed)
+    # dense: the MLP plan, SDPA attention and the untied head under tp
+    train("one-dense4", dense4, "--micro-batch", "4")
+    train("tp2-dense", dense4, "--tp", "2", nproc=2)
 
     killed = root / "killed"
     shutil.copytree(data, killed)
@@ -196,29 +236,54 @@ def _assert_close(got: dict[int, float], want: dict[int, float], steps: list[int
         assert got[step] == pytest.approx(want[step], abs=2e-5), f"step {step}"
 
 
+LAYOUTS = {
+    # name: (reference run, steps compared, layout as the run names it)
+    "tp2": ("one-moe", [1, 2, 3, 4], "tp=2 pp=1 ep=1 dp=1"),
+    "ep2": ("one-moe", [1, 2, 3, 4], "tp=1 pp=1 ep=2 dp=2"),
+    "tp2xep2": ("one-moe", [1, 2, 3, 4], "tp=2 pp=1 ep=2 dp=2"),
+    "tp2xdp2": ("one-moe", [3, 4], "tp=2 pp=1 ep=1 dp=2"),  # resumed from ep2's step 2
+    "pp2-vpp2": ("one-moe4", [1, 2, 3, 4], "tp=1 pp=2 vpp=2 ep=1 dp=1"),
+    "pp2-1f1b": ("one-moe4", [3, 4], "tp=1 pp=2 ep=1 dp=1"),  # resumed from one process
+    "one-from-pp2": ("one-moe4", [3, 4], ""),  # one process resumed from pp2-vpp2
+    "tp2-dense": ("one-dense4", [1, 2, 3, 4], "tp=2 pp=1 ep=1 dp=1"),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("name", "reference", "steps"),
-    [
-        ("tp2", "one-moe", [1, 2, 3, 4]),
-        ("tp2xdp2", "one-moe", [1, 2, 3, 4]),
-        ("ep2", "one-moe", [3, 4]),  # resumed from tp2's step 2: resharded on load
-        ("pp2-vpp2", "one-dense4", [1, 2, 3, 4]),
-        ("pp2-1f1b", "one-dense4", [3, 4]),  # resumed from the interleaved run's step 2
-    ],
-)
-def test_each_layout_reaches_the_one_process_losses(runs, name, reference, steps):
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_each_layout_reaches_the_one_process_losses(runs, name):
     out, logs, _ = runs
+    reference, steps, layout = LAYOUTS[name]
     got, want = Launcher.losses(out[name]), Launcher.losses(out[reference])
     assert sorted(got) == sorted(want) == [1, 2, 3, 4]
     assert want[4] < want[1]  # it learns
     _assert_close(got, want, steps)
-    layout = {"tp2": "tp=2 pp=1 ep=1 dp=1", "tp2xdp2": "tp=2 pp=1 ep=1 dp=2",
-              "ep2": "tp=1 pp=1 ep=2 dp=2", "pp2-vpp2": "tp=1 pp=2 vpp=2 ep=1 dp=1",
-              "pp2-1f1b": "tp=1 pp=2 ep=1 dp=1"}[name]  # fmt: skip
-    assert layout in logs[name]
-    if steps[0] == 3:
+    aux, want_aux = Launcher.aux_losses(out[name]), Launcher.aux_losses(out[reference])
+    for step in steps:  # the load-balancing loss too (0 for the dense model)
+        assert aux[step] == pytest.approx(want_aux[step], abs=1e-6), f"aux at step {step}"
+    if layout:
+        assert layout in logs[name]
+    if steps[0] == 3 and name in logs:
         assert "resumed from" in logs[name] and "step_00000002" in logs[name]
+
+
+@pytest.mark.slow
+def test_a_pipeline_checkpoint_holds_one_tied_embedding(runs):
+    """The first and the last stage both hold ``tok_emb.weight``; DCP writes it once, whole,
+    and it loads under one process (``one-from-pp2``, compared above)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    out, _, _ = runs
+    folder = out["pp2-vpp2"] / "checkpoints" / "step_00000004"
+    saved = FileSystemReader(str(folder)).read_metadata().state_dict_metadata
+    embedding = [k for k in saved if k.startswith("model.") and ("emb" in k or "head" in k)]
+    assert embedding == ["model.tok_emb.weight"]
+    assert [tuple(c.sizes) for c in saved["model.tok_emb.weight"].chunks] == [(MOE.vocab, 64)]
+    one = out["one-moe4"] / "checkpoints" / "step_00000004"
+    alone = FileSystemReader(str(one)).read_metadata().state_dict_metadata
+    assert {k for k in saved if k.startswith("model.")} == {
+        k for k in alone if k.startswith("model.")
+    }  # the same logical tensors as one process writes
 
 
 @pytest.mark.slow
@@ -230,11 +295,11 @@ def test_sigkill_under_tp2_resumes_to_exactly_the_uninterrupted_losses(runs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["tp2", "tp2xdp2", "ep2", "pp2-vpp2", "pp2-1f1b"])
+@pytest.mark.parametrize("name", ["tp2", "tp2xdp2", "ep2", "pp2-vpp2", "pp2-1f1b", "tp2-dense"])
 def test_every_rank_holds_the_bytes_the_planner_predicts(runs, name):
     out, logs, _ = runs
     report = json.loads((out[name] / "layout.json").read_text())
-    ranks = {"tp2": 2, "ep2": 2, "tp2xdp2": 4, "pp2-vpp2": 2, "pp2-1f1b": 2}[name]
+    ranks = 4 if name == "tp2xdp2" else 2
     assert len(report["ranks"]) == ranks
     first = [r for r in report["ranks"] if r["pp_rank"] == 0]  # the stage the planner models
     assert first

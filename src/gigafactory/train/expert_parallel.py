@@ -35,7 +35,7 @@ class ExpertDispatch:
             return
         for pname, param in list(module.named_parameters(recurse=False)):
             module.register_parameter(
-                pname, nn.Parameter(distribute_tensor(param, mesh, [Shard(0)]))
+                pname, nn.Parameter(distribute_tensor(param, mesh, [Shard(0)], src_data_rank=None))
             )
 
     def dispatch(self, module: nn.Module, args: tuple[Any, ...], mesh: DeviceMesh) -> tuple:

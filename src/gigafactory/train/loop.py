@@ -51,6 +51,7 @@ from gigafactory.train.parallelize import (
     planned_state_bytes,
     resolve_precision,
     shutdown,
+    sum_partial_gradients,
 )
 from gigafactory.train.tokenizer import load_tokenizer
 
@@ -113,6 +114,17 @@ class TrainConfig:
             )
         if self.warmup >= self.steps:
             raise TrainConfigError(f"--warmup {self.warmup} must be below --steps {self.steps}")
+        if self.layout_from_plan is not None:
+            given = [
+                f"--{name} {getattr(self, name)}"
+                for name, default in (("tp", 1), ("pp", 1), ("vpp", 1), ("ep", 1), ("dp", 0))
+                if getattr(self, name) != default
+            ]
+            if given:
+                raise TrainConfigError(
+                    f"--layout-from-plan takes the layout from the plan; drop {' '.join(given)} "
+                    "(or drop --layout-from-plan)"
+                )
         if self.out is not None and self.out.exists() and not self.out.is_dir():
             raise TrainConfigError(f"--out {self.out} is a file; give a folder for the run")
 
@@ -197,10 +209,11 @@ def build_model(
     compile: bool,
     seed: int,
 ) -> Parallelized:
-    """The same initial weights on every rank (same seed), then the layout (TP, EP, PP,
-    compile, FSDP2)."""
+    """The model built on the meta device (no memory), the layout applied (TP, EP, PP,
+    compile, FSDP2), then each rank allocates and initialises only its shards, with the values
+    a one-process run starting from ``seed`` has."""
     torch.manual_seed(seed)
-    with torch.device(runtime.device):
+    with torch.device("meta"):
         model = Transformer(spec)
     return parallelize(model, runtime, dims, precision, compile)
 
@@ -270,6 +283,7 @@ def train_step(
         sums = _pipeline_step(par, micro_batches, runtime)
     else:
         sums = _accumulate(par.parts[0], micro_batches, runtime, precision)
+    sum_partial_gradients(par)
     norm = clip_grad_norm(par, grad_clip)
     if on_grads is not None:
         on_grads()
@@ -302,17 +316,26 @@ def _accumulate(
 def _pipeline_step(
     par: Parallelized, micro_batches: list[tuple[torch.Tensor, torch.Tensor]], runtime: Runtime
 ) -> torch.Tensor:
-    """One pass of the pipeline schedule over this step's micro-batches; the last stage
-    reports their mean loss, the other stages zeros."""
+    """One pass of the pipeline schedule over this step's micro-batches: the last stage
+    reports their mean loss, each stage the mean aux loss of its blocks (summed over the
+    stages by ``mean_over_data_parallel``)."""
     x = torch.cat([mb[0] for mb in micro_batches])
     y = torch.cat([mb[1] for mb in micro_batches])
     losses: list[torch.Tensor] = []
     inputs = (x,) if par.first_stage else ()
     target = y if par.last_stage else None
+    for stage in par.parts:
+        stage.aux_losses.clear()  # type: ignore[union-attr]
     par.schedule.step(*inputs, target=target, losses=losses)
     sums = torch.zeros(2, device=runtime.device)
     if par.last_stage:
         sums[0] = torch.stack([loss.detach() for loss in losses]).float().mean()
+    n = len(micro_batches)
+    for stage in par.parts:
+        # the schedule's first step also runs each stage once to infer shapes: the last n count
+        aux = stage.aux_losses[-n:]  # type: ignore[index]
+        if aux:
+            sums[1] += torch.stack(aux).float().mean()
     return sums
 
 
@@ -388,11 +411,6 @@ def _train(
             on_event(event)
 
     seq = cfg.seq or spec.seq_len
-    if seq > spec.seq_len:
-        raise TrainConfigError(
-            f"--seq {seq} is longer than {spec.name}'s seq_len {spec.seq_len}; use --seq "
-            f"{spec.seq_len} or less"
-        )
     dims = layout_dims(cfg, runtime.world_size)
     dims.validate(spec, seq)
     precision = resolve_precision(cfg.precision, runtime.device)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -338,6 +339,15 @@ def load_balancing_loss(probs: torch.Tensor, counts: torch.Tensor) -> torch.Tens
     return probs.size(1) * (f * P).sum()
 
 
+class LoadBalancing(nn.Module):
+    """``load_balancing_loss`` as a module without parameters, so that a parallel plan can
+    see its inputs: when a micro-batch's tokens are split over ranks, the plan gathers the
+    router probabilities and counts of all of them first (``tensor_parallel.py``)."""
+
+    def forward(self, probs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        return load_balancing_loss(probs, counts)
+
+
 class MoE(nn.Module):
     """Top-k routed experts (+ shared experts). The router runs in fp32 with the softmax over
     all experts before the top-k (Grok-1, Mixtral); gates are renormalised only if the spec
@@ -353,6 +363,7 @@ class MoE(nn.Module):
         self.router = nn.Linear(spec.hidden, spec.experts, bias=False)
         self.experts = Experts(spec)
         self.shared = nn.ModuleList(MLP(spec, spec.moe_ffn) for _ in range(spec.shared_experts))
+        self.balance = LoadBalancing()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, C = x.shape
@@ -371,7 +382,7 @@ class MoE(nn.Module):
         y = torch.zeros_like(tokens).index_add_(0, token, y)  # (N, C)
         for expert in self.shared:
             y = y + expert(tokens)
-        return y.view(B, T, C), load_balancing_loss(probs, counts)
+        return y.view(B, T, C), self.balance(probs, counts)
 
 
 class Block(nn.Module):
@@ -412,6 +423,48 @@ class OutputHead(nn.Module):
         return F.linear(x, weight) * self.multiplier
 
 
+# --- initialisation ------------------------------------------------------------------------
+
+
+def draw_init_seed() -> int:
+    """The initialisation seed, drawn from the global CPU RNG (``torch.manual_seed`` sets it)."""
+    return int(torch.randint(0, 2**62, (1,), device="cpu")[0])
+
+
+def initial_value(
+    name: str,
+    shape: torch.Size | tuple[int, ...],
+    spec: ModelSpec,
+    seed: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The initial value of parameter ``name`` (full shape): N(0, 0.02), output projections
+    N(0, 0.02/√(2L)) (GPT-2), unit norm weights, zero biases. Each parameter has its own
+    generator, seeded by ``seed`` and the name, so a rank that holds one shard of one stage
+    computes exactly the values a single process would (and a tied embedding's copy on the
+    last pipeline stage equals the first stage's)."""
+    leaf = name.rsplit(".", 1)[-1]
+    if "norm" in name:
+        return (torch.ones if leaf == "weight" else torch.zeros)(shape, device=device, dtype=dtype)
+    if leaf.startswith("b_") or leaf == "bias":
+        return torch.zeros(shape, device=device, dtype=dtype)
+    output = ".o." in name or ".down." in name or leaf == "w_down"
+    std = INIT_STD / math.sqrt(2 * spec.layers) if output else INIT_STD
+    g = torch.Generator(device=device).manual_seed((seed + zlib.crc32(name.encode())) % 2**63)
+    return torch.empty(shape, device=device, dtype=dtype).normal_(0.0, std, generator=g)
+
+
+@torch.no_grad()
+def fill_rope_tables(module: nn.Module, spec: ModelSpec) -> None:
+    """Compute the RoPE buffers of ``module`` and of every submodule holding them."""
+    cos, sin = rope_tables(spec.seq_len, spec.dim_head, spec.rope_theta)
+    for sub in module.modules():
+        if isinstance(getattr(sub, "rope_cos", None), torch.Tensor):
+            sub.rope_cos.copy_(cos)
+            sub.rope_sin.copy_(sin)
+
+
 # --- the model -----------------------------------------------------------------------------
 
 
@@ -422,6 +475,7 @@ class Transformer(nn.Module):
         super().__init__()
         check_trainable(spec)
         self.spec = spec
+        self.init_seed = draw_init_seed()  # first: the weights depend on torch.manual_seed only
         self.tok_emb = nn.Embedding(spec.vocab, spec.hidden)
         self.pos_emb = (
             nn.Embedding(spec.seq_len, spec.hidden) if spec.position == "learned" else None
@@ -435,24 +489,17 @@ class Transformer(nn.Module):
         self.init_weights()
 
     @torch.no_grad()
-    def init_weights(self) -> None:
-        """N(0, 0.02) weights, output projections scaled by 1/√(2L) (GPT-2), unit norms, zero
-        biases, and the RoPE tables. Called again after ``to_empty`` for meta-device builds."""
-        out_std = INIT_STD / math.sqrt(2 * self.spec.layers)
+    def init_weights(self, seed: int | None = None) -> None:
+        """Every parameter from ``initial_value`` (one generator per parameter, seeded by
+        ``seed`` and its name) and the RoPE tables. ``seed`` None: the one drawn from the
+        global RNG when the model was built, so ``torch.manual_seed`` decides the weights. A meta-device build is left empty:
+        ``parallelize.materialize`` fills each rank's shards with the same values."""
+        if self.rope_cos.device.type == "meta":
+            return
+        seed = self.init_seed if seed is None else seed
         for name, p in self.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if "norm" in name:
-                nn.init.ones_(p) if leaf == "weight" else nn.init.zeros_(p)
-            elif leaf.startswith("b_") or leaf == "bias":
-                nn.init.zeros_(p)
-            elif ".o." in name or ".down." in name or leaf == "w_down":
-                nn.init.normal_(p, std=out_std)
-            else:
-                nn.init.normal_(p, std=INIT_STD)
-        if self.rope_cos.device.type != "meta":
-            cos, sin = rope_tables(self.spec.seq_len, self.spec.dim_head, self.spec.rope_theta)
-            self.rope_cos.copy_(cos)
-            self.rope_sin.copy_(sin)
+            p.copy_(initial_value(name, p.shape, self.spec, seed, p.device, p.dtype))
+        fill_rope_tables(self, self.spec)
 
     def num_params(self) -> int:
         """Distinct parameters (a tied embedding counts once), as ``plan.params.total_params``."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,7 +30,7 @@ from gigafactory.spec.layout import LayoutSpec
 from gigafactory.spec.model import ModelSpec
 from gigafactory.train.errors import TrainConfigError
 from gigafactory.train.expert_parallel import apply_expert_parallel
-from gigafactory.train.model import Transformer
+from gigafactory.train.model import Transformer, fill_rope_tables, initial_value
 from gigafactory.train.pipeline import Stages, build_schedule, build_stages, stage_ids
 from gigafactory.train.tensor_parallel import apply_tensor_parallel
 
@@ -96,7 +96,8 @@ class ParallelDims:
     """The layout of a training run: world size = tp·pp·dp; experts split ``ep`` ways inside
     the data-parallel group; ``vpp`` pipeline chunks per rank. The same ``LayoutSpec`` the
     planner evaluates (``layout()``), checked by the planner's own ``LayoutSpec.check`` plus
-    the limits of this trainer, in ``validate``."""
+    the limits of this trainer, in ``validate``. ``cp`` and uneven stages come only from a
+    plan, and are refused there (with the reason)."""
 
     world_size: int
     dp: int
@@ -106,6 +107,8 @@ class ParallelDims:
     pp: int = 1
     vpp: int = 1
     ep: int = 1
+    cp: int = 1
+    uneven_stages: tuple[int, int] = (0, 0)  # a plan's first/last stage layers (0: even)
 
     @classmethod
     def build(
@@ -130,14 +133,10 @@ class ParallelDims:
     @classmethod
     def from_layout(cls, layout: LayoutSpec, world_size: int) -> ParallelDims:
         """The degrees and batch of a planner's layout (``gigafactory plan --json``)."""
-        if layout.cp > 1:
-            raise LayoutError(
-                f"the plan uses context parallelism (cp={layout.cp}), which the trainer does "
-                "not run; plan with --cp 1"
-            )
         return cls(
             world_size, layout.dp, layout.global_batch, layout.micro_batch,
-            layout.tp, layout.pp, layout.vpp, layout.ep,
+            layout.tp, layout.pp, layout.vpp, layout.ep, layout.cp,
+            (layout.first_stage_layers, layout.last_stage_layers),
         )  # fmt: skip
 
     @property
@@ -152,7 +151,26 @@ class ParallelDims:
         )  # fmt: skip
 
     def validate(self, model: ModelSpec, seq: int = 0) -> None:
-        """Refuse, with the fix, a layout the job cannot run: every check in one place."""
+        """Refuse, with the fix, a layout the job cannot run: every check in one place (the
+        sequence length ``seq``, 0 for the model's, included)."""
+        if seq > model.seq_len:
+            raise LayoutError(
+                f"--seq {seq} is longer than {model.name}'s seq_len {model.seq_len}; use --seq "
+                f"{model.seq_len} or less"
+            )
+        if self.cp > 1:
+            raise LayoutError(
+                f"the plan uses context parallelism (cp={self.cp}), which the trainer does not "
+                "run (its attention has no ring or all-gather of keys and values over a cp "
+                "group; see docs/train.md); plan with --cp 1"
+            )
+        if any(self.uneven_stages):
+            first, last = self.uneven_stages
+            raise LayoutError(
+                f"the plan has uneven pipeline stages (first {first}, last {last} layers); the "
+                "trainer cuts pp·vpp equal stages: plan without --first-stage-layers/"
+                "--last-stage-layers"
+            )
         degrees = {"tp": self.tp, "pp": self.pp, "vpp": self.vpp, "ep": self.ep, "dp": self.dp}
         for name, value in (*degrees.items(), ("batch", self.global_batch)):
             if value < 1:
@@ -188,7 +206,7 @@ class ParallelDims:
                     "ranks (it does not replicate them); use a tp that divides them"
                 )
             widths = {"ffn width": model.ffn_width, "vocabulary": model.vocab}
-            if model.is_moe:
+            if model.is_moe and self.ep == 1:
                 widths["expert width"] = model.moe_ffn
             widths["sequence length"] = seq
             for what, n in widths.items():
@@ -196,29 +214,15 @@ class ParallelDims:
                     raise LayoutError(f"tp={t} does not divide the {what} {n}")
             if model.position == "learned":
                 raise LayoutError("tp > 1 needs RoPE positions (learned ones are not split)")
-            if model.is_moe and model.bias:
-                raise LayoutError("tp > 1 with expert biases is not supported; use tp 1")
-            if self.ep > 1:
+            if model.is_moe and model.bias and self.ep == 1:
                 raise LayoutError(
-                    f"tp={t} with ep={self.ep}: the trainer runs tensor or expert "
-                    "parallelism on an MoE model, not both; use one of them"
+                    "tp > 1 with expert biases is not supported without ep; use tp 1 or ep > 1"
                 )
-        if self.pp > 1:
-            if model.tied_embeddings:
-                raise LayoutError(
-                    f"pp={self.pp} with tied embeddings: the shared weight would live on the "
-                    "first and the last stage; use pp 1 or an untied model"
-                )
-            if model.is_moe:
-                raise LayoutError(
-                    f"pp={self.pp} with an MoE model: the load-balancing loss does not cross "
-                    "pipeline stages yet; use tp, ep or dp"
-                )
-            if self.grad_accum < self.pp:
-                raise LayoutError(
-                    f"pp={self.pp} needs at least {self.pp} micro-batches per step, has "
-                    f"{self.grad_accum} (global batch / (micro-batch·dp)); lower --micro-batch"
-                )
+        if self.pp > 1 and self.grad_accum < self.pp:
+            raise LayoutError(
+                f"pp={self.pp} needs at least {self.pp} micro-batches per step, has "
+                f"{self.grad_accum} (global batch / (micro-batch·dp)); lower --micro-batch"
+            )
 
 
 def planned_state_bytes(spec: ModelSpec, dims: ParallelDims) -> tuple[float, float]:
@@ -258,6 +262,15 @@ def build_mesh(dims: ParallelDims, device_type: str) -> tuple[DeviceMesh, Device
 
 
 @dataclass
+class GradientSum:
+    """Parameters whose gradients are partial sums over ``group`` after backward, summed there
+    before the optimizer step (Megatron-LM's ``finalize_model_grads``)."""
+
+    params: list[nn.Parameter]
+    group: dist.ProcessGroup
+
+
+@dataclass
 class Parallelized:
     """A model spread over the job: the modules this rank holds (the model, or its pipeline
     stages) and what a step needs to drive them."""
@@ -269,6 +282,8 @@ class Parallelized:
     schedule: Any = None  # a torch.distributed.pipelining schedule when pp > 1
     first_stage: bool = True
     last_stage: bool = True
+    grad_sums: list[GradientSum] = field(default_factory=list)
+    copies: list[nn.Parameter] = field(default_factory=list)  # counted once, on another rank
 
     @property
     def dp_rank(self) -> int:
@@ -282,6 +297,9 @@ class Parallelized:
     def parameters(self) -> list[nn.Parameter]:
         return [p for part in self.parts for p in part.parameters()]
 
+    def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [item for part in self.parts for item in part.named_parameters()]
+
     def group(self, dim: str) -> dist.ProcessGroup | None:
         """The process group of one mesh dimension, None when it has one rank."""
         if self.mesh is None:
@@ -293,15 +311,17 @@ class Parallelized:
 def parallelize(
     model: Transformer, runtime: Runtime, dims: ParallelDims, precision: str, compile: bool = False
 ) -> Parallelized:
-    """Apply the layout to a built model, outside the model file (torchtitan's order): tensor
-    parallelism, expert parallelism, pipeline stages, ``torch.compile`` of each block, then
-    FSDP2 over the data-parallel ranks.
+    """Apply the layout to a model, outside the model file (torchtitan's order): tensor
+    parallelism, expert parallelism, pipeline stages, ``torch.compile`` of each block, FSDP2
+    over the data-parallel ranks; then, for a model built on the meta device, each rank
+    allocates and initialises only what it holds (``materialize``).
 
-    Tied embeddings stay in the root FSDP group, so the shared weight is one sharded parameter.
+    Tied embeddings stay in the root FSDP group, so the shared weight is one sharded parameter
+    (with pipeline stages, a copy on the last stage: see ``pipeline.py``).
     """
     mesh, dp_mesh = build_mesh(dims, runtime.device.type) if runtime.distributed else (None, None)
     if mesh is not None and dims.tp > 1:
-        apply_tensor_parallel(model, mesh["tp"])
+        apply_tensor_parallel(model, mesh["tp"], experts_split=dims.ep == 1)
     if mesh is not None and dims.ep > 1:
         apply_expert_parallel(model, mesh["ep"])
     par = Parallelized([model], dims, mesh, dp_mesh)
@@ -316,11 +336,87 @@ def parallelize(
                 block.compile()  # in place: parameter names (and checkpoints) stay the same
         if mesh is not None and dp_mesh is not None:
             _fully_shard(part, mesh, dp_mesh, dims, precision)
+    if model.rope_cos.is_meta:
+        materialize(par, model.spec, model.init_seed, runtime.device)
+    if mesh is not None:
+        _gradient_sums(par, model.spec)
     if mesh is not None and dims.pp > 1:
         par.schedule = build_schedule(
             par.parts, ids, dims.pp * dims.vpp, dims.grad_accum, mesh["pp"]
         )
     return par
+
+
+@torch.no_grad()
+def materialize(par: Parallelized, spec: ModelSpec, seed: int, device: torch.device) -> None:
+    """Allocate the parameters this rank holds on ``device`` and give them exactly the values
+    of a one-process initialisation: each parameter's full value from ``initial_value`` (its
+    own generator, one parameter at a time), of which the rank keeps its shard."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    for part in par.parts:
+        part.to_empty(device=device)
+        for name, p in part.named_parameters():
+            full = initial_value(name, p.shape, spec, seed, device, p.dtype)
+            if isinstance(p, DTensor):  # the shard of the full value; no communication
+                full = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None)
+                p.to_local().copy_(full.to_local())
+            else:
+                p.copy_(full)
+        fill_rope_tables(part, spec)
+
+
+def _gradient_sums(par: Parallelized, spec: ModelSpec) -> None:
+    """The gradients summed after backward: (1) a tied embedding held by the first and the
+    last pipeline stage, over those two ranks (the last stage's copy then stays out of the
+    gradient norm); (2) with tp and ep together, the MoE layers' router, experts and shared
+    experts: replicated over tp, each tp rank computed its part from its sequence shard."""
+    assert par.mesh is not None
+    named = par.named_parameters()
+    if par.dims.pp > 1 and spec.tied_embeddings:
+        group = _first_and_last_stage_group(par.mesh)
+        tied = [p for name, p in named if name == "tok_emb.weight"]
+        if group is not None and tied:
+            par.grad_sums.append(GradientSum(tied, group))
+            if not par.first_stage:
+                par.copies.extend(tied)
+    tp = par.group("tp")
+    if tp is not None and par.dims.ep > 1:
+        moe = {f"blocks.{i}.mlp." for i in range(spec.layers) if i >= spec.dense_layers}
+        held = [p for name, p in named if any(name.startswith(prefix) for prefix in moe)]
+        if held:
+            par.grad_sums.append(GradientSum(held, tp))
+
+
+def _first_and_last_stage_group(mesh: DeviceMesh) -> dist.ProcessGroup | None:
+    """The process group of this rank's first and last pipeline rank with the same dp, ep
+    and tp coordinates (every rank creates every such group, as ``new_group`` requires)."""
+    ends = mesh.mesh[[0, -1]].reshape(2, -1)  # (2, ranks of one stage)
+    mine = None
+    for column in ends.T.tolist():
+        group = dist.new_group(column)
+        if dist.get_rank() in column:
+            mine = group
+    return mine
+
+
+@torch.no_grad()
+def sum_partial_gradients(par: Parallelized) -> None:
+    """Sum, over their groups, the gradients listed in ``par.grad_sums`` (one all-reduce per
+    group). The local shards line up: every rank of a group shards the parameter alike."""
+    from torch.distributed.tensor import DTensor
+
+    for gs in par.grad_sums:
+        for p in gs.params:  # a parameter unused on this rank still takes part
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        local = [g.to_local() if isinstance(g, DTensor) else g for g in (p.grad for p in gs.params)]
+        flat = torch.cat([t.reshape(-1) for t in local])
+        dist.all_reduce(flat, group=gs.group)
+        offset = 0
+        for t in local:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
 
 
 def _blocks(part: nn.Module) -> list[nn.Module]:
@@ -359,17 +455,21 @@ def clip_grad_norm(par: Parallelized, max_norm: float) -> float:
     """Clip the gradients of every rank's parameters to a global L2 norm of ``max_norm`` and
     return the norm before clipping. Parameters live on several meshes (FSDP×TP, experts on
     dp/ep×ep, a router on dp alone) and pipeline stages on several ranks: each mesh's norm is
-    reduced over that mesh, the squares summed, then summed over the pipeline ranks."""
+    reduced over that mesh, the squares summed, then summed over the pipeline ranks. A tied
+    embedding's copy on the last stage is clipped but counted once, on the first stage."""
     from torch.distributed.tensor import DTensor
 
+    copies = {id(p) for p in par.copies}
     by_mesh: dict[Any, list[torch.Tensor]] = {}
     for p in par.parameters():
         if p.grad is not None:
             key = p.grad.device_mesh if isinstance(p.grad, DTensor) else None
-            by_mesh.setdefault(key, []).append(p.grad)
+            by_mesh.setdefault((key, id(p) in copies), []).append(p.grad)
     device = next(iter(par.parameters())).device
     squares = torch.zeros((), device=device)
-    for grads in by_mesh.values():
+    for (_, copy), grads in by_mesh.items():
+        if copy:
+            continue
         norm = torch.nn.utils.get_total_norm(grads, 2.0)
         if isinstance(norm, DTensor):
             norm = norm.full_tensor()

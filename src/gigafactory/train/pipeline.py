@@ -8,11 +8,23 @@ parameter names are the full model's (``blocks.5.attn.q.weight`` stays that), so
 written under one pipeline layout loads under any other. A step's micro-batches are the
 schedule's micro-batches; the schedule averages their losses as gradient accumulation does.
 
-Limits (refused in ``ParallelDims.validate``): tied embeddings (the weight would live on two
-stages) and MoE blocks (their load-balancing loss is not part of a stage's output).
+Tied embeddings (Megatron-LM's way): the last stage holds its own copy of the embedding,
+``tok_emb.weight`` like the first stage's, used as the output head. Both start equal (the
+initialisation is a function of the parameter's name) and stay equal: after backward their
+gradients are summed over the first and last pipeline ranks (``parallelize.py``), so both
+copies take the same optimizer step. Checkpoints hold one ``tok_emb.weight`` (DCP writes a
+tensor saved by several ranks once).
+
+MoE blocks: the load-balancing loss of a stage's blocks does not reach the schedule's loss, so
+it enters backward where it arises: ``_AuxLossInBackward`` (Megatron-Core's
+``MoEAuxLossAutoScaler``) passes the activations through and gives the aux loss gradient 1 in
+backward, as if added to the micro-batch's loss; the schedule then divides every gradient by
+the number of micro-batches, as it does the cross-entropy's.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -22,32 +34,60 @@ from torch.distributed.device_mesh import DeviceMesh
 from gigafactory.train.model import Transformer
 
 
+class _AuxLossInBackward(torch.autograd.Function):
+    """Identity on the activations; in backward, gradient 1 for the aux loss ``aux`` (so it
+    is optimised as part of the loss the schedule backpropagates)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
+        ctx.aux_shape = aux.shape
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return grad, torch.ones(ctx.aux_shape, device=grad.device)
+
+
 class Stage(nn.Module):
-    """Consecutive blocks of a ``Transformer`` (+ embedding if first, + norm and head if last)."""
+    """Consecutive blocks of a ``Transformer`` (+ embedding if first, + norm and head if last;
+    with tied embeddings the last stage holds the embedding too, as its output head)."""
 
     def __init__(self, model: Transformer, layers: range, first: bool, last: bool):
         super().__init__()
         self.multiplier = model.spec.embedding_multiplier
-        self.tok_emb = model.tok_emb if first else None
+        self.aux_coef = model.spec.router_aux_loss_coef
+        self.embeds = first
+        tied = model.lm_head is None
+        self.tok_emb = model.tok_emb if first or (last and tied) else None
         self.pos_emb = model.pos_emb if first else None
         self.blocks = nn.ModuleDict({str(i): model.blocks[i] for i in layers})
         self.norm = model.norm if last else None
         self.lm_head = model.lm_head if last else None
         self.head = model.head if last else None
+        self.moe = any(model.blocks[i].is_moe for i in layers)
+        self.aux_losses: list[torch.Tensor] = []  # this stage's aux loss, one per forward
         self.register_buffer("rope_cos", model.rope_cos, persistent=False)
         self.register_buffer("rope_sin", model.rope_sin, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.tok_emb is not None:  # x: token ids (B, T)
+        if self.embeds:  # x: token ids (B, T)
+            assert self.tok_emb is not None
             T = x.size(1)
             x = self.tok_emb(x) * self.multiplier  # (B, T, C)
             if self.pos_emb is not None:
                 x = x + self.pos_emb(torch.arange(T, device=x.device))
+        aux = torch.zeros((), device=x.device)
         for block in self.blocks.values():
-            x, _ = block(x, self.rope_cos, self.rope_sin)
+            x, block_aux = block(x, self.rope_cos, self.rope_sin)
+            aux = aux + block_aux
+        if self.moe:
+            aux = aux * self.aux_coef
+            x = _AuxLossInBackward.apply(x, aux)
+            self.aux_losses.append(aux.detach())
         if self.head is not None:
-            assert self.norm is not None and self.lm_head is not None
-            x = self.head(self.norm(x), self.lm_head.weight)  # (B, T, V)
+            assert self.norm is not None
+            weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight  # type: ignore[union-attr]
+            x = self.head(self.norm(x), weight)  # (B, T, V)
         return x
 
 

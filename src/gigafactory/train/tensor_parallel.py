@@ -9,11 +9,20 @@ output back to sequence shards. Query and KV heads are split t ways (t divides t
 The embedding is split along the vocabulary (row-parallel); the output head multiplies the
 all-gathered last states by its vocabulary shard and all-gathers the logits.
 
-MoE layers: the router runs replicated on the all-gathered tokens (unchanged); each expert's
-FFN width is split t ways (``ExpertTensorParallel``); the partial expert outputs are summed
-with one all-reduce before the gates weigh them, and the input's gradient is all-reduced once
-(Megatron's f and g operators), so router, gates and the load-balancing loss see exactly the
-one-rank values.
+MoE layers, tp alone: the router runs replicated on the all-gathered tokens (unchanged); each
+expert's FFN width is split t ways (``expert_tensor_parallel``); the partial expert outputs
+are summed with one all-reduce before the gates weigh them, and the input's gradient is
+all-reduced once (Megatron's f and g operators), so router, gates and the load-balancing loss
+see exactly the one-rank values.
+
+MoE layers with tp and ep together (``experts_split=False``): the layer stays on the sequence
+shard, no all-gather. Each tp rank routes its T/t positions and dispatches them over the ep
+group (``expert_parallel.py``, the ep ranks of the same tp coordinate); the experts are split
+over ep and replicated over tp. The load-balancing loss gathers the router probabilities and
+expert counts of the whole micro-batch over tp first (``_GatherInForward``: its backward keeps
+a rank's own rows, as every tp rank computes the same loss), so it equals the one-rank value.
+Router, experts and shared experts then hold partial gradients (each tp rank's from its own
+positions), summed over tp after backward (``parallelize.sum_partial_gradients``).
 """
 
 from __future__ import annotations
@@ -65,6 +74,37 @@ class _AllReduceInForward(torch.autograd.Function):
         return grad, None
 
 
+class _GatherInForward(torch.autograd.Function):
+    """Rows of every rank of the group concatenated (dim 0); backward: this rank's rows of the
+    gradient (Megatron's gather_from_sequence_parallel_region without reduction: every rank
+    computes the same function of the gathered rows)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+        ctx.rank, ctx.rows = dist.get_rank(group), x.size(0)
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows], None
+
+
+def gather_routing(balance: nn.Module, mesh: DeviceMesh) -> None:
+    """Feed ``balance`` (a ``LoadBalancing``) the router probabilities and expert counts of
+    the whole micro-batch, whose positions are split over ``mesh``."""
+    group = mesh.get_group()
+
+    def gather(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        probs, counts = args
+        counts = counts.clone()
+        dist.all_reduce(counts, group=group)
+        return _GatherInForward.apply(probs, group), counts
+
+    balance.register_forward_pre_hook(gather)
+
+
 # Experts' weights split along the FFN width F: (E, C, F) on F, (E, F, C) on F, biases (E, F).
 EXPERT_WIDTH_DIM = {"w_gate": 2, "w_up": 2, "w_down": 1, "b_gate": 1, "b_up": 1}
 
@@ -78,7 +118,7 @@ def expert_tensor_parallel(experts: nn.Module, mesh: DeviceMesh) -> None:
             return
         for pname, param in list(module.named_parameters(recurse=False)):
             dim = EXPERT_WIDTH_DIM[pname]
-            sharded = nn.Parameter(distribute_tensor(param, mesh, [Shard(dim)]))
+            sharded = nn.Parameter(distribute_tensor(param, mesh, [Shard(dim)], src_data_rank=None))
             module.register_parameter(pname, sharded)
 
     def inputs(module: nn.Module, args: tuple[Any, ...], mesh: DeviceMesh) -> tuple[Any, ...]:
@@ -91,8 +131,9 @@ def expert_tensor_parallel(experts: nn.Module, mesh: DeviceMesh) -> None:
     distribute_module(experts, mesh, partition, inputs, outputs)
 
 
-def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh) -> None:
-    """Apply the plan above to a ``Transformer`` (in place) over the 1-D tensor-parallel mesh."""
+def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh, experts_split: bool = True) -> None:
+    """Apply the plan above to a ``Transformer`` (in place) over the 1-D tensor-parallel mesh;
+    ``experts_split`` False leaves MoE layers on the sequence shard (ep splits the experts)."""
     top: dict[str, Any] = {
         "tok_emb": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
         "norm": SequenceParallel(use_local_output=True),
@@ -106,7 +147,7 @@ def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh) -> None:
     }
     if model.lm_head is not None:
         top["lm_head"] = ColwiseParallel()  # its weight split by vocabulary, as the embedding's
-    parallelize_module(model, mesh, top)
+    parallelize_module(model, mesh, top, src_data_rank=None)
     for block in model.blocks:
         plan: dict[str, Any] = {
             "attn_norm": SequenceParallel(use_local_output=True),
@@ -123,7 +164,9 @@ def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh) -> None:
         for norm in ("attn_post_norm", "mlp_post_norm"):
             if not isinstance(getattr(block, norm), nn.Identity):
                 plan[norm] = SequenceParallel(use_local_output=True)
-        if block.is_moe:
+        if block.is_moe and not experts_split:
+            pass  # the MoE layer takes and returns this rank's sequence shard as it is
+        elif block.is_moe:
             plan["mlp"] = PrepareModuleInputOutput(
                 input_layouts=(Shard(1),),
                 desired_input_layouts=(Replicate(),),
@@ -138,9 +181,11 @@ def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh) -> None:
                 input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)
             )
             plan.update(_ffn_plan("mlp", block.mlp, Shard(1)))
-        parallelize_module(block, mesh, plan)
-        if block.is_moe:
+        parallelize_module(block, mesh, plan, src_data_rank=None)
+        if block.is_moe and experts_split:
             expert_tensor_parallel(block.mlp.experts, mesh)
+        elif block.is_moe:
+            gather_routing(block.mlp.balance, mesh)
 
 
 def _ffn_plan(prefix: str, mlp: nn.Module, output: Any) -> dict[str, Any]:
