@@ -1,17 +1,34 @@
 """Index shards without a broker: partitioning, global-IDF merging of shard results, the
-stream-sequence checkpoint and engagement updates of the shard writer."""
+stream-sequence checkpoint, engagement updates and repeated ids of the shard writer, its trend
+counts (saved, replayed, answered and merged over partitions) and its guards against a
+recreated or shortened stream."""
 
 from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
+from nats.js.api import StreamConfig, StreamInfo, StreamState
 
 from gigafactory.grok.memory.broker import BrokerError, check_url, partition_of
+from gigafactory.grok.memory.index import Checkpoint
 from gigafactory.grok.memory.log import post_document
 from gigafactory.grok.memory.search import SearchQuery, build_query, search
-from gigafactory.grok.memory.shards import KIND_UPDATE, ShardFeeder, open_shard, search_shards
+from gigafactory.grok.memory.shards import (
+    KIND_UPDATE,
+    ShardFeeder,
+    StreamReplaced,
+    check_stream,
+    created_us,
+    load_trends,
+    open_shard,
+    read_trend_answer,
+    search_shards,
+    trend_answer,
+)
+from gigafactory.grok.memory.trends import TrendCounter, TrendStore, WindowCounts
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -147,3 +164,145 @@ def test_indexer_refuses_bad_options_before_connecting(capsys, tmp_path, args, m
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and message in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())  # nothing created
+
+
+def test_a_post_repeated_past_the_duplicate_window_stays_one_document_with_its_counts(tmp_path):
+    """The stream drops a repeated ``Nats-Msg-Id`` only within its window; the shard skips a
+    post whose id it holds, committed or pending, so the first copy and its counts stay."""
+    f = feed(tmp_path / "s", [("p1", "rocket launch")])
+    f.add(2, KIND_UPDATE, b'{"id": "p1", "likes": 7, "reposts": 1, "replies": 0}')
+    f.commit()
+    f.add(3, "post", body("p1", "rocket launch"))  # a retry long after: committed copy
+    f.add(4, "post", body("p2", "rocket landing"))
+    f.add(5, "post", body("p2", "rocket landing"))  # and a repeat still pending
+    f.commit()
+    f.close()
+    hits = [(h.id, h.likes) for h in search(f.index, SearchQuery("rocket"))]
+    assert sorted(hits) == [("p1", 7), ("p2", 0)] and f.repeats == 2
+    assert open_shard(tmp_path / "s").checkpoint.posts == 2  # the checkpoint counts agree
+
+
+def counting(path, counter: TrendCounter, counted_seq: int | None = None) -> ShardFeeder:
+    return ShardFeeder(open_shard(path), 16_000_000, trends=counter, counted_seq=counted_seq)
+
+
+def test_the_indexer_counts_each_post_once_and_replays_only_what_its_save_missed(tmp_path):
+    f = counting(tmp_path / "s", TrendCounter())
+    for seq, pid in enumerate(["p1", "p2", "p3"], 1):
+        f.add(seq, "post", body(pid, "#launch today"))
+    f.add(4, "post", body("p1", "#launch today"))  # a repeat: not counted again
+    f.add(5, KIND_UPDATE, b'{"id": "p2", "likes": 1, "reposts": 0, "replies": 0}')
+    f.count_pending()
+    f.commit()
+    f.close()
+    assert f.trends_complete and f.trends.window_counts(900).now["#launch"] == 3
+    # a save taken at seq 2 (p1, p2): the restart counts from seq 3, indexes from seq 6
+    saved = TrendCounter()
+    saved.add_many([(int(NOW.timestamp() * 1e6), "#launch today")] * 2)
+    again = counting(tmp_path / "s", saved, counted_seq=2)
+    assert not again.trends_complete and again.resume_seq == 2
+    for seq, pid in [(3, "p3"), (4, "p1")]:
+        again.add(seq, "post", body(pid, "#launch today"))
+    again.add(6, "post", body("p4", "#launch today"))
+    again.count_pending()
+    assert again.trends_complete
+    # p3 and the repeat at 4 were replayed (counted, not indexed: the replay does not look
+    # ids up, so a repeat past the duplicate window counts again there), p4 is new
+    assert again.trends.window_counts(900).now["#launch"] == 5 and again.skipped == 0
+    again.commit()
+    assert sorted(h.id for h in search(again.index, SearchQuery("launch"))) == [
+        "p1", "p2", "p3", "p4"
+    ]  # fmt: skip
+
+
+def test_without_a_save_the_counts_come_from_the_shard(tmp_path):
+    feed(tmp_path / "s", [("p1", "#eclipse now"), ("p2", "#eclipse again")]).close()
+    store = TrendStore(tmp_path / "s" / "trends")
+    counter = TrendCounter()
+    assert load_trends(open_shard(tmp_path / "s"), counter, store) is None
+    assert counter.window_counts(900).now["#eclipse"] == 2
+    store.save(counter, 2)
+    other = TrendCounter()
+    assert load_trends(open_shard(tmp_path / "s"), other, store) == 2
+    assert other.window_counts(900).now == counter.window_counts(900).now
+
+
+def test_an_idle_partition_follows_the_stream_and_a_shortened_stream_rewinds_it(tmp_path):
+    f = feed(tmp_path / "s", [("p1", "first post")])
+    f.advance(40)  # the other partitions took seqs 2..40
+    f.commit()
+    assert open_shard(tmp_path / "s").checkpoint_seq == 40
+    f.rewind(30)  # the broker lost 31..40: new messages will reuse those sequences
+    assert open_shard(tmp_path / "s").checkpoint_seq == 30
+    f.add(31, "post", body("p2", "second post"))
+    f.commit()
+    f.close()
+    assert sorted(h.id for h in search(f.index, SearchQuery("post"))) == ["p1", "p2"]
+
+
+def stream(created: datetime, last_seq: int) -> StreamInfo:
+    return StreamInfo(
+        config=StreamConfig(name="GROK_POSTS"),
+        state=StreamState(messages=last_seq, bytes=0, first_seq=1, last_seq=last_seq,
+                          consumer_count=0),
+        created=created,
+    )  # fmt: skip
+
+
+def test_a_recreated_stream_is_refused_and_a_shortened_one_rewinds(tmp_path):
+    then = NOW - timedelta(days=1)
+    ours = Checkpoint(seq=50, posts=3, log_id="GROK_POSTS", log_us=created_us(stream(then, 0)))
+    assert check_stream(ours, stream(then, 80), tmp_path) is False  # the same stream, ahead
+    assert check_stream(ours, stream(then, 20), tmp_path) is True  # it lost messages: rewind
+    with pytest.raises(StreamReplaced, match=r"deleted and recreated.*Move .* away"):
+        check_stream(ours, stream(NOW, 80), tmp_path)
+    legacy = Checkpoint(seq=50, posts=3)  # a shard from before the identity was kept
+    assert check_stream(legacy, stream(NOW, 80), tmp_path) is False
+    with pytest.raises(StreamReplaced):
+        check_stream(legacy, stream(NOW, 20), tmp_path)
+    assert check_stream(Checkpoint(), stream(NOW, 0), tmp_path) is False  # an empty shard
+
+
+def test_window_counts_of_the_partitions_add_up_to_those_of_one_counter(tmp_path):
+    at = int(NOW.timestamp() * 1e6)
+    # each term at least twice per minute on each partition: a closed minute drops the terms a
+    # counter saw once (trends.TrendCounter), which a single counter would have kept
+    whole, parts = TrendCounter(), [TrendCounter(), TrendCounter()]
+    for b in range(30):
+        for t in range(7):
+            group = [(at - 60_000_000 * b, f"#tag{t} word{b * t % 5} the")] * (4 + (b + t) % 4)
+            whole.add_many(group, at)
+            parts[0].add_many(group[::2], at)
+            parts[1].add_many(group[1::2], at)
+    answers = []
+    for k, counter in enumerate(parts):
+        f = counting(tmp_path / f"s{k}", counter)
+        request = orjson.dumps({"window_s": 600, "at_us": at, "baseline": 2})
+        answers.append(read_trend_answer(trend_answer(f, request, 60, 1 << 20), 60))
+        f.close()
+    merged = WindowCounts.merge(answers).rank(50, 1)
+    assert merged == whole.top(600, at, 2, 50, 1) and len(merged) > 10
+    assert "the" not in answers[0].now  # stop words never rank: not sent
+    with pytest.raises(ValueError, match="same trend_bucket_s"):
+        read_trend_answer(trend_answer(f, request, 60, 1 << 20), 30)
+    with pytest.raises(ValueError, match="over the broker's max_payload"):
+        read_trend_answer(trend_answer(f, request, 60, 100), 60)
+    with pytest.raises(ValueError, match="exceeds the 21600s"):
+        late = orjson.dumps({"window_s": 86400, "at_us": at, "baseline": 2})
+        read_trend_answer(trend_answer(f, late, 60, 1 << 20), 60)
+    loading = counting(tmp_path / "s0", TrendCounter(), counted_seq=0)
+    loading.count_to = 5  # a save behind the checkpoint: not complete until replayed
+    with pytest.raises(ValueError, match="trend counts are loading"):
+        read_trend_answer(trend_answer(loading, request, 60, 1 << 20), 60)
+    loading.close()
+
+
+def test_indexer_refuses_a_bad_trend_setting_before_connecting(capsys, tmp_path, monkeypatch):
+    from gigafactory.cli import main
+
+    monkeypatch.setenv("GROK_TREND_BUCKET_S", "0")
+    with pytest.raises(SystemExit) as exit_:
+        main(["indexer", "--broker", "nats://127.0.0.1:1", "--data-dir", str(tmp_path),
+              "--partition", "0"])  # fmt: skip
+    err = " ".join(capsys.readouterr().err.split())
+    assert exit_.value.code == 2 and "GROK_TREND_BUCKET_S" in err and "Traceback" not in err

@@ -141,16 +141,19 @@ def indexer(
     ),
     commit_interval: Annotated[float, typer.Option(help="seconds between index commits")] = 0.1,
 ) -> None:
-    """Index one partition of the post stream into its shard (stop with Ctrl-C or SIGTERM)."""
+    """Index one partition of the post stream into its shard and count its trends (stop with
+    Ctrl-C or SIGTERM). Trend settings come from GROK_TREND_* as for serve."""
     import signal
     import threading
 
     from gigafactory.grok.memory.shards import run_indexer, shard_dir
+    from gigafactory.grok.settings import GrokSettings
 
     if not 0 < commit_interval <= 10:
         raise GigafactoryError(f"--commit-interval {commit_interval}: give 0 < seconds <= 10")
     if partition < 0:
         raise GigafactoryError(f"--partition {partition}: give a partition number 0..N-1")
+    settings = GrokSettings.load(data_dir=data_dir)
     halt = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: halt.set())
@@ -158,7 +161,16 @@ def indexer(
     console.print(
         f"indexing partition {partition} of {broker} into {shard_dir(data_dir, partition)}"
     )
-    opened = run_indexer(broker, partition, data_dir, halt, commit_interval)
+    opened = run_indexer(
+        broker,
+        partition,
+        data_dir,
+        halt,
+        commit_interval,
+        trend_bucket_s=settings.trend_bucket_s,
+        trend_retention_s=settings.trend_retention_s,
+        trend_save_s=settings.trend_save_s,
+    )
     if opened.rebuilt:
         console.print(f"[yellow]shard rebuilt from the stream: {opened.rebuilt}[/]")
     console.print(f"indexer of partition {partition} stopped")

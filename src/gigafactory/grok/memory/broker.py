@@ -9,7 +9,8 @@ stream, so the partition count lives in one place. Each publish carries ``Nats-M
 (``upd:<id>:<at>`` for updates), so a client retrying a batch within the stream's duplicate
 window (``DUPLICATE_WINDOW_S``) gets ``duplicate`` instead of a second copy.
 
-``gigafactory indexer --partition K`` (``shards.run_indexer``) consumes one subject.
+``gigafactory indexer --partition K`` (``shards.run_indexer``) consumes one subject and answers
+trend requests on ``grok.trends.K`` (NATS request/reply, ``request_each``).
 
 The NATS client (``nats-py``) is asyncio; ``Broker`` runs one connection on a private event
 loop thread so the synchronous service and indexer code can call it.
@@ -30,7 +31,7 @@ from urllib.parse import urlsplit
 import nats
 import nats.errors
 import nats.js.errors
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import StorageType, StreamConfig, StreamInfo
 
 from gigafactory.errors import GigafactoryError
 
@@ -141,20 +142,19 @@ class Broker:
         """Run ``coro`` on the connection's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def stream_partitions(self) -> int:
-        """The partition count of the existing stream (its number of subjects)."""
-
-        async def info() -> int:
-            si = await self.js.stream_info(STREAM)
-            return len(si.config.subjects or [])
-
+    def stream_info(self) -> StreamInfo:
+        """The stream's configuration and state (``BrokerError`` when there is none)."""
         try:
-            return self.run(info(), PUBLISH_TIMEOUT_S * 2)
+            return self.run(self.js.stream_info(STREAM), PUBLISH_TIMEOUT_S * 2)
         except nats.js.errors.NotFoundError:
             raise BrokerError(
                 f"no stream {STREAM} on {self.url}; start `gigafactory serve --broker "
                 f"{self.url}` first (it creates the stream)"
             ) from None
+
+    def stream_partitions(self) -> int:
+        """The partition count of the existing stream (its number of subjects)."""
+        return len(self.stream_info().config.subjects or [])
 
     def ensure_stream(self, partitions: int, replicas: int = 1) -> int:
         """Create the stream with ``partitions`` subjects and ``replicas`` copies, or check
@@ -205,6 +205,22 @@ class Broker:
             )
 
         return self.run(all_of(), PUBLISH_TIMEOUT_S * 4)
+
+    def request_each(
+        self, subjects: list[str], payload: bytes, timeout_s: float
+    ) -> list[bytes | Exception]:
+        """Send ``payload`` as a request to each subject at once; each result is the reply's
+        data, or the exception that stands in for it (``NoRespondersError`` when nothing
+        listens there, ``TimeoutError`` after ``timeout_s``)."""
+
+        async def all_of() -> list[Any]:
+            return await asyncio.gather(
+                *(self.nc.request(s, payload, timeout=timeout_s) for s in subjects),
+                return_exceptions=True,
+            )
+
+        replies = self.run(all_of(), timeout_s + PUBLISH_TIMEOUT_S)
+        return [r if isinstance(r, BaseException) else r.data for r in replies]
 
     def _stop_loop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -8,9 +8,12 @@ within its duplicate window and answers ``duplicate``). ``last_seq`` is the high
 sequence of the batch.
 
 Search asks every shard for its best candidates with global IDF and re-ranks them together
-(``search.search_shards``). Trends are counted by this process from the posts it publishes,
-and at start from the posts the shards hold within the trend retention (counts add, so the
-merge over shards is exact). The Grok chat calls ``search`` and ``top_trends`` as on the
+(``search.search_shards``). Trends are counted by each partition's indexer; a trend query
+asks every indexer for its window counts (NATS request/reply on ``grok.trends.K``), adds them
+up (counts add, so the merge is exact) and ranks the sum, so every API replica answers the
+same, whatever replica published the posts. A partition that does not answer within
+``TREND_TIMEOUT_S`` makes the query fail (``TrendsUnavailable``, HTTP 503) rather than
+answer from part of the posts. The Grok chat calls ``search`` and ``top_trends`` as on the
 embedded service.
 """
 
@@ -22,7 +25,8 @@ import zlib
 from datetime import UTC, datetime
 from typing import Any
 
-import tantivy
+import nats.errors
+import orjson
 
 from gigafactory.grok.memory.broker import (
     KIND_HEADER,
@@ -31,6 +35,7 @@ from gigafactory.grok.memory.broker import (
     partition_of,
     subject_of,
 )
+from gigafactory.grok.memory.indexer import TrendsUnavailable
 from gigafactory.grok.memory.ingest import Refusal, prepare_posts, validate_updates
 from gigafactory.grok.memory.search import Hit, SearchQuery
 from gigafactory.grok.memory.service import GrokService, IngestResult
@@ -39,10 +44,15 @@ from gigafactory.grok.memory.shards import (
     ShardPositions,
     ShardSet,
     consumer_name,
+    read_trend_answer,
     search_shards,
+    trend_subject,
 )
-from gigafactory.grok.memory.trends import TrendCounter
+from gigafactory.grok.memory.trends import WindowCounts
 from gigafactory.grok.settings import GrokSettings
+
+TREND_TIMEOUT_S = 2.0
+"""How long a trend query waits for every partition's indexer."""
 
 
 class BrokerService(GrokService):
@@ -50,8 +60,10 @@ class BrokerService(GrokService):
     ``replicas`` copies if it does not exist yet) and the shards under ``settings.data_dir``.
 
     A ``GrokService`` whose log is the stream and whose index is the shards: every method
-    that touches the log or the indexer process (ingest, search, health, close) is its own; what reads only the trends (``top_trends``) is inherited,
-    so the interface the API and the Grok chat call stays one."""
+    that touches the log or the indexer process (ingest, search, health, close) is its own;
+    ``top_trends`` is inherited (it asks ``indexer.trends``, here ``ShardPositions``, which
+    merges the partitions' counts from ``trend_counts``), so the interface the API and the
+    Grok chat call stays one."""
 
     def __init__(  # the parent's __init__ opens a log and an indexer process: not called
         self, settings: GrokSettings, url: str, partitions: int = 2, replicas: int = 1
@@ -64,30 +76,30 @@ class BrokerService(GrokService):
             self.broker.close()
             raise
         self.shards = ShardSet(settings.data_dir, self.partitions)
-        self.trends = TrendCounter(settings.trend_bucket_s, settings.trend_retention_s)
-        self.indexer = ShardPositions(self.shards, self.trends)  # type: ignore[assignment]
+        self.indexer = ShardPositions(self.shards, self.trend_counts)  # type: ignore[assignment]
         self.rebuilt: str | None = None
-        self.trend_history = self._load_trends()
         self.started = time.time()
 
-    def _load_trends(self) -> int:
-        """Count, for trends, the posts the shards hold that were created within the
-        retention period."""
-        since_us = time.time_ns() // 1000 - self.settings.trend_retention_s * 1_000_000
-        n = 0
-        for ix in self.shards.indexes():
-            searcher = ix.searcher()
-            query = tantivy.Query.range_query(
-                ix.schema, "created_us", tantivy.FieldType.Integer, since_us, None
-            )
-            hits = searcher.search(query, max(1, searcher.num_docs), count=False).hits
-            posts = []
-            for _s, addr in hits:
-                doc = searcher.doc(addr)
-                posts.append((doc.get_first("created_us"), doc.get_first("text")))
-            self.trends.add_many(posts)
-            n += len(posts)
-        return n
+    def trend_counts(self, window_s: float, at_us: int, baseline: int) -> WindowCounts:
+        """The window counts of every partition (asked of its indexer), added up; raises
+        ``TrendsUnavailable`` naming a partition that did not answer or cannot."""
+        request = orjson.dumps({"window_s": window_s, "at_us": at_us, "baseline": baseline})
+        subjects = [trend_subject(k) for k in range(self.partitions)]
+        parts = []
+        for k, reply in enumerate(self.broker.request_each(subjects, request, TREND_TIMEOUT_S)):
+            if isinstance(reply, nats.errors.NoRespondersError):
+                why = f"no indexer answers for partition {k}; start `gigafactory indexer "
+                why += f"--partition {k}`"
+            elif isinstance(reply, BaseException):
+                why = f"partition {k} did not answer ({type(reply).__name__}); retry"
+            else:
+                try:
+                    parts.append(read_trend_answer(reply, self.settings.trend_bucket_s))
+                    continue
+                except ValueError as exc:
+                    why = f"partition {k}: {exc}"
+            raise TrendsUnavailable(why)
+        return WindowCounts.merge(parts)
 
     def _publish(
         self,
@@ -133,7 +145,6 @@ class BrokerService(GrokService):
         ]
         positions = [ready.positions[j] for j in keep]
         stored, last_seq = self._publish(positions, [ready.ids[j] for j in keep], messages, refused)
-        self.trends.add_many([(ready.created_us[keep[i]], ready.texts[keep[i]]) for i in stored])
         refused.sort(key=lambda r: r.index)
         return IngestResult(len(stored), refused, last_seq)
 

@@ -3,16 +3,31 @@
 
 The indexer is a durable JetStream pull consumer (``indexer-K``, filtered on the partition's
 subject). Exactly as the log indexer stores the last indexed log sequence inside each tantivy
-commit (``index.IndexFeeder``), the shard stores the last indexed *stream* sequence there.
-That checkpoint is the consumer position: at start the indexer (re)creates its consumer at
-``checkpoint + 1``; messages are acknowledged (``AckPolicy.ALL``) only after the commit that
-covers them, and any message at or below the checkpoint (redelivered after a crash between a
-commit and its ack) is skipped. So a SIGKILL at any instant neither loses nor duplicates a
-post: the committed index and its position never disagree, and everything after the position
-is still in the stream. A missing or unreadable shard is rebuilt from the start of the stream.
+commit (``index.IndexFeeder``), the shard stores the last indexed *stream* sequence there,
+with the stream's creation time (its identity). That checkpoint is the consumer position: at
+start the indexer (re)creates its consumer at ``checkpoint + 1``; messages are acknowledged
+(``AckPolicy.ALL``) only after the commit that covers them, and any message at or below the
+checkpoint (redelivered after a crash between a commit and its ack) is skipped. So a SIGKILL at
+any instant neither loses nor duplicates a post: the committed index and its position never
+disagree, and everything after the position is still in the stream. A missing or unreadable
+shard is rebuilt from the start of the stream.
 
-Engagement updates travel on the post's partition, so the shard that holds a post applies its
-updates (the post's document is replaced with the new counts).
+Guards against silent loss: a shard whose stream was deleted and recreated (another creation
+time) is refused with what to do; a stream that lost its tail (last sequence below the shard's
+checkpoint, same creation time) rewinds the shard's position to it instead of skipping the new
+messages that reuse those sequences; a delivery that never arrived (a gap in the consumer's
+delivery sequence) makes the indexer re-fetch from its position. An idle partition's position
+follows the stream (``searchable_seq`` of the API, the smallest shard position, never stalls).
+
+A post whose id the shard already holds (a retry past the stream's duplicate window) is
+skipped: the first copy stays, with its engagement counts, as the embedded log refuses a
+logged id. Engagement updates travel on the post's partition, so the shard that holds a post
+applies its updates (the post's document is replaced with the new counts).
+
+Each indexer also counts its partition's posts for trends (``trends.TrendCounter``), saved
+beside the shard with the stream sequence they cover (``trends.TrendStore``, ``shard-K/trends``)
+so a restart replays only the stream after the save; it answers ``grok.trends.K`` requests
+with its window counts, which the API merges over the partitions (``trend_answer``).
 """
 
 from __future__ import annotations
@@ -23,15 +38,20 @@ import logging
 import math
 import threading
 import time
+import zlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import nats.errors
 import nats.js.errors
 import orjson
 import tantivy
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamInfo
 
 from gigafactory.grok.memory.broker import (
     KIND_HEADER,
@@ -43,6 +63,7 @@ from gigafactory.grok.memory.broker import (
 )
 from gigafactory.grok.memory.index import (
     POST,
+    Checkpoint,
     IndexCorrupt,
     IndexFeeder,
     OpenedIndex,
@@ -67,13 +88,32 @@ from gigafactory.grok.memory.search import (
     rank_candidates,
     search,
 )
-from gigafactory.grok.memory.trends import Trend, TrendCounter
+from gigafactory.grok.memory.trends import (
+    STOPWORDS,
+    Trend,
+    TrendCounter,
+    TrendStore,
+    WindowCounts,
+    now_us,
+)
 
 log = logging.getLogger(__name__)
 
 KIND_UPDATE = "update"
+TREND_PREFIX = "grok.trends"
 _STORED = ("id", "author", "lang", "text", "reply_to", "quote_of")
 _COUNTS = ("created_us", "engagement", "likes", "reposts", "replies")
+
+
+def ack_wait_s(commit_interval_s: float) -> float:
+    """How long the server waits for an ack before redelivering: messages are acknowledged
+    only after the commit that covers them, so comfortably more than a commit interval (and
+    a slow commit) -- a redelivery is harmless (skipped) but doubles the traffic."""
+    return max(30.0, 5 * commit_interval_s)
+
+
+class StreamReplaced(BrokerError):
+    """The stream is not the one the shard was indexed from (deleted and recreated)."""
 
 
 def shard_dir(data_dir: Path, partition: int) -> Path:
@@ -84,6 +124,11 @@ def shard_dir(data_dir: Path, partition: int) -> Path:
 def consumer_name(partition: int) -> str:
     """The durable consumer of one partition."""
     return f"indexer-{partition}"
+
+
+def trend_subject(partition: int) -> str:
+    """Where partition ``partition``'s indexer answers trend requests (NATS request/reply)."""
+    return f"{TREND_PREFIX}.{partition}"
 
 
 def open_shard(path: Path) -> OpenedIndex:
@@ -102,69 +147,295 @@ def stored_body(doc: tantivy.Document) -> str:
     return orjson.dumps(d).decode()
 
 
-class ShardFeeder(IndexFeeder):
-    """The one writer of a shard: adds posts, applies updates, commits with the covered stream
-    sequence in the commit (``IndexFeeder._commit``)."""
+def created_us(info: StreamInfo) -> int:
+    """The stream's creation time in µs since the epoch: its identity (a stream deleted and
+    recreated under the same name has another)."""
+    assert isinstance(info.created, datetime), "nats-server 2.9 or later reports it"
+    return int(info.created.timestamp() * 1_000_000)
 
-    def __init__(self, opened: OpenedIndex, heap_bytes: int = 128_000_000, threads: int = 1):
+
+def check_stream(cp: Checkpoint, info: StreamInfo, where: Path) -> bool:
+    """Whether the shard at ``where`` (checkpoint ``cp``) may go on from the stream ``info``:
+    raises ``StreamReplaced`` for another stream; True when the stream lost messages the shard
+    indexed (same stream, last sequence below the checkpoint: the position must rewind)."""
+    if cp.seq == 0:
+        return False
+    last = info.state.last_seq
+    if (cp.log_us and cp.log_us != created_us(info)) or (not cp.log_us and cp.seq > last):
+        had = datetime.fromtimestamp(cp.log_us / 1e6).isoformat() if cp.log_us else "unknown"
+        raise StreamReplaced(
+            f"{where} was indexed up to sequence {cp.seq} of stream {STREAM} created {had}, "
+            f"but the stream on the broker was created {info.created} (last sequence {last}): "
+            "it was deleted and recreated, and the shard's position means nothing in it. Move "
+            f"{where} away to index the new stream from its start, or point --broker at the "
+            "original stream"
+        )
+    return cp.seq > last
+
+
+class ShardFeeder(IndexFeeder):
+    """The one writer of a shard: adds posts (a repeat of an id the shard holds is skipped),
+    applies updates, commits with the covered stream sequence and the stream's identity in the
+    commit (``IndexFeeder._commit``).
+
+    With ``trends``, it counts every post of the partition for trends: the counts cover the
+    posts up to stream sequence ``counted_seq`` (``counted_seq`` given: a save at that
+    sequence; not given: the counter already holds the shard's posts). Messages above it are
+    counted as they are read; the counts are complete (``trends_complete``) once they have
+    caught up with the checkpoint the shard was opened at."""
+
+    def __init__(
+        self,
+        opened: OpenedIndex,
+        heap_bytes: int = 128_000_000,
+        threads: int = 1,
+        stream_created_us: int = 0,
+        trends: TrendCounter | None = None,
+        counted_seq: int | None = None,
+        path: Path = Path("shard"),
+    ):
         super().__init__(opened, None, heap_bytes=heap_bytes, threads=threads)  # type: ignore[arg-type]
+        self.path = path  # for messages
+        self.last = (STREAM, stream_created_us)  # the identity kept in every commit
         self._pending: dict[str, str] = {}  # id -> body added since the last commit
-        self.skipped = 0
+        self._searcher = self.index.searcher()  # the last commit (for ids and updates)
+        self.skipped = 0  # messages at or below both positions (redeliveries)
+        self.repeats = 0  # posts whose id the shard already held
+        self.trends = trends
+        self.counted_seq = opened.checkpoint_seq if counted_seq is None else counted_seq
+        self.count_to = opened.checkpoint_seq
+        self._uncounted: list[tuple[int, str]] = []
+
+    @property
+    def resume_seq(self) -> int:
+        """The stream sequence after which messages are still needed (to index or count)."""
+        return min(self.indexed_seq, self.counted_seq)
+
+    @property
+    def trends_complete(self) -> bool:  # type: ignore[override]
+        """Whether the counts cover every post up to the checkpoint the shard opened at."""
+        return self.trends is not None and self.counted_seq >= self.count_to
 
     def add(self, seq: int, kind: str, body: bytes) -> None:
-        """Index the message at stream sequence ``seq`` (skipped if the checkpoint covers it)."""
-        if seq <= self.indexed_seq:
+        """Take the message at stream sequence ``seq``: index it unless the checkpoint covers
+        it, count it for trends unless the counts cover it."""
+        index, count = seq > self.indexed_seq, seq > self.counted_seq
+        if not (index or count):
             self.skipped += 1
+            return
+        doc = orjson.loads(body)
+        if kind == KIND_UPDATE:
+            if index:
+                self._update(doc["id"], body.decode())
+        else:
+            new = True
+            if index:
+                new = self._add_post(doc["id"], body.decode())
+            if count and new and self.trends is not None:
+                # replayed messages (at or below the checkpoint) are counted without the id
+                # check: the shard holds them all
+                self._uncounted.append((doc["created_us"], doc["text"]))
+        self.indexed_seq = max(self.indexed_seq, seq)
+        self.counted_seq = max(self.counted_seq, seq)
+
+    def _add_post(self, pid: str, text: str) -> bool:
+        """Add a post unless its id is already in the shard; whether it was added."""
+        if pid in self._pending or self._searcher.doc_freq("id", pid):
+            self.repeats += 1  # doc_freq also counts replaced documents: never 0 once added
+            return False
+        w = self.writer
+        assert w is not None
+        w.add_json(text)
+        self._pending[pid] = text
+        self.posts += 1
+        return True
+
+    def _update(self, pid: str, text: str) -> None:
+        old = self._pending.get(pid) or self._committed_body(pid)
+        if old is None:
+            log.warning("engagement update for unknown post %s skipped", pid)
             return
         w = self.writer
         assert w is not None
-        text = body.decode()
-        if kind == KIND_UPDATE:
-            pid = orjson.loads(body)["id"]
-            old = self._pending.get(pid) or self._committed_body(pid)
-            if old is None:
-                log.warning("engagement update for unknown post %s skipped", pid)
-            else:
-                new = with_counts(old, text)
-                w.delete_documents_by_term("id", pid)
-                w.add_json(new)
-                self._pending[pid] = new
-        else:
-            w.add_json(text)
-            self._pending[orjson.loads(body)["id"]] = text
-            self.posts += 1
-        self.indexed_seq = seq
+        new = with_counts(old, text)
+        w.delete_documents_by_term("id", pid)
+        w.add_json(new)
+        self._pending[pid] = new
 
     def _committed_body(self, pid: str) -> str | None:
-        self.index.reload()
-        searcher = self.index.searcher()
         query = tantivy.Query.term_query(self.index.schema, "id", pid)
-        hits = searcher.search(query, 1).hits
-        return stored_body(searcher.doc(hits[0][1])) if hits else None
+        hits = self._searcher.search(query, 1).hits
+        return stored_body(self._searcher.doc(hits[0][1])) if hits else None
+
+    def count_pending(self) -> None:
+        """Add the posts taken since the last call to the trend counts (one pass a batch)."""
+        if self._uncounted and self.trends is not None:
+            self.trends.add_many(self._uncounted)
+        self._uncounted = []
+
+    def advance(self, seq: int) -> None:
+        """The partition holds nothing more up to stream sequence ``seq`` (every message of
+        it up to there was taken): both positions move there, so an idle partition's
+        checkpoint follows the stream."""
+        self.indexed_seq = max(self.indexed_seq, seq)
+        self.counted_seq = max(self.counted_seq, seq)
+
+    def rewind(self, seq: int) -> None:
+        """The stream's last sequence is ``seq``, below this shard's position (it lost
+        messages the shard had indexed): commit the position ``seq``, so the messages that
+        reuse the sequences above it are indexed instead of skipped. The posts already
+        indexed stay (a repeat of one is skipped by its id)."""
+        self.indexed_seq = min(self.indexed_seq, seq)
+        self.counted_seq = min(self.counted_seq, seq)
+        self.count_to = min(self.count_to, seq)
+        self.commit()
 
     def commit(self) -> None:
         """Commit the added documents with ``indexed_seq`` as the checkpoint."""
         self._commit()
         self._pending.clear()
+        self.index.reload()
+        self._searcher = self.index.searcher()
 
 
-async def _bind_consumer(broker: Broker, partition: int, start_seq: int):
-    """(Re)create the partition's durable consumer at ``start_seq`` and bind a pull
-    subscription to it."""
+def count_shard(index: tantivy.Index, trends: TrendCounter) -> int:
+    """Count, for trends, the posts ``index`` holds that were created within the counter's
+    retention; how many."""
+    since_us = now_us() - trends.retention_s * 1_000_000
+    index.reload()
+    searcher = index.searcher()
+    query = tantivy.Query.range_query(
+        index.schema, "created_us", tantivy.FieldType.Integer, since_us, None
+    )
+    hits = searcher.search(query, max(1, searcher.num_docs), count=False).hits
+    posts = []
+    for _s, addr in hits:
+        doc = searcher.doc(addr)
+        posts.append((doc.get_first("created_us"), doc.get_first("text")))
+    trends.add_many(posts)
+    return len(posts)
+
+
+def load_trends(opened: OpenedIndex, trends: TrendCounter, store: TrendStore) -> int | None:
+    """Restore ``trends`` from ``store``; the stream sequence the counts cover, or None when
+    there is no usable save and the counts were taken from the shard's posts instead (they
+    then cover its checkpoint)."""
+    seq = store.load(trends)
+    if seq is None:
+        trends.restore({})
+        count_shard(opened.index, trends)
+    return seq
+
+
+# -- trend requests (NATS request/reply) ---------------------------------------------------
+def _packed(d: dict[str, Any]) -> bytes:
+    return zlib.compress(orjson.dumps(d), 1)
+
+
+def trend_answer(feeder: ShardFeeder, request: bytes, bucket_s: int, max_bytes: int) -> bytes:
+    """The answer of a partition's indexer to a trend request (``{"window_s", "at_us",
+    "baseline"}``): its window counts (stop words left out: they never rank), or
+    ``{"error": why}``; compressed JSON."""
+    try:
+        if feeder.trends is None:
+            raise ValueError("this indexer counts no trends")
+        if not feeder.trends_complete:
+            raise ValueError(
+                f"trend counts are loading (stream read up to {feeder.counted_seq} of "
+                f"{feeder.count_to})"
+            )
+        q = orjson.loads(request)
+        wc = feeder.trends.window_counts(float(q["window_s"]), int(q["at_us"]), int(q["baseline"]))
+    except Exception as exc:  # the asker gets the reason; the indexer goes on
+        return _packed({"error": f"{type(exc).__name__}: {exc}"})
+    data = _packed(
+        {
+            "bucket_s": bucket_s,
+            "covered": wc.covered,
+            "n_base": wc.n_base,
+            "now": {t: c for t, c in wc.now.items() if t not in STOPWORDS},
+            "before": {t: c for t, c in wc.before.items() if t not in STOPWORDS},
+        }
+    )
+    if len(data) > max_bytes:
+        return _packed(
+            {
+                "error": f"the window counts take {len(data):,} bytes, over the broker's "
+                f"max_payload of {max_bytes:,}; ask for a shorter window or raise "
+                "max_payload in the nats-server configuration"
+            }
+        )
+    return data
+
+
+def read_trend_answer(data: bytes, bucket_s: int) -> WindowCounts:
+    """The window counts of a ``trend_answer``; ValueError with the indexer's reason."""
+    d = orjson.loads(zlib.decompress(data))
+    if "error" in d:
+        raise ValueError(d["error"])
+    if d["bucket_s"] != bucket_s:
+        raise ValueError(
+            f"it counts in {d['bucket_s']} s buckets, this API in {bucket_s} s; give serve "
+            "and the indexers the same trend_bucket_s (env GROK_TREND_BUCKET_S)"
+        )
+    return WindowCounts(Counter(d["now"]), Counter(d["before"]), d["covered"], d["n_base"])
+
+
+# -- the consumer loop ---------------------------------------------------------------------
+async def _bind_consumer(broker: Broker, partition: int, feeder: ShardFeeder, ack_wait: float):
+    """Check that the stream is still the shard's (raises ``StreamReplaced``, or rewinds the
+    position when it lost messages), then (re)create the partition's durable consumer after
+    the feeder's position and bind a pull subscription to it."""
     js, name = broker.js, consumer_name(partition)
+    info = await js.stream_info(STREAM)
+    cp = Checkpoint(feeder.indexed_seq, log_us=feeder.last[1])
+    if check_stream(cp, info, feeder.path):
+        log.warning(
+            "partition %d: the stream's last sequence %d is below the shard's position %d "
+            "(the broker lost messages); going on from %d",
+            partition,
+            info.state.last_seq,
+            feeder.indexed_seq,
+            info.state.last_seq,
+        )
+        feeder.rewind(info.state.last_seq)
+    feeder.last = (STREAM, created_us(info))  # the same stream (or an empty shard adopts it)
     with contextlib.suppress(nats.js.errors.NotFoundError):
         await js.delete_consumer(STREAM, name)
     config = ConsumerConfig(
         durable_name=name,
         filter_subject=subject_of(partition),
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=start_seq,
+        opt_start_seq=feeder.resume_seq + 1,
         ack_policy=AckPolicy.ALL,
-        ack_wait=10.0,  # a safety net: lost deliveries are re-fetched from the checkpoint
+        ack_wait=ack_wait,  # a safety net: lost deliveries are re-fetched from the position
         max_ack_pending=-1,
     )
     await js.add_consumer(STREAM, config)
     return await js.pull_subscribe_bind(durable=name, stream=STREAM)
+
+
+def in_order(msgs: list[Msg], last_delivery: int) -> tuple[list[Msg], bool]:
+    """The messages of a fetch that follow delivery ``last_delivery`` of the consumer without
+    a gap, and whether a gap (a delivery that never arrived) cut them short. Every delivery,
+    redeliveries included, takes the next consumer sequence."""
+    for i, m in enumerate(msgs):
+        if m.metadata.sequence.consumer != last_delivery + 1:
+            return msgs[:i], True
+        last_delivery += 1
+    return msgs, False
+
+
+async def caught_up_to(broker: Broker, partition: int, last_delivery: int) -> int | None:
+    """After a fetch that found nothing: the stream sequence up to which the partition has
+    been delivered entirely (0 when messages are pending), or None when the consumer has
+    delivered more than the ``last_delivery`` this indexer received (re-fetch)."""
+    last = (await broker.js.stream_info(STREAM)).state.last_seq  # before the consumer's state
+    ci = await broker.js.consumer_info(STREAM, consumer_name(partition))
+    delivered = ci.delivered.consumer_seq if ci.delivered else 0
+    if delivered != last_delivery:
+        return None
+    return 0 if ci.num_pending else last
 
 
 async def consume(
@@ -175,24 +446,62 @@ async def consume(
     commit_interval_s: float = 0.1,
     batch: int = 2000,
     on_commit: Callable[[int], None] | None = None,
+    trend_store: TrendStore | None = None,
+    trend_save_s: float = 5.0,
+    bucket_s: int = 60,
 ) -> None:
-    """Index the partition until ``halt`` is set, then commit what was added and return."""
+    """Index the partition until ``halt`` is set, answering trend requests meanwhile; then
+    commit what was added, save the trend counts and return."""
+
+    async def answer(msg: Msg) -> None:
+        with contextlib.suppress(*TRANSIENT):  # the asker times out and says so
+            await msg.respond(trend_answer(feeder, msg.data, bucket_s, broker.nc.max_payload))
+
+    replies = await broker.nc.subscribe(trend_subject(partition), cb=answer)
+    try:
+        await _consume(broker, partition, feeder, halt, commit_interval_s, batch, on_commit,
+                       trend_store, trend_save_s)  # fmt: skip
+    finally:
+        with contextlib.suppress(*TRANSIENT):
+            await replies.unsubscribe()
+    feeder.close()
+
+
+async def _consume(
+    broker: Broker,
+    partition: int,
+    feeder: ShardFeeder,
+    halt: threading.Event,
+    commit_interval_s: float,
+    batch: int,
+    on_commit: Callable[[int], None] | None,
+    trend_store: TrendStore | None,
+    trend_save_s: float,
+) -> None:
     sub = None
     bound_at = -1  # broker.reconnects when the consumer was last (re)created
+    delivered = 0  # the consumer sequence of the last delivery taken since binding
     last_msg = None
-    last_commit = time.monotonic()
+    last_commit = last_save = last_check = time.monotonic()
+    saved_seq = -1
+    short = -1  # ``delivered`` when the consumer last said it had delivered more
     while True:
         stopping = halt.is_set()
-        msgs = []
+        msgs, idle = [], False
         try:
             # after a reconnect, messages the server counts as delivered may never have
             # arrived (they would come back only after ack_wait): restart at our position
             if sub is None or bound_at != broker.reconnects:
+                if sub is not None:
+                    with contextlib.suppress(*TRANSIENT):
+                        await sub.unsubscribe()
+                    sub = None
                 bound_at = broker.reconnects
-                sub = await _bind_consumer(broker, partition, feeder.indexed_seq + 1)
+                sub = await _bind_consumer(broker, partition, feeder, ack_wait_s(commit_interval_s))
+                delivered, last_msg = 0, None
             msgs = await sub.fetch(batch, timeout=min(commit_interval_s, 0.5))
         except nats.errors.TimeoutError:
-            pass
+            idle = True
         except nats.js.errors.NotFoundError:
             sub = None  # the consumer is gone (a server lost its state): recreate it
             await asyncio.sleep(0.2)
@@ -200,11 +509,33 @@ async def consume(
             log.info("partition %d: %s; retrying", partition, type(exc).__name__)
             sub = None
             await asyncio.sleep(0.2)
-        for m in msgs:
+        taken, gap = in_order(msgs, delivered)
+        for m in taken:
             kind = (m.headers or {}).get(KIND_HEADER, POST)
             feeder.add(m.metadata.sequence.stream, kind, m.data)
-            last_msg = m
+        if taken:
+            delivered, last_msg = taken[-1].metadata.sequence.consumer, taken[-1]
+        feeder.count_pending()
         now = time.monotonic()
+        if idle and sub is not None and not stopping and now - last_check >= commit_interval_s:
+            last_check = now
+            try:  # an idle partition: move its position along the stream
+                upto = await caught_up_to(broker, partition, delivered)
+            except TRANSIENT:
+                upto = 0
+            # a message of a pull that expired as it was sent may still be on its way:
+            # only the same shortfall at two checks (a fetch between them) is a loss
+            if upto is None:
+                gap, short = short == delivered, delivered
+            else:
+                short = -1
+                if upto:
+                    feeder.advance(upto)
+        if gap:  # a delivery never arrived: fetch again from the position
+            log.warning("partition %d: a delivery was lost; re-fetching", partition)
+            with contextlib.suppress(*TRANSIENT):
+                await sub.unsubscribe()  # type: ignore[union-attr]
+            sub = None
         dirty = feeder.indexed_seq > feeder.searchable_seq
         if dirty and (now - last_commit >= commit_interval_s or stopping):
             feeder.commit()
@@ -217,18 +548,23 @@ async def consume(
                 last_msg = None
             except TRANSIENT:
                 pass
+        if trend_store is not None and (stopping or now - last_save >= trend_save_s):
+            last_save = now
+            if feeder.trends_complete and feeder.counted_seq != saved_seq:
+                assert feeder.trends is not None
+                trend_store.save(feeder.trends, feeder.counted_seq)
+                saved_seq = feeder.counted_seq
         if stopping and not msgs:
             break
-    feeder.close()
 
 
-def _wait_for_stream(broker: Broker, halt: threading.Event, wait_s: float) -> int:
-    """The stream's partition count, waiting up to ``wait_s`` for ``serve --broker`` to
-    create the stream (indexers may start first)."""
+def _wait_for_stream(broker: Broker, halt: threading.Event, wait_s: float) -> StreamInfo:
+    """The stream's state, waiting up to ``wait_s`` for ``serve --broker`` to create the
+    stream (indexers may start first)."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return broker.stream_partitions()
+            return broker.stream_info()
         except (BrokerError, *TRANSIENT):  # no stream yet, or the server is restarting
             if time.monotonic() > deadline or halt.is_set():
                 raise
@@ -244,10 +580,13 @@ def run_indexer(
     heap_mb: int = 128,
     on_commit: Callable[[int], None] | None = None,
     stream_wait_s: float = 60.0,
+    trend_bucket_s: int = 60,
+    trend_retention_s: int = 6 * 3600,
+    trend_save_s: float = 5.0,
 ) -> OpenedIndex:
     """Open partition ``partition``'s shard under ``data_dir`` and index it from the broker at
     ``url`` until ``halt`` is set (waiting up to ``stream_wait_s`` for the broker and its
-    stream to be there).
+    stream to be there), counting its posts for trends and answering trend requests.
     Returns how the shard was opened."""
     deadline = time.monotonic() + stream_wait_s
     while True:  # the broker may be starting or restarting: wait for it
@@ -259,14 +598,30 @@ def run_indexer(
                 raise
             halt.wait(0.5)
     try:
-        partitions = _wait_for_stream(broker, halt, max(0.0, deadline - time.monotonic()))
+        info = _wait_for_stream(broker, halt, max(0.0, deadline - time.monotonic()))
+        partitions = len(info.config.subjects or [])
         if not 0 <= partition < partitions:
             raise BrokerError(
                 f"--partition {partition}: the stream has partitions 0..{partitions - 1}"
             )
-        opened = open_shard(shard_dir(data_dir, partition))
-        feeder = ShardFeeder(opened, heap_bytes=heap_mb * 1_000_000)
-        broker.run(consume(broker, partition, feeder, halt, commit_interval_s, on_commit=on_commit))
+        path = shard_dir(data_dir, partition)
+        opened = open_shard(path)
+        check_stream(opened.checkpoint, info, path)  # another stream: refused before writing
+        trends = TrendCounter(trend_bucket_s, trend_retention_s)
+        store = TrendStore(path / "trends")
+        counted = load_trends(opened, trends, store)
+        feeder = ShardFeeder(
+            opened,
+            heap_bytes=heap_mb * 1_000_000,
+            stream_created_us=created_us(info),
+            trends=trends,
+            counted_seq=counted,
+            path=path,
+        )
+        broker.run(
+            consume(broker, partition, feeder, halt, commit_interval_s, on_commit=on_commit,
+                    trend_store=store, trend_save_s=trend_save_s, bucket_s=trend_bucket_s)
+        )  # fmt: skip
         return opened
     finally:
         broker.close()
@@ -438,13 +793,14 @@ class ShardsView:
 
 class ShardPositions:
     """What the service reads as ``self.indexer``: the stream sequence every shard has
-    committed past (the smallest shard checkpoint, a lower bound of what is searchable), and
-    the trend counts of the posts this API process has published (``GrokService.top_trends``
-    asks ``indexer.trends``)."""
+    committed past (the smallest shard position, a lower bound of what is searchable; idle
+    partitions follow the stream), and trends from the window counts of every partition's
+    indexer, merged (``counts(window_s, at_us, baseline)``; ``GrokService.top_trends`` asks
+    ``indexer.trends``)."""
 
-    def __init__(self, shards: ShardSet, trends: TrendCounter):
+    def __init__(self, shards: ShardSet, counts: Callable[[float, int, int], WindowCounts]):
         self.shards = shards
-        self.counter = trends
+        self.counts = counts
         self.index = ShardsView(shards)
 
     @property
@@ -454,5 +810,6 @@ class ShardPositions:
     def trends(
         self, window_s: float, at_us: int | None, baseline: int, limit: int, min_count: int
     ) -> list[Trend]:
-        """``TrendCounter.top`` of the counts this process keeps."""
-        return self.counter.top(window_s, at_us, baseline, limit, min_count)
+        """The ranked trends of the partitions' counts added up (exact: counts add)."""
+        at_us = now_us() if at_us is None else at_us
+        return self.counts(window_s, at_us, baseline).rank(limit, min_count)
