@@ -3,10 +3,12 @@ citations, canaries, invented markers, search_parameters, and every kind of bad 
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
-from datetime import timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -14,14 +16,17 @@ from fastapi.testclient import TestClient
 
 from gigafactory.cli import main
 from gigafactory.grok.answers.backends import PERSONA, Compose, prompt_text
+from gigafactory.grok.answers.backends.checkpoint import CheckpointBackend
 from gigafactory.grok.answers.pipeline import ChatInput
-from gigafactory.grok.answers.spotlight import Source, posts_block
+from gigafactory.grok.answers.retrieve import SearchParams
+from gigafactory.grok.answers.spotlight import Source, instructions, parse_posts_block, posts_block
 from gigafactory.grok.api.app import create_app
 from gigafactory.grok.api.chat import chat_body_limit
-from gigafactory.grok.memory.generator import INJECTIONS
+from gigafactory.grok.memory.generator import INJECTIONS, generate_posts, post_texts
 from gigafactory.grok.settings import GrokSettings, SettingsError
 
 from .conftest import NOW, post
+from .test_chat_openai import tiny_export
 
 KEY = {"x-api-key": "k1"}
 CANARY = "CANARY-b7e19"
@@ -458,3 +463,152 @@ def test_the_answer_deadline_bounds_the_remote_wait(tmp_path, silent):
         r = c.post("/v1/chat/completions", headers=KEY, json=body)
         assert r.status_code == 504 and "within 0.4 s" in r.json()["detail"], r.text
         assert time.monotonic() - t0 < 5
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A service answering with a trained-format checkpoint (tiny, random weights, 1,024
+    tokens of context) and holding 12 long posts about a launch, the better-liked ranked
+    first; plus ``seq64``, an export whose 64-token context cannot hold Grok's instructions."""
+    tmp = tmp_path_factory.mktemp("ckpt")
+    settings = GrokSettings.load(
+        {},
+        data_dir=tmp / "d",
+        api_keys="k1",
+        commit_interval_s=0.05,
+        checkpoint=tiny_export(tmp / "export"),
+    )
+    texts = list(post_texts(24, seed=3))
+    posts = [
+        post(f"L{i}", f"launch {texts[2 * i]} {texts[2 * i + 1]}", author=f"crew{i}", likes=900 - i)
+        for i in range(12)
+    ]
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/posts", headers=KEY, json=posts)
+        assert c.app.state.service.indexer.wait_searchable(r.json()["last_seq"], 30)
+        ask(c, "warm up")
+        c.seq64 = tiny_export(tmp / "export64", seq_len=64)
+        yield c
+
+
+def ask_ckpt(c, **extra) -> dict:
+    return ask(c, "any launch news?", model="grok-checkpoint", max_tokens=8, **extra)
+
+
+def test_checkpoint_temperature_and_seed(ckpt):
+    """Temperature 0 is greedy: the same answer whatever the seed. Above 0 the seed decides:
+    the same seed, the same answer; another seed or none, another answer."""
+    text = lambda body: body["choices"][0]["message"]["content"]  # noqa: E731
+    greedy = {text(ask_ckpt(ckpt, temperature=0, seed=s)) for s in (1, 2)}
+    assert len(greedy) == 1 and next(iter(greedy)).strip()
+    hot = [text(ask_ckpt(ckpt, temperature=2, seed=s)) for s in (1, 2, 1)]
+    assert hot[0] == hot[2] != hot[1]
+    assert text(ask_ckpt(ckpt, temperature=2)) != text(ask_ckpt(ckpt, temperature=2))
+    r = ckpt.post(
+        "/v1/chat/completions",
+        headers=KEY,
+        json={"messages": [{"role": "user", "content": "hi"}], "seed": -1},
+    )
+    assert r.status_code == 422 and "seed" in str(r.json()["detail"])
+
+
+def test_checkpoint_backend_stops_at_max_tokens_itself(ckpt):
+    """Counted at the model: the backend alone (no pipeline cut) generates at most
+    ``max_tokens`` tokens; the metric counts them."""
+    pipeline = ckpt.app.state.answers
+    backend = pipeline.backends["grok-checkpoint"]
+    inp = ChatInput([("user", "any launch news?")], "grok-checkpoint", max_tokens=5, temperature=0)
+    req = pipeline.start(inp).req
+    before = backend.tokens
+    short = list(backend.compose(req))
+    assert 0 < len(short) <= 5 and backend.tokens - before == len(short)
+    longer = list(backend.compose(replace(req, max_tokens=40)))
+    assert len(longer) > 5 and "".join(longer).startswith("".join(short))
+    # an answer whose reader went away (a closed stream) does not hold the model
+    abandoned = backend.compose(replace(req, max_tokens=40))
+    assert next(abandoned)
+    soon = replace(req, deadline=time.monotonic() + 5)
+    assert list(backend.compose(soon)) == short
+    abandoned.close()
+    before = ckpt.get("/v1/chat/metrics", headers=KEY).json()["checkpoint_tokens"]
+    ask(ckpt, "any launch news?", model="grok-checkpoint", max_tokens=3)
+    after = ckpt.get("/v1/chat/metrics", headers=KEY).json()["checkpoint_tokens"]
+    assert 0 < after - before <= 3
+
+
+def test_checkpoint_prompt_holds_the_spotlighted_posts_within_its_context(ckpt):
+    """The posts the service retrieved reach the model's prompt, spotlighted; when they do not
+    all fit in its context the lowest-ranked go, never the instructions, and only the posts
+    the model saw are cited."""
+    pipeline = ckpt.app.state.answers
+    backend = pipeline.backends["grok-checkpoint"]
+    offline = ask(ckpt, "any launch news?", search_parameters={"max_search_results": 20})
+    assert len(offline["citations"]) == 12
+    answer = pipeline.start(
+        ChatInput(
+            [("user", "any launch news?")],
+            "grok-checkpoint",
+            SearchParams(max_results=20),
+            max_tokens=8,
+        )
+    )
+    prompt = answer.req.prompt
+    assert backend.count_tokens(prompt) <= 1024 - 8
+    tag = re.search(r"<(posts-[0-9a-f]{12})>", prompt).group(1)
+    assert PERSONA in prompt and instructions(tag) in prompt and f"</{tag}>" in prompt
+    assert prompt.endswith("User: any launch news?\n\nGrok:")
+    seen = parse_posts_block(prompt)
+    cited = answer.citations()
+    assert 0 < len(seen) == len(cited) < 12
+    assert [c["id"] for c in cited] == [c["id"] for c in offline["citations"][: len(cited)]]
+    for s, c in zip(seen, cited, strict=True):
+        assert " ".join(c["text"].split()).startswith(s.text.removesuffix(" …"))
+    body = ask_ckpt(ckpt, search_parameters={"max_search_results": 20})
+    assert [c["id"] for c in body["citations"]] == [c["id"] for c in cited]
+    # a model whose context cannot hold the instructions is refused, with the reason
+    pipeline.backends["tiny64"] = CheckpointBackend(ckpt.seq64)
+    r = ckpt.post(
+        "/v1/chat/completions",
+        headers=KEY,
+        json={"model": "tiny64", "messages": [{"role": "user", "content": "launch?"}]},
+    )
+    assert r.status_code == 502 and "longer seq_len" in r.json()["detail"]
+
+
+def test_what_is_happening_names_the_burst_and_cites_it(tmp_path):
+    """3,000 generated posts over the last two hours, and a burst the generator never writes
+    (30 posts about a zeppelin in the last three minutes): "what is happening right now?"
+    is answered from the trends, naming the burst and citing posts on the trends it names."""
+    now = datetime.now(UTC)
+    background = [
+        p.model_dump(mode="json")
+        for p in generate_posts(3000, seed=5, start=now - timedelta(hours=2), rate=3000 / 7000)
+    ]
+    said = (
+        "A zeppelin over the {} right now",
+        "Is that a zeppelin? Huge and silent above the {}",
+        "{}: zeppelin spotted, everyone outside with cameras",
+        "never seen a real zeppelin before, this one is circling the {} #Zeppelin",
+        "zeppelin update from the {}: it turned north",
+        "my kids lost it when the zeppelin flew past the {}",
+    )
+    places = ["harbour", "bridge", "stadium", "market", "castle"]
+    burst = [
+        post(f"zep{i}", said[i % 6].format(places[i // 6]), author=f"pilot{i}", age_s=10 + 5 * i)
+        for i in range(30)
+    ]
+    settings = GrokSettings.load({}, data_dir=tmp_path / "d", api_keys="k1", commit_interval_s=0.05)
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/posts", headers=KEY, json=background + burst)
+        assert r.json()["accepted"] == 3030, r.text
+        assert c.app.state.service.indexer.wait_searchable(r.json()["last_seq"], 30)
+        body = ask(c, "What is happening right now?")
+    text = body["choices"][0]["message"]["content"]
+    headline = text.split(". ", 2)[1]  # "N posts in the last 15 minutes. Trending: ..."
+    named = body["search"]["trends"][:3]
+    assert headline.startswith("Trending: ") and all(t in headline for t in named)
+    assert {"zeppelin", "#zeppelin"} & set(named), named
+    cites = body["citations"]
+    assert len(cites) >= 3 and any(c["id"].startswith("zep") for c in cites)
+    for c in cites:
+        assert any(t.lstrip("#") in c["text"].lower() for t in named), (c["text"], named)

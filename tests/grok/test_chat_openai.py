@@ -17,8 +17,11 @@ import httpx
 import openai
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
+from gigafactory.grok.api.app import create_app
 from gigafactory.grok.memory.generator import post_texts
+from gigafactory.grok.settings import GrokSettings
 from gigafactory.spec import load_model
 from gigafactory.train.export import export_model
 from gigafactory.train.model import Transformer
@@ -191,3 +194,41 @@ def test_hung_backend_is_504_and_ingest_goes_on(tmp_path):
         assert r.status_code == 200 and ingest_s < 1.5  # answered while the chat waited
         assert out["r"].status_code == 504 and "within 2 s" in out["r"].json()["detail"]
     silent.close()
+
+
+def test_remote_backend_forwards_sampling_to_the_upstream(servers, tmp_path):
+    """A downstream whose remote backend is the upstream's checkpoint model: temperature,
+    seed and max_tokens reach the upstream model. Seen there: the tokens its model generated
+    (``checkpoint_tokens``) and whether its sampling repeats."""
+    _down, up = servers
+    settings = GrokSettings.load(
+        {},
+        data_dir=tmp_path / "d",
+        api_keys="k1",
+        remote_url=f"{up}/v1",
+        remote_model="grok-checkpoint",
+        remote_key="k",
+        remote_timeout_s=30,
+    )
+
+    def generated() -> int:
+        r = httpx.get(f"{up}/v1/chat/metrics", headers={"x-api-key": "k"})
+        return r.json()["checkpoint_tokens"]
+
+    with TestClient(create_app(settings)) as c:
+
+        def text(**extra) -> str:
+            messages = [{"role": "user", "content": "launch?"}]
+            body = {"model": "grok-remote", "messages": messages, **extra}
+            r = c.post("/v1/chat/completions", headers={"x-api-key": "k1"}, json=body)
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["message"]["content"]
+
+        before = generated()
+        greedy = [text(temperature=0, max_tokens=6) for _ in range(2)]
+        # 6 tokens each at most at the model (the upstream's default is 128: the downstream,
+        # cutting at its 7th word, would have read at least 7 of them each)
+        assert 0 < generated() - before <= 12
+        assert greedy[0] == greedy[1] and greedy[0].strip()  # greedy (default 0.7 would vary)
+        hot = [text(temperature=2, seed=s, max_tokens=8) for s in (1, 2, 1)]
+        assert hot[0] == hot[2] != hot[1]

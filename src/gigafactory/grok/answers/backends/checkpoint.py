@@ -81,21 +81,32 @@ class CheckpointBackend:
         max_tokens = min(req.max_tokens or DEFAULT_MAX_TOKENS, room)
         temperature = DEFAULT_TEMPERATURE if req.temperature is None else req.temperature
         seed = secrets.randbits(63) if req.seed is None else req.seed
-        wait = -1 if req.deadline is None else max(0.0, req.deadline - time.monotonic())
-        # one generation at a time: the model is not re-entrant on CPU
+        pieces = generate(
+            model,
+            tok,
+            req.prompt or "",
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=TOP_P,
+            seed=seed,
+        )
+        while True:
+            piece = self._step(pieces, req.deadline)
+            if piece is None:
+                return
+            yield piece
+
+    def _step(self, pieces: Iterator[str], deadline: float | None) -> str | None:
+        """The next piece, decoded with the model to itself (one decoding step at a time:
+        answers written at once take turns, each with its own KV cache, and an answer its
+        reader abandoned holds nothing)."""
+        wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._run_lock.acquire(timeout=wait):
             raise BackendTimeout(f"{self.name} was busy with other answers until the deadline")
         try:
-            for piece in generate(
-                model,
-                tok,
-                req.prompt or "",
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=TOP_P,
-                seed=seed,
-            ):
-                self.tokens += 1  # under the run lock
-                yield piece
+            piece = next(pieces, None)
+            if piece is not None:
+                self.tokens += 1
+            return piece
         finally:
             self._run_lock.release()
