@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,13 +21,26 @@ from .test_kill import KEY, _free_port, _healthy, _start
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
+MISSING = (
+    "Debian's chromium and chromium-driver are not installed "
+    "(`make system` or apt-get install chromium chromium-driver)"
+)
+
+
+def browser_required(env: Mapping[str, str]) -> bool:
+    """Whether a missing browser fails the page tests rather than skipping them: in CI
+    (``CI``, which ``make test`` there installs the browser for) or with
+    ``GIGAFACTORY_REQUIRE_BROWSER``, either set to anything but "", 0, false or no."""
+    return any(
+        env.get(k, "").strip().lower() not in ("", "0", "false", "no")
+        for k in ("CI", "GIGAFACTORY_REQUIRE_BROWSER")
+    )
+
+
+HAVE_BROWSER = CHROMIUM.exists() and CHROMEDRIVER.exists()
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-        reason="Debian's chromium and chromium-driver are not installed "
-        "(`make system` or apt-get install chromium chromium-driver)",
-    ),
+    pytest.mark.skipif(not HAVE_BROWSER and not browser_required(os.environ), reason=MISSING),
 ]
 
 WAIT_S = 30
@@ -75,8 +88,18 @@ def server(tmp_path_factory) -> Iterator[str]:
             proc.wait()
 
 
+def test_a_missing_browser_fails_in_ci():
+    assert browser_required({"CI": "true"}) and browser_required(
+        {"GIGAFACTORY_REQUIRE_BROWSER": "1"}
+    )
+    assert not browser_required({}) and not browser_required({"CI": "false", "X": "1"})
+    assert not browser_required({"GIGAFACTORY_REQUIRE_BROWSER": " 0 "})
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    if not HAVE_BROWSER:  # here only where browser_required: fail, naming what is missing
+        pytest.fail(MISSING + "; CI or GIGAFACTORY_REQUIRE_BROWSER needs them", pytrace=False)
     os.environ["SE_OFFLINE"] = "true"  # selenium-manager must never download a driver
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
