@@ -115,6 +115,30 @@ def test_the_plans_layout_is_the_trainers():
     assert dims.layout().replace(sharding="zero1", precision="bf16") == layout
 
 
+@pytest.mark.parametrize("spec", [MOE, DENSE], ids=["moe", "dense"])
+def test_the_meta_device_build_has_the_one_process_weights(spec):
+    """``build_model`` builds on the meta device and lets each rank fill its shards: in one
+    process that is every parameter, with the values of a model built directly (same seed);
+    nothing of the model is allocated before the layout is applied."""
+    import torch
+
+    from gigafactory.train.loop import build_model
+    from gigafactory.train.model import Transformer
+    from gigafactory.train.parallelize import Runtime
+
+    cpu = Runtime(0, 1, 0, torch.device("cpu"), distributed=False)
+    built = build_model(spec, cpu, ParallelDims.build(1, 8), "fp32", False, seed=7).parts[0]
+    torch.manual_seed(7)
+    direct = Transformer(spec)
+    got, want = built.state_dict(), direct.state_dict()
+    assert list(got) == list(want)
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+    torch.testing.assert_close(built.rope_cos, direct.rope_cos, rtol=0, atol=0)
+    torch.manual_seed(8)
+    assert not torch.equal(Transformer(spec).tok_emb.weight, want["tok_emb.weight"])
+
+
 def _plan_json(capsys, path: Path, *args: str) -> Path:
     with pytest.raises(SystemExit) as exit_:
         main(["plan", "--model", str(TINY_MOE), "--json", *args])

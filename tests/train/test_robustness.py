@@ -129,6 +129,37 @@ def test_a_non_finite_loss_stops_the_run_before_saving_it(capsys, tmp_path):
         assert all(torch.isfinite(t).all() for t in target["model"].values())
 
 
+def test_a_non_finite_gradient_with_a_finite_loss_stops_the_run_before_saving_it(capsys, tmp_path):
+    """From step 3 on, a bad op (a square root at 0 times 0: forward 0, backward NaN) adds
+    nothing to the logits but poisons every gradient: the loss stays finite, the run stops."""
+    from gigafactory.train.model import OutputHead
+
+    calls = []
+
+    def poison(module, args, output):
+        if not isinstance(module, OutputHead):
+            return None
+        calls.append(1)
+        return output + (output * 0).sqrt() if len(calls) >= 3 else None
+
+    out = tmp_path / "nangrad"
+    handle = torch.nn.modules.module.register_module_forward_hook(poison)
+    try:
+        code, _, err = train(capsys, out, "--steps", "5", "--ckpt-every", "1")
+    finally:
+        handle.remove()
+    assert code == 2 and "Traceback" not in err
+    err = " ".join(err.split())
+    assert "step 3: loss" in err and "gradient norm nan are not both finite" in err
+    loss = float(err.split("step 3: loss ")[1].split()[0])
+    assert loss == loss and abs(loss) < 100  # the loss itself was finite
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step_00000001",
+        "step_00000002",
+    ]
+    assert not (out / "model").exists()
+
+
 # --- memory check -----------------------------------------------------------------------
 
 
