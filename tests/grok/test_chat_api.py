@@ -461,7 +461,9 @@ def test_the_answer_deadline_bounds_the_remote_wait(tmp_path, silent):
         t0 = time.monotonic()
         body = {"model": "grok-remote", "messages": [{"role": "user", "content": "hi"}]}
         r = c.post("/v1/chat/completions", headers=KEY, json=body)
-        assert r.status_code == 504 and "within 0.4 s" in r.json()["detail"], r.text
+        assert r.status_code == 504, r.text
+        waited = float(re.search(r"within ([\d.e-]+) s", r.json()["detail"]).group(1))
+        assert waited <= 0.4  # the time left, not the remote timeout of 60 s
         assert time.monotonic() - t0 < 5
 
 
