@@ -1,5 +1,8 @@
 """Real engines on loopback for the scale-out tests: a one-node Slurm cluster (munge, slurmctld,
 slurmd) and a JetStream-enabled nats-server, each started in a temp dir and torn down.
+Both listen on 127.0.0.1 only (Slurm: ``CommunicationParameters=NoInAddrAny,NoCtldInAddrAny``,
+so its daemons bind the node's address instead of every interface; the training jobs
+rendezvous on 127.0.0.1 too, ``test_slurm.job_env``).
 
 The binaries are Debian's (``make system`` installs them; scripts/install-system.sh). A missing
 binary fails the test with that fix rather than skipping it, so CI cannot pass without them.
@@ -59,6 +62,7 @@ def stop(proc: subprocess.Popen, timeout_s: float = 10) -> None:
 SLURM_CONF = """\
 ClusterName=gigafactory-test
 SlurmctldHost={host}(127.0.0.1)
+CommunicationParameters=NoInAddrAny,NoCtldInAddrAny
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 AuthType=auth/munge
@@ -159,9 +163,18 @@ class SlurmCluster:
         )
 
     def close(self) -> None:
-        self.run("scancel", "--full", "--user", USER)
-        for proc in reversed(self.procs):
-            stop(proc)
+        """Cancel what is left and stop the daemons, whatever fails on the way (a scancel that
+        times out or errs must not leave munged, slurmctld or slurmd running)."""
+        try:
+            self.run("scancel", "--full", "--user", USER)
+        except (OSError, subprocess.SubprocessError, pytest.fail.Exception):
+            pass  # the daemons go below all the same, and their jobs with them
+        finally:
+            for proc in reversed(self.procs):
+                try:
+                    stop(proc)
+                except (OSError, subprocess.SubprocessError):
+                    proc.kill()  # one we started: never left behind
 
 
 @pytest.fixture(scope="session")
