@@ -8,7 +8,8 @@ of ``--batch`` posts as fast as JetStream acknowledges them (or paced at ``--rat
 for ``--duration`` seconds; after every acknowledged batch its last post becomes a probe, and a probe thread polls the shards
 (reloaded every poll) until the probe's id is searchable: freshness = ack -> searchable,
 including up to one ``--poll-ms``. "indexed posts/s" is every acknowledged post over the
-time until the last of them was searchable.
+time until the last of them was searchable. "trends p50 ms" is a 15-minute trend query
+afterwards (each indexer's window counts over NATS request/reply, merged and ranked).
 
     .venv/bin/python bench/grok_broker.py [--partitions 1 2] [--duration 15] [--batch 500]
         [--clients 2] [--rate POSTS_PER_S] [--commit-interval 0.1] [--json]
@@ -157,6 +158,11 @@ def run(partitions: int, args, batches: list[list[dict]], tmp: Path) -> dict:
         wait(lambda: sum(max(0, ix.searcher().num_docs - 1) for ix in shards.indexes()) >= total,
              120, "every acknowledged post to be indexed")  # fmt: skip
         t_indexed = time.perf_counter()
+        trend_ms = []  # GET /v1/trends's work: every partition's window counts, merged
+        for _ in range(20):
+            t = time.perf_counter()
+            svc.top_trends(900)
+            trend_ms.append((time.perf_counter() - t) * 1000)
         return {
             "partitions": partitions,
             "offered": f"{args.rate:g}/s" if args.rate else "flat out",
@@ -166,6 +172,7 @@ def run(partitions: int, args, batches: list[list[dict]], tmp: Path) -> dict:
             "fresh_p50_ms": round(pct(fresh_ms, 50), 1),
             "fresh_p99_ms": round(pct(fresh_ms, 99), 1),
             "probes": len(fresh_ms),
+            "trends_p50_ms": round(pct(trend_ms, 50), 1),
         }
     finally:
         for p in indexers:
