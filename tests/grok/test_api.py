@@ -165,3 +165,27 @@ def test_settings_errors_name_the_variable(tmp_path):
         GrokSettings.load({"GROK_PORT": "eighty"})
     s = GrokSettings.load({"GROK_API_KEYS": "a, b,", "GROK_DATA_DIR": str(tmp_path)}, port=9)
     assert s.api_keys == ("a", "b") and s.port == 9 and s.data_dir == tmp_path
+
+
+def test_search_with_min_seq_reads_what_was_just_written(client):
+    """``min_seq`` (the ``last_seq`` of an ingest answer) waits for the index to cover the
+    write, so the first search after a post finds it; a position past the log's end is 422;
+    one the index has not reached within ``wait_ms`` is 504."""
+    for i in range(5):  # a post, then at once a search for it: never a miss
+        r = client.post("/v1/posts", headers=KEY, json=[post(f"rw{i}", f"readback{i} now")])
+        seq = r.json()["last_seq"]
+        r = client.get("/v1/search", params={"q": f"readback{i}", "min_seq": seq}, headers=KEY)
+        assert r.status_code == 200, r.text
+        assert [h["id"] for h in r.json()["hits"]] == [f"rw{i}"]
+        assert r.json()["searchable_seq"] >= seq
+    r = client.get("/v1/search", params={"q": "x", "min_seq": seq + 1000}, headers=KEY)
+    assert r.status_code == 422 and "past the end of the log" in r.json()["detail"]
+    for bad in ({"min_seq": -1}, {"min_seq": "abc"}, {"wait_ms": -5}, {"wait_ms": 10**9}):
+        r = client.get("/v1/search", params={"q": "x", **bad}, headers=KEY)
+        assert r.status_code == 422, bad
+    svc = client.app.state.service
+    svc.indexer.kill_child()  # the index cannot move while its process restarts
+    r = client.post("/v1/posts", headers=KEY, json=[post("rw-late", "late write")])
+    seq = r.json()["last_seq"]
+    r = client.get("/v1/search", params={"q": "late", "min_seq": seq, "wait_ms": 0}, headers=KEY)
+    assert r.status_code == 504 and "has not reached seq" in r.json()["detail"]

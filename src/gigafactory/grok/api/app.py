@@ -122,6 +122,33 @@ def _result(res: IngestResult) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
+MAX_SEQ = 2**63 - 1
+MAX_WAIT_MS = 30_000
+
+
+def wait_covered(s: GrokService, seq: int, timeout_s: float) -> None:
+    """Block until the index covers log position ``seq``: 422 for a position past the log's
+    end (it would never come), 504 when ``timeout_s`` passes first."""
+    postlog = getattr(s, "log", None)  # the embedded log (a broker's stream is not read)
+    logged = postlog.last_seq if postlog is not None else None
+    if logged is not None and seq > logged:
+        raise HTTPException(422, f"min_seq={seq} is past the end of the log ({logged})")
+    ix = s.indexer
+    waiter = getattr(ix, "wait_searchable", None)
+    if waiter is not None:
+        ok = waiter(seq, timeout_s)
+    else:  # the shards of a broker: their positions are read, not signalled
+        deadline = time.monotonic() + timeout_s
+        while not (ok := ix.searchable_seq >= seq) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    if not ok:
+        raise HTTPException(
+            504,
+            f"the index has not reached seq {seq} in {timeout_s:g}s "
+            f"(it covers {ix.searchable_seq}); retry, or search without min_seq",
+        )
+
+
 def get_service(request: Request) -> GrokService:
     """The app's service (a FastAPI dependency)."""
     return request.app.state.service
@@ -248,9 +275,25 @@ def create_app(
         lang: Annotated[str | None, Query(max_length=16)] = None,
         min_engagement: Annotated[int | None, Query(ge=0, le=MAX_ENGAGEMENT)] = None,
         limit_: Annotated[int, Query(alias="limit", ge=1, le=MAX_LIMIT)] = 20,
+        min_seq: Annotated[
+            int | None,
+            Query(
+                ge=0,
+                le=MAX_SEQ,
+                description="read your writes: first wait until the index covers this log "
+                "position (the last_seq of an ingest answer)",
+            ),
+        ] = None,
+        wait_ms: Annotated[
+            int, Query(ge=0, le=MAX_WAIT_MS, description="how long min_seq may wait")
+        ] = 5000,
     ) -> SearchOut:
-        """Posts ranked by BM25 relevance combined with recency and engagement."""
+        """Posts ranked by BM25 relevance combined with recency and engagement. With
+        ``min_seq``, the search runs once the index covers that log position (a client that
+        just posted searches what it posted; 504 if it takes longer than ``wait_ms``)."""
         limit(query_limit, key, 1)
+        if min_seq is not None:
+            wait_covered(s, min_seq, wait_ms / 1000)
         sq = SearchQuery(
             q,
             parse_time(since, "since"),
