@@ -51,7 +51,7 @@ import nats.js.errors
 import orjson
 import tantivy
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamInfo
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, SequenceInfo, StreamInfo
 
 from gigafactory.grok.memory.broker import (
     KIND_HEADER,
@@ -429,13 +429,17 @@ def in_order(msgs: list[Msg], last_delivery: int) -> tuple[list[Msg], bool]:
 async def caught_up_to(broker: Broker, partition: int, last_delivery: int) -> int | None:
     """After a fetch that found nothing: the stream sequence up to which the partition has
     been delivered entirely (0 when messages are pending), or None when the consumer has
-    delivered more than the ``last_delivery`` this indexer received (re-fetch)."""
-    last = (await broker.js.stream_info(STREAM)).state.last_seq  # before the consumer's state
+    delivered more than the ``last_delivery`` this indexer received (re-fetch).
+
+    The sequence is the consumer's own scan position (``delivered.stream_seq``: the server
+    moves it past the messages of other subjects, to the end of the stream, whenever a fetch
+    finds nothing more), not the stream's last sequence: on a replicated stream the
+    consumer reads its own replica, which may not hold the leader's newest messages yet."""
     ci = await broker.js.consumer_info(STREAM, consumer_name(partition))
-    delivered = ci.delivered.consumer_seq if ci.delivered else 0
-    if delivered != last_delivery:
+    delivered = ci.delivered or SequenceInfo(0, 0)
+    if delivered.consumer_seq != last_delivery:
         return None
-    return 0 if ci.num_pending else last
+    return 0 if ci.num_pending else delivered.stream_seq
 
 
 async def consume(
