@@ -150,7 +150,10 @@ def stored_body(doc: tantivy.Document) -> str:
 def created_us(info: StreamInfo) -> int:
     """The stream's creation time in µs since the epoch: its identity (a stream deleted and
     recreated under the same name has another)."""
-    assert isinstance(info.created, datetime), "nats-server 2.9 or later reports it"
+    if not isinstance(info.created, datetime):
+        raise BrokerError(
+            "the broker does not report when the stream was created; use a newer nats-server"
+        )
     return int(info.created.timestamp() * 1_000_000)
 
 
@@ -502,7 +505,7 @@ async def _consume(
                     sub = None
                 bound_at = broker.reconnects
                 sub = await _bind_consumer(broker, partition, feeder, ack_wait_s(commit_interval_s))
-                delivered, last_msg = 0, None
+                delivered, last_msg, short = 0, None, -1
             msgs = await sub.fetch(batch, timeout=min(commit_interval_s, 0.5))
         except nats.errors.TimeoutError:
             idle = True
@@ -556,8 +559,11 @@ async def _consume(
             last_save = now
             if feeder.trends_complete and feeder.counted_seq != saved_seq:
                 assert feeder.trends is not None
-                trend_store.save(feeder.trends, feeder.counted_seq)
-                saved_seq = feeder.counted_seq
+                try:  # a failed save is retried; the counts in memory stay right
+                    trend_store.save(feeder.trends, feeder.counted_seq)
+                    saved_seq = feeder.counted_seq
+                except OSError as exc:
+                    log.warning("partition %d: trend counts not saved: %s", partition, exc)
         if stopping and not msgs:
             break
 
