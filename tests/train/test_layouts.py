@@ -3,9 +3,13 @@
 The fast tests hold ``ParallelDims`` to its checks (each refused layout names its reason).
 The slow ones start torchrun with 2 and 4 processes on the tiny presets, once per module:
 
-* each layout (tp2 from a plan's JSON, ep2, tp2×dp2, pp2 interleaved, pp2 1F1B) reaches the
-  losses of one process within float tolerance;
-* a checkpoint written under one layout resumes under another (tp2 → ep2, interleaved → 1F1B);
+* each layout reaches the losses (and load-balancing losses) of one process within float
+  tolerance: on the tied MoE preset tp2 (from a plan's JSON), ep2, tp2×ep2, tp2×dp2, pp2
+  interleaved and pp2×tp2 1F1B (tied embeddings and MoE blocks in the stages); tp2 on the
+  dense preset (MLP plan, SDPA, untied vocabulary-parallel head);
+* a checkpoint written under one layout resumes under another, with another number of
+  ranks (ep2 → tp2×dp2, 1 process → pp2×tp2, pp2 interleaved → 1 process), and a pipeline
+  checkpoint holds one tied embedding;
 * a tp2 run SIGKILLed mid-run resumes to exactly the losses of an uninterrupted tp2 run;
 * every rank holds exactly the parameter and gradient bytes the planner predicts.
 """
@@ -189,70 +193,97 @@ def _resume_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Every run of this module, each started once (they dominate its time)."""
-    root, launch = tmp_path_factory.mktemp("layouts"), Launcher()
-    moe4, dense4 = root / "tiny-moe4.yaml", root / "tiny-dense4.yaml"  # 2 pipeline ranks × 2
-    moe4.write_text(TINY_MOE.read_text().replace("layers: 2", "layers: 4"))  # tied, MoE
-    dense4.write_text(TINY_DENSE.read_text().replace("layers: 2", "layers: 4"))  # untied head
-    plan = root / "tp2.json"
-    out: dict[str, Path] = {}
-    logs: dict[str, str] = {}
+class Runs:
+    """Runs of one group, each started once (they dominate this module's time), from one
+    prepared corpus (tokenizer and token shards copied into every run folder)."""
 
-    data = root / "prepared"  # one tokenizer and token shards, copied into every run
-    prepare(Corpus(None, 2000, 0), data, MOE.vocab)
+    def __init__(self, root: Path, data: Path):
+        self.root, self.data, self.launch = root, data, Launcher()
+        self.out: dict[str, Path] = {}
+        self.logs: dict[str, str] = {}
+        self.partial: dict[int, float] = {}  # the losses a killed run logged before dying
 
-    def train(name: str, model: Path, *args: str, nproc: int = 0, into: Path | None = None):
-        run_dir = into or root / name
-        if into is None:
-            shutil.copytree(data, run_dir)
+    def train(
+        self, name: str, model: Path, *args: str, nproc: int = 0, resume: str = "",
+        into: Path | None = None,
+    ) -> None:  # fmt: skip
+        """Train ``name``: in this process (no start-up to pay) or under torchrun; ``resume``:
+        from a copy of that run's step-2 checkpoint; ``into``: an existing run folder."""
+        run_dir = into or self.root / name
+        if resume:
+            _resume_copy(self.out[resume], run_dir)
+        elif into is None:
+            shutil.copytree(self.data, run_dir)
         argv = ["train", "--model", str(model), "--out", str(run_dir), *BASE, *args]
         if nproc:
-            done = launch.gigafactory(*argv, nproc=nproc)
+            done = self.launch.gigafactory(*argv, nproc=nproc)
             assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
-            logs[name] = " ".join(done.stdout.split())
-        else:  # in this process: no start-up to pay
+            self.logs[name] = " ".join(done.stdout.split())
+        else:
             with pytest.raises(SystemExit) as exit_:
                 main(argv)
             assert exit_.value.code in (0, None), name
-        out[name] = run_dir
+        self.out[name] = run_dir
 
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("prepared")
+    prepare(Corpus(None, 2000, 0), data, MOE.vocab)
+    return data
+
+
+@pytest.fixture(scope="module")
+def flat(tmp_path_factory, prepared) -> Runs:
+    """The tied MoE preset without pipeline: tp2 (from a plan's JSON), ep2, tp2×ep2, tp2×dp2
+    (2 ranks → 4: it resumes ep2's step 2), and a tp2 run SIGKILLed after step 3."""
+    runs = Runs(tmp_path_factory.mktemp("flat"), prepared)
     written = subprocess.run(
         [sys.executable, "-m", "gigafactory.cli", "plan", "--model", str(TINY_MOE), "--gpus",
          "2", "--tp", "2", "--global-batch", "8", "--micro-batch", "4", "--json"],
-        capture_output=True, text=True, env=launch.env(), timeout=120,
+        capture_output=True, text=True, env=runs.launch.env(), timeout=120,
     )  # fmt: skip
     assert written.returncode == 0, written.stderr
+    plan = runs.root / "tp2.json"
     plan.write_text(written.stdout)
+    runs.train("one-moe", TINY_MOE, "--micro-batch", "4")
+    runs.train("tp2", TINY_MOE, "--layout-from-plan", str(plan), nproc=2)
+    runs.train("ep2", TINY_MOE, "--ep", "2", nproc=2)
+    runs.train("tp2xep2", TINY_MOE, "--tp", "2", "--ep", "2", "--dp", "2", nproc=4)
+    runs.train("tp2xdp2", TINY_MOE, "--tp", "2", "--dp", "2", nproc=4, resume="ep2")
 
-    # MoE with tied embeddings (every Grok trait): tp, ep, tp×ep, pipelines
-    train("one-moe", TINY_MOE, "--micro-batch", "4")
-    train("tp2", TINY_MOE, "--layout-from-plan", str(plan), nproc=2)
-    train("ep2", TINY_MOE, "--ep", "2", nproc=2)
-    train("tp2xep2", TINY_MOE, "--tp", "2", "--ep", "2", "--dp", "2", nproc=4)
-    # 2 ranks → 4: tp2×dp2 resumes ep2's step 2
-    train("tp2xdp2", TINY_MOE, "--tp", "2", "--dp", "2", nproc=4,
-          into=_resume_copy(out["ep2"], root / "tp2xdp2"))  # fmt: skip
-    train("one-moe4", moe4, "--micro-batch", "2")
-    train("pp2-vpp2", moe4, "--pp", "2", "--vpp", "2", "--micro-batch", "2", nproc=2)
-    # 1 rank → 2 pipeline ranks, and 2 pipeline ranks → 1 rank
-    resumed = _resume_copy(out["one-moe4"], root / "pp2-1f1b")
-    train("pp2-1f1b", moe4, "--pp", "2", "--micro-batch", "2", nproc=2, into=resumed)
-    resumed = _resume_copy(out["pp2-vpp2"], root / "one-from-pp2")
-    train("one-from-pp2", moe4, "--micro-batch", "2", into=resumed)
-    # dense: the MLP plan, SDPA attention and the untied head under tp
-    train("one-dense4", dense4, "--micro-batch", "4")
-    train("tp2-dense", dense4, "--tp", "2", nproc=2)
-
-    killed = root / "killed"
-    shutil.copytree(data, killed)
-    died = launch.python(str(HERE / "killed_run.py"), str(TINY_MOE), str(killed), "4", "2",
-                         "3", "2", "4", nproc=2)  # fmt: skip
+    killed = runs.root / "killed"
+    shutil.copytree(prepared, killed)
+    died = runs.launch.python(str(HERE / "killed_run.py"), str(TINY_MOE), str(killed), "4",
+                              "2", "3", "2", "4", nproc=2)  # fmt: skip
     assert died.returncode != 0 and "SIGKILL" in died.stderr + died.stdout, died.stderr[-2000:]
-    partial = launch.losses(killed)
-    train("killed", TINY_MOE, "--tp", "2", "--micro-batch", "4", nproc=2, into=killed)
-    return out, logs, partial
+    runs.partial = Launcher.losses(killed)
+    runs.train("killed", TINY_MOE, "--tp", "2", "--micro-batch", "4", nproc=2, into=killed)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory, prepared) -> Runs:
+    """Pipelines of the tied MoE preset at 4 layers: pp2 interleaved; pp2×tp2 1F1B resumed
+    from one process's step 2; one process resumed from pp2's. And tp2 on the dense preset."""
+    runs = Runs(tmp_path_factory.mktemp("staged"), prepared)
+    moe4, dense4 = runs.root / "tiny-moe4.yaml", runs.root / "tiny-dense4.yaml"
+    moe4.write_text(TINY_MOE.read_text().replace("layers: 2", "layers: 4"))  # tied, MoE
+    dense4.write_text(TINY_DENSE.read_text().replace("layers: 2", "layers: 4"))  # untied head
+    runs.train("one-moe4", moe4, "--micro-batch", "2")
+    runs.train("pp2-vpp2", moe4, "--pp", "2", "--vpp", "2", "--micro-batch", "2", nproc=2)
+    runs.train("pp2xtp2-1f1b", moe4, "--pp", "2", "--tp", "2", "--micro-batch", "2", nproc=4,
+               resume="one-moe4")  # fmt: skip
+    runs.train("one-from-pp2", moe4, "--micro-batch", "2", resume="pp2-vpp2")
+    runs.train("one-dense4", dense4, "--micro-batch", "4")
+    runs.train("tp2-dense", dense4, "--tp", "2", nproc=2)
+    return runs
+
+
+def _group(request: pytest.FixtureRequest, name: str) -> Runs:
+    """The fixture whose group holds run ``name``."""
+    flat = {"one-moe", "tp2", "ep2", "tp2xep2", "tp2xdp2", "killed"}
+    return request.getfixturevalue("flat" if name in flat else "staged")
 
 
 def _assert_close(got: dict[int, float], want: dict[int, float], steps: list[int]) -> None:
@@ -261,13 +292,13 @@ def _assert_close(got: dict[int, float], want: dict[int, float], steps: list[int
 
 
 LAYOUTS = {
-    # name: (reference run, steps compared, layout as the run names it)
+    # name: (reference run, steps compared, layout as the run names it); fixture by reference
     "tp2": ("one-moe", [1, 2, 3, 4], "tp=2 pp=1 ep=1 dp=1"),
     "ep2": ("one-moe", [1, 2, 3, 4], "tp=1 pp=1 ep=2 dp=2"),
     "tp2xep2": ("one-moe", [1, 2, 3, 4], "tp=2 pp=1 ep=2 dp=2"),
     "tp2xdp2": ("one-moe", [3, 4], "tp=2 pp=1 ep=1 dp=2"),  # resumed from ep2's step 2
     "pp2-vpp2": ("one-moe4", [1, 2, 3, 4], "tp=1 pp=2 vpp=2 ep=1 dp=1"),
-    "pp2-1f1b": ("one-moe4", [3, 4], "tp=1 pp=2 ep=1 dp=1"),  # resumed from one process
+    "pp2xtp2-1f1b": ("one-moe4", [3, 4], "tp=2 pp=2 ep=1 dp=1"),  # resumed from one process
     "one-from-pp2": ("one-moe4", [3, 4], ""),  # one process resumed from pp2-vpp2
     "tp2-dense": ("one-dense4", [1, 2, 3, 4], "tp=2 pp=1 ep=1 dp=1"),
 }
@@ -275,9 +306,10 @@ LAYOUTS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(LAYOUTS))
-def test_each_layout_reaches_the_one_process_losses(runs, name):
-    out, logs, _ = runs
+def test_each_layout_reaches_the_one_process_losses(request, name):
     reference, steps, layout = LAYOUTS[name]
+    runs = _group(request, reference)
+    out, logs = runs.out, runs.logs
     got, want = Launcher.losses(out[name]), Launcher.losses(out[reference])
     assert sorted(got) == sorted(want) == [1, 2, 3, 4]
     assert want[4] < want[1]  # it learns
@@ -292,12 +324,12 @@ def test_each_layout_reaches_the_one_process_losses(runs, name):
 
 
 @pytest.mark.slow
-def test_a_pipeline_checkpoint_holds_one_tied_embedding(runs):
+def test_a_pipeline_checkpoint_holds_one_tied_embedding(staged):
     """The first and the last stage both hold ``tok_emb.weight``; DCP writes it once, whole,
     and it loads under one process (``one-from-pp2``, compared above)."""
     from torch.distributed.checkpoint import FileSystemReader
 
-    out, _, _ = runs
+    out = staged.out
     folder = out["pp2-vpp2"] / "checkpoints" / "step_00000004"
     saved = FileSystemReader(str(folder)).read_metadata().state_dict_metadata
     embedding = [k for k in saved if k.startswith("model.") and ("emb" in k or "head" in k)]
@@ -311,19 +343,22 @@ def test_a_pipeline_checkpoint_holds_one_tied_embedding(runs):
 
 
 @pytest.mark.slow
-def test_sigkill_under_tp2_resumes_to_exactly_the_uninterrupted_losses(runs):
-    out, logs, partial = runs
+def test_sigkill_under_tp2_resumes_to_exactly_the_uninterrupted_losses(flat):
+    out, logs, partial = flat.out, flat.logs, flat.partial
     assert max(partial) == 3  # died after step 3, before its end
     assert "resumed from" in logs["killed"] and "step_00000002" in logs["killed"]
     assert Launcher.losses(out["killed"]) == Launcher.losses(out["tp2"])  # exactly, every step
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["tp2", "tp2xdp2", "ep2", "pp2-vpp2", "pp2-1f1b", "tp2-dense"])
-def test_every_rank_holds_the_bytes_the_planner_predicts(runs, name):
-    out, logs, _ = runs
+@pytest.mark.parametrize(
+    "name", ["tp2", "tp2xdp2", "ep2", "tp2xep2", "pp2-vpp2", "pp2xtp2-1f1b", "tp2-dense"]
+)
+def test_every_rank_holds_the_bytes_the_planner_predicts(request, name):
+    runs = _group(request, name)
+    out, logs = runs.out, runs.logs
     report = json.loads((out[name] / "layout.json").read_text())
-    ranks = 4 if name == "tp2xdp2" else 2
+    ranks = 4 if name in ("tp2xdp2", "tp2xep2", "pp2xtp2-1f1b") else 2
     assert len(report["ranks"]) == ranks
     first = [r for r in report["ranks"] if r["pp_rank"] == 0]  # the stage the planner models
     assert first

@@ -206,7 +206,7 @@ class ParallelDims:
                     "ranks (it does not replicate them); use a tp that divides them"
                 )
             widths = {"ffn width": model.ffn_width, "vocabulary": model.vocab}
-            if model.is_moe and self.ep == 1:
+            if model.is_moe:
                 widths["expert width"] = model.moe_ffn
             widths["sequence length"] = seq
             for what, n in widths.items():
@@ -214,10 +214,8 @@ class ParallelDims:
                     raise LayoutError(f"tp={t} does not divide the {what} {n}")
             if model.position == "learned":
                 raise LayoutError("tp > 1 needs RoPE positions (learned ones are not split)")
-            if model.is_moe and model.bias and self.ep == 1:
-                raise LayoutError(
-                    "tp > 1 with expert biases is not supported without ep; use tp 1 or ep > 1"
-                )
+            if model.is_moe and model.bias:
+                raise LayoutError("tp > 1 with expert biases is not supported; use tp 1")
         if self.pp > 1 and self.grad_accum < self.pp:
             raise LayoutError(
                 f"pp={self.pp} needs at least {self.pp} micro-batches per step, has "
@@ -323,7 +321,7 @@ def parallelize(
     if mesh is not None and dims.tp > 1:
         apply_tensor_parallel(model, mesh["tp"], experts_split=dims.ep == 1)
     if mesh is not None and dims.ep > 1:
-        apply_expert_parallel(model, mesh["ep"])
+        apply_expert_parallel(model, mesh["ep"], mesh["ep", "tp"] if dims.tp > 1 else None)
     par = Parallelized([model], dims, mesh, dp_mesh)
     if mesh is not None and dims.pp > 1:
         pp_rank = mesh["pp"].get_local_rank()
@@ -369,8 +367,8 @@ def materialize(par: Parallelized, spec: ModelSpec, seed: int, device: torch.dev
 def _gradient_sums(par: Parallelized, spec: ModelSpec) -> None:
     """The gradients summed after backward: (1) a tied embedding held by the first and the
     last pipeline stage, over those two ranks (the last stage's copy then stays out of the
-    gradient norm); (2) with tp and ep together, the MoE layers' router, experts and shared
-    experts: replicated over tp, each tp rank computed its part from its sequence shard."""
+    gradient norm); (2) with tp and ep together, the MoE layers' router and shared experts:
+    replicated over tp, each tp rank computed its part from its sequence shard."""
     assert par.mesh is not None
     named = par.named_parameters()
     if par.dims.pp > 1 and spec.tied_embeddings:
@@ -382,8 +380,9 @@ def _gradient_sums(par: Parallelized, spec: ModelSpec) -> None:
                 par.copies.extend(tied)
     tp = par.group("tp")
     if tp is not None and par.dims.ep > 1:
-        moe = {f"blocks.{i}.mlp." for i in range(spec.layers) if i >= spec.dense_layers}
-        held = [p for name, p in named if any(name.startswith(prefix) for prefix in moe)]
+        moe = [i for i in range(spec.layers) if i >= spec.dense_layers]
+        replicated = tuple(f"blocks.{i}.mlp.{part}." for i in moe for part in ("router", "shared"))
+        held = [p for name, p in named if name.startswith(replicated)]
         if held:
             par.grad_sums.append(GradientSum(held, tp))
 

@@ -17,12 +17,12 @@ see exactly the one-rank values.
 
 MoE layers with tp and ep together (``experts_split=False``): the layer stays on the sequence
 shard, no all-gather. Each tp rank routes its T/t positions and dispatches them over the ep
-group (``expert_parallel.py``, the ep ranks of the same tp coordinate); the experts are split
-over ep and replicated over tp. The load-balancing loss gathers the router probabilities and
+group (the ep ranks of the same tp coordinate); ``expert_parallel.py`` splits the experts over
+ep and their width over tp. The load-balancing loss gathers the router probabilities and
 expert counts of the whole micro-batch over tp first (``_GatherInForward``: its backward keeps
 a rank's own rows, as every tp rank computes the same loss), so it equals the one-rank value.
-Router, experts and shared experts then hold partial gradients (each tp rank's from its own
-positions), summed over tp after backward (``parallelize.sum_partial_gradients``).
+The router and any shared experts (replicated over tp) hold partial gradients, each tp rank's
+from its own positions, summed over tp after backward (``parallelize.sum_partial_gradients``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from torch.distributed.tensor.parallel import (
     SequenceParallel,
     parallelize_module,
 )
+
+from gigafactory.train.expert_parallel import EXPERT_WIDTH_DIM
 
 
 class _AllReduceInBackward(torch.autograd.Function):
@@ -103,10 +105,6 @@ def gather_routing(balance: nn.Module, mesh: DeviceMesh) -> None:
         return _GatherInForward.apply(probs, group), counts
 
     balance.register_forward_pre_hook(gather)
-
-
-# Experts' weights split along the FFN width F: (E, C, F) on F, (E, F, C) on F, biases (E, F).
-EXPERT_WIDTH_DIM = {"w_gate": 2, "w_up": 2, "w_down": 1, "b_gate": 1, "b_up": 1}
 
 
 def expert_tensor_parallel(experts: nn.Module, mesh: DeviceMesh) -> None:
