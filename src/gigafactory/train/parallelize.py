@@ -161,8 +161,8 @@ class ParallelDims:
         if self.cp > 1:
             raise LayoutError(
                 f"the plan uses context parallelism (cp={self.cp}), which the trainer does not "
-                "run (its attention has no ring or all-gather of keys and values over a cp "
-                "group; see docs/train.md); plan with --cp 1"
+                "run (PyTorch's context_parallel shards only CUDA SDPA and FlexAttention, not "
+                "the CPU attention; see docs/train.md); plan with --cp 1"
             )
         if any(self.uneven_stages):
             first, last = self.uneven_stages
