@@ -27,3 +27,10 @@ class BackendTimeout(BackendError):
     """The answer backend did not answer in time (HTTP 504)."""
 
     status = 504
+
+
+class SourcesUnavailable(BackendError):
+    """What the answer is drawn from cannot be read right now (trend counts loading, an
+    indexer restarting): HTTP 503, retry shortly."""
+
+    status = 503

@@ -19,9 +19,11 @@ from datetime import UTC, datetime
 
 import tantivy
 
+from gigafactory.grok.answers.errors import SourcesUnavailable
 from gigafactory.grok.answers.guard import is_instruction
 from gigafactory.grok.answers.question import QUESTION_WORDS, Question
 from gigafactory.grok.answers.spotlight import Source
+from gigafactory.grok.memory.indexer import TrendsUnavailable
 from gigafactory.grok.memory.post import words
 from gigafactory.grok.memory.search import Hit, SearchQuery, build_query, query_terms
 from gigafactory.grok.memory.service import GrokService
@@ -269,7 +271,10 @@ def retrieve(
     keywords = q.keywords
     if overview:
         window_s = (now_us - since) / 1e6 if since is not None else 900.0
-        trends = svc.top_trends(max(window_s, 60.0), limit=5, min_count=3)
+        try:
+            trends = svc.top_trends(max(window_s, 60.0), limit=5, min_count=3)
+        except TrendsUnavailable as exc:
+            raise SourcesUnavailable(f"trends cannot be read right now ({exc})") from None
         keywords = ()
         hits, similar = _per_trend(svc, trends[:3], base, authors, params)
         pool = hits
