@@ -34,6 +34,25 @@ def test_generalised_activations_reduce_to_korthikanti_for_gpt():
     assert per_token == pytest.approx(34 * 1024 + 5 * 16 * 2048)
 
 
+def test_stage_activations_with_and_without_sequence_parallelism():
+    """Per TP rank: everything / t with SP; without it the norms' (2·2h) and the QKV and
+    first MLP GEMMs' inputs (2h each) stay whole (Korthikanti Sec. 4.2.1's 10sbh less the
+    dropout masks). Full recompute: the layer inputs of every in-flight micro-batch plus one
+    layer's full activations, once."""
+    gpt = ModelSpec(name="g", layers=8, hidden=1024, heads=16, vocab=100, seq_len=2048, mlp="gelu")
+    h, tok = 1024, 2048
+    whole = memory.layer_activation_bytes_per_token(gpt, False)  # flash, no dropout
+    sp = LayoutSpec(tp=8, dp=1, global_batch=1)
+    no_sp = LayoutSpec(tp=8, dp=1, global_batch=1, sequence_parallel=False)
+    assert memory.activation_bytes(gpt, sp) == pytest.approx(8 * tok * whole / 8)
+    assert memory.activation_bytes(gpt, no_sp) == pytest.approx(
+        8 * tok * (8 * h + (whole - 8 * h) / 8)
+    )
+    # pp 4 (2 layers a stage), 4 micro-batches in flight, full recompute, SP
+    full = LayoutSpec(tp=8, pp=4, dp=1, global_batch=16, recompute="full")
+    assert memory.activation_bytes(gpt, full) == pytest.approx((2 * 2 * h * 4 + whole) * tok / 8)
+
+
 def test_inflight_microbatches():
     assert memory.inflight_microbatches(LayoutSpec(pp=8, dp=1, global_batch=64)) == 8
     assert memory.inflight_microbatches(LayoutSpec(pp=8, dp=1, global_batch=4)) == 4

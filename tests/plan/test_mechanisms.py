@@ -135,3 +135,73 @@ def test_gradient_accumulation_pass_per_microbatch():
     hw = load_hardware("a100-80gb")
     one = params * 18 / (hw.memory_bw_tbs * 1e12 * efficiency(hw, "memory"))
     assert ds.time.compute_s - fused.time.compute_s == pytest.approx(m * one, rel=0.15)
+
+
+def test_stacks_before_sequence_parallelism_replicate_norms_over_tp():
+    """Megatron-LM 2021 and BLOOM's Megatron-DeepSpeed ran norms and residual adds whole on
+    every TP rank and reduced with all-reduces (Korthikanti et al. 2022 Sec. 4.2.2)."""
+    old, new = PACKAGED["N21g"], PACKAGED["MH7"]
+    assert (
+        not complete_layout(old)[0].sequence_parallel
+        and not PACKAGED["BL"].layout().sequence_parallel
+    )
+    assert complete_layout(new)[0].sequence_parallel
+    model, layout = old.model(), complete_layout(old)[0]
+    sp = dataclasses.replace(layout, sequence_parallel=True)
+    whole = {o.name: o.bytes for o in layer_ops(model, layout, 2048, False, False)}
+    split = {o.name: o.bytes for o in layer_ops(model, sp, 2048, False, False)}
+    assert whole["norms"] == pytest.approx(split["norms"] * layout.tp)
+    assert whole["mlp_up"] == split["mlp_up"]
+
+
+def test_blocking_pipeline_p2p_waits_per_microbatch():
+    """DeepSpeed's pipeline engine waits on 4 transfers per micro-batch (BLOOM: 2 × 2048 ×
+    14336 × 2 bytes split over tp 4), Megatron-LM 2021 on 2 per chunk, Megatron-Core on none
+    beyond fill and drain."""
+    from gigafactory.plan.step import pipeline_p2p_wait_s
+
+    run = PACKAGED["BL"]
+    layout = complete_layout(run)[0]
+    bw = 5e9
+    one = 2 * 2048 * 14336 * 2 / 4 / bw
+    wait = pipeline_p2p_wait_s(
+        run.model(), layout, 2 * 2048, bw, software_for("megatron-deepspeed")
+    )
+    assert wait == pytest.approx(4 * one)
+    assert (
+        pipeline_p2p_wait_s(run.model(), layout, 2 * 2048, bw, software_for("megatron-core")) == 0
+    )
+    flat = dataclasses.replace(layout, pp=1, dp=96, first_stage_layers=0, last_stage_layers=0)
+    assert pipeline_p2p_wait_s(run.model(), flat, 4096, bw, software_for("megatron-deepspeed")) == 0
+    ds = software_for("megatron-deepspeed")
+    waiting, free = _step(run, ds), _step(run, dataclasses.replace(ds, pipeline_p2p_waits=0))
+    m = waiting.layout.microbatches
+    extra = waiting.time.pp_exposed_s - free.time.pp_exposed_s
+    assert extra == pytest.approx(m * 4 * 2 * 2048 * 14336 * 2 / 4 / 22.5e9, rel=1e-6)
+    assert waiting.step_s > free.step_s + extra  # the bubble's micro-batches wait too
+
+
+def test_a_row_states_its_clusters_scale_out_bandwidth(tmp_path):
+    """BLOOM's Jean Zay nodes: four 100 Gb/s Omni-Path links for eight A100s (BLOOM paper
+    Sec. 3.4.1), a quarter of the DGX A100's 200 Gb/s per GPU; blank = the data sheet's."""
+    from gigafactory.errors import SpecError
+    from gigafactory.plan.runs import PublishedRun
+    from gigafactory.plan.validate import predict_run
+
+    run = PACKAGED["BL"]
+    assert run.nic_gbps == 50 and PACKAGED["N21g"].nic_gbps == 0.0
+    generic = PublishedRun({**run.as_dict(), "nic_gbps": ""})
+    slow, fast = predict_run(run), predict_run(generic)
+    assert slow.time.dp_raw_s > 3 * fast.time.dp_raw_s and slow.step_s > fast.step_s
+    for bad in ("-5", "0", "nan", "fast"):
+        with pytest.raises(SpecError, match="nic_gbps"):
+            _ = PublishedRun({**run.as_dict(), "nic_gbps": bad}).nic_gbps
+
+
+def test_sc21_rows_ran_the_interleaved_schedule():
+    """Narayanan et al. 2021 Sec. 5.1: 'we use the interleaved pipeline schedule'; Megatron-LM
+    2021 refuses interleaving at pp ≤ 2, so N21e (pp 2) is not interleaved."""
+    for run in (r for r in PACKAGED.values() if r.id.startswith("N21")):
+        assert (run.row["vpp"] == "auto") == (run._int("pp") > 2), run.id
+    layout, notes = complete_layout(PACKAGED["N21h"])
+    assert "interleaved" in notes["vpp"] and layout.vpp > 1

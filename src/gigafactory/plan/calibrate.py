@@ -4,6 +4,12 @@ The calibration is per accelerator and per kernel kind: a handful of numbers in 
 accelerator's YAML ``efficiency`` block, fitted once over every published row on that
 accelerator, never per row. The fit minimises the sum of absolute log errors (robust to
 one odd row) by coordinate descent over a grid of fractions of peak.
+
+No constant is fitted to too few rows: a family's block is fitted only where its rows
+outnumber the constants (``enough_rows``); otherwise every kind keeps its documented prior
+(``compute.DEFAULT_EFFICIENCY``). The rule holds wherever a block is fitted: the catalog
+fit (``fit_families``), each leave-one-source-out fold (``fold_hardware``) and a user's own
+``fit_efficiency``.
 """
 
 from __future__ import annotations
@@ -81,13 +87,25 @@ def loss(hardware: dict[str, HardwareSpec], runs: Sequence[PublishedRun]) -> flo
     return total
 
 
+def enough_rows(runs: Sequence[PublishedRun], kinds: Sequence[str]) -> bool:
+    """Whether ``runs`` may calibrate ``kinds``: more rows than constants. k constants fitted
+    to k or fewer rows reproduce those rows whatever the kernels do, so they say nothing
+    about a row the fit has not seen: with the Narayanan et al. rows left out, BLOOM's one
+    row set both Ampere numbers and put those ten rows 6–22% low."""
+    return len(runs) > len(kinds)
+
+
 def fit_efficiency(
     hardware: Sequence[HardwareSpec], runs: Sequence[PublishedRun], sweeps: int = 3
 ) -> dict[str, float]:
     """One efficiency block fitted to ``runs`` on the accelerators ``hardware`` (one family);
-    rows outside the planner's scope are left out."""
+    rows outside the planner's scope are left out. Empty when the in-scope rows are too few
+    for the kinds they inform (``enough_rows``): every kind then keeps its documented prior
+    (``compute.DEFAULT_EFFICIENCY``)."""
     runs = [r for r in runs if not out_of_scope(r)]
     kinds = relevant_kinds(runs)
+    if not enough_rows(runs, kinds):
+        return {}
     eff = dict(hardware[0].efficiency)
 
     def with_eff(e: dict[str, float]) -> dict[str, HardwareSpec]:
@@ -106,7 +124,8 @@ def fit_efficiency(
 
 
 def fit_families(runs: Sequence[PublishedRun]) -> dict[str, dict[str, float]]:
-    """Efficiency blocks per family, each fitted to that family's rows."""
+    """Efficiency blocks per family, each fitted to that family's rows (empty, i.e. the
+    documented priors, for a family with too few rows: ``enough_rows``)."""
     from gigafactory.spec.catalog import load_hardware
 
     groups: dict[str, list[PublishedRun]] = {}
@@ -127,10 +146,12 @@ def source_of(run: PublishedRun) -> str:
 def fold_hardware(train: Sequence[PublishedRun], gpus: Sequence[str]) -> dict[str, HardwareSpec]:
     """The accelerators ``gpus`` calibrated on ``train`` alone, starting from the priors.
 
-    A family with rows in ``train`` gets its own fit. A family with none (a new generation,
-    as Hopper is when its only source is left out) gets one block fitted jointly over every
-    row of ``train``, as fractions of its own data-sheet peaks and bandwidths: the best the
-    rows can say about an accelerator they never ran on.
+    A family gets a block fitted to its own rows in ``train`` where they outnumber the
+    constants (``fit_efficiency``). A family with fewer (none, as Hopper has when its only
+    packaged source is left out; one, as Ampere has when only BLOOM is left) keeps the
+    documented priors (``compute.DEFAULT_EFFICIENCY``): rows of other architectures do not
+    say what this one's kernels reach (the fitted fractions of peak differ by family), and
+    the rows of its own are too few to say it.
     """
     from gigafactory.spec.catalog import load_hardware
 
@@ -139,17 +160,11 @@ def fold_hardware(train: Sequence[PublishedRun], gpus: Sequence[str]) -> dict[st
     groups: dict[str, list[PublishedRun]] = {}
     for run in train:
         groups.setdefault(family(run.gpu), []).append(run)
-    joint: dict[str, float] | None = None
     out = {}
     for name in gpus:
-        rows = groups.get(family(name))
-        if rows:
-            members = [bare[g] for g in sorted({r.gpu for r in rows})]
-            eff = fit_efficiency(members, rows)
-        else:
-            if joint is None:
-                joint = fit_efficiency([bare[g] for g in sorted({r.gpu for r in train})], train)
-            eff = joint
+        rows = groups.get(family(name), [])
+        members = [bare[g] for g in sorted({r.gpu for r in rows})]
+        eff = fit_efficiency(members, rows) if rows else {}
         out[name] = dataclasses.replace(bare[name], efficiency={**bare[name].efficiency, **eff})
     return out
 

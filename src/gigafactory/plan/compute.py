@@ -149,6 +149,34 @@ class Software:
     DeepSpeed's pipeline engine calls ``optimizer.update_hp_grads()`` after every backward
     (``_exec_backward_pass``), and ``BF16_Optimizer._update_hp_grad`` does
     ``hp_grad.add_(lp.grad.to(float32))``.
+
+    ``sequence_parallel``: Megatron's sequence parallelism (Korthikanti et al. 2022,
+    Sec. 4.2.2) splits the layer norms, dropouts and residual adds over the TP ranks, and
+    each TP all-reduce becomes a reduce-scatter and an all-gather (same bytes). Before it,
+    those ops ran whole on every TP rank and their activations were held whole (the
+    replicated norms and dropouts are that paper's baseline): Megatron-LM 2021 (the SC21
+    runs) and the bigscience Megatron-DeepSpeed fork that trained BLOOM (its ``arguments.py``
+    has no sequence-parallel option). The layout of a row of such a stack takes it
+    (``runs.PublishedRun.layout``).
+
+    ``pipeline_p2p_waits``: point-to-point transfers of one micro-batch's activation (or
+    its gradient) that a middle pipeline stage waits for, per micro-batch and model chunk,
+    beside the pipeline's fill and drain (``step.pipeline_p2p_wait_s``):
+
+    * DeepSpeed's pipeline engine (BLOOM, MT-NLG): ``TrainSchedule.steps`` issues
+      ``RecvActivation`` and ``SendGrad`` with each forward step and ``SendActivation`` and
+      ``RecvGrad`` with each backward step, and each instruction "is blocking and must be
+      paired" with its neighbour's (``deepspeed/runtime/pipe/schedule.py``): 4;
+    * Megatron-LM 2021 (``megatron/p2p_communication.py``): each exchange of the 1F1B
+      steady state (``send_forward_recv_backward``, ``send_backward_recv_forward``; one
+      ``send_forward_backward_recv_forward_backward`` per chunk pair when interleaved, whose
+      send side carries an activation and a gradient) runs ``batch_isend_irecv``, waits on
+      every request and ``torch.cuda.synchronize()``: 2.
+
+    Both split the tensor over the TP ranks before sending (Megatron's scatter/gather,
+    Narayanan et al. 2021 Sec. 4.1; DeepSpeed ``is_pipe_partitioned``). Megatron-Core stacks
+    keep 0: only the fill and drain are charged, as before (their schedules were not
+    checked here).
     """
 
     name: str = "megatron-core"
@@ -162,6 +190,8 @@ class Software:
     dp_overlap: bool = True
     fused_elementwise: bool = True
     grad_accumulation: str = "fused"
+    sequence_parallel: bool = True
+    pipeline_p2p_waits: int = 0
 
 
 #: fp16 training keeps fp16 gradient buffers and reduces them in fp16: Megatron-LM only turns
@@ -178,6 +208,8 @@ FRAMEWORKS = {
         tp_overlap=False,
         dp_overlap=False,
         grad_accumulation="main_grad_add",
+        sequence_parallel=False,
+        pipeline_p2p_waits=2,
     ),
     "megatron-deepspeed": Software(
         "megatron-deepspeed",
@@ -185,6 +217,8 @@ FRAMEWORKS = {
         tp_overlap=False,
         dp_overlap=False,
         grad_accumulation="bf16_optimizer",
+        sequence_parallel=False,
+        pipeline_p2p_waits=4,
     ),
     "megatron-core": MODERN,
     "megatron-bridge": Software("megatron-bridge", default_sharding="zero1"),

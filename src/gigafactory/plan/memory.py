@@ -201,27 +201,51 @@ def state_bytes(
     return weights, grads, optimizer
 
 
+def replicated_bytes_per_token(model: ModelSpec, recompute: str, precision: str) -> float:
+    """Bytes per token of a layer's stored activations that tensor parallelism without
+    sequence parallelism keeps whole on every TP rank (Korthikanti et al. 2022 Sec. 4.2.1,
+    the 10·sbh of sbh(10 + 24/t + 5as/(ht))): each norm's input (2h), the inputs of the
+    column-parallel QKV and first MLP GEMMs (2h each, 1 byte in fp8); under ``full``
+    recompute, the stored layer input (2h). Dropout masks are not stored here
+    (``layer_activation_bytes_per_token`` with ``dropout=False``)."""
+    h = model.hidden
+    if recompute == "full":
+        return 2.0 * h
+    lin = 1.0 if precision == "fp8" else 2.0
+    norms = (4 if model.norm_layout == "sandwich" else 2) * 2.0 * h
+    return norms + 2.0 * lin * h
+
+
+def _per_tp_rank(total: float, replicated: float, layout: LayoutSpec) -> float:
+    """One TP rank's share of ``total`` bytes: all of it split with sequence parallelism
+    (Korthikanti Sec. 4.2.2); otherwise the ``replicated`` part whole and the rest split."""
+    if layout.sequence_parallel:
+        return total / layout.tp
+    return replicated + (total - replicated) / layout.tp
+
+
 def activation_bytes(model: ModelSpec, layout: LayoutSpec, seq_len: int | None = None) -> float:
     """Activations of the first stage: per-layer bytes · tokens per micro-batch (b·s/cp) ·
-    layers per stage / tp (sequence parallel splits every term; Korthikanti Sec. 4.2.2) ·
-    in-flight micro-batches."""
+    layers per stage, split over tp (every term with sequence parallelism; without it the
+    norms' and column-parallel GEMMs' inputs stay whole, Korthikanti Sec. 4.2) · in-flight
+    micro-batches. Under full recompute one layer at a time also holds its full activations
+    while it is recomputed: one micro-batch's worth, not one per in-flight micro-batch."""
     s = seq_len or model.seq_len
     tokens = layout.micro_batch * s / layout.cp
-    t = layout.tp if layout.sequence_parallel else 1
+    rec, prec = layout.recompute, layout.precision
     per_stage = 0.0
     frac = layers_per_stage(model, layout) / model.layers  # 1/pp for even stages
     for moe, count in ((False, model.n_dense_layers), (True, model.moe_layers)):
         if count:
-            per_tok = layer_activation_bytes_per_token(
-                model, moe, layout.recompute, layout.precision, seq_len=s
-            )
+            per_tok = layer_activation_bytes_per_token(model, moe, rec, prec, seq_len=s)
+            per_tok = _per_tp_rank(per_tok, replicated_bytes_per_token(model, rec, prec), layout)
             per_stage += count * frac * per_tok
-    if layout.recompute == "full":
-        # one layer is recomputed at a time and needs its full activations transiently
-        per_stage += layer_activation_bytes_per_token(
-            model, model.is_moe, "none", layout.precision, seq_len=s
-        )
-    return per_stage * tokens / t * inflight_microbatches(layout)
+    stored = per_stage * tokens * inflight_microbatches(layout)
+    if rec == "full":
+        whole = layer_activation_bytes_per_token(model, model.is_moe, "none", prec, seq_len=s)
+        replicated = replicated_bytes_per_token(model, "none", prec)
+        stored = stored + _per_tp_rank(whole, replicated, layout) * tokens
+    return stored
 
 
 def memory_per_gpu(

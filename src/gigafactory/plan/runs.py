@@ -4,7 +4,9 @@ Each row carries a model shape, a cluster slice and the layout it ran with, plus
 source measured. Extra columns beyond the shared schema (``tied_embeddings``, ``position``,
 ``bias``, ``norm``, MLA ranks, ``sliding_window``, ``attention_sinks``) describe architecture details the
 parameter and FLOP counts need; ``grad_reduce`` says in which dtype a run reduced its
-gradients where its configuration overrode its framework's default.
+gradients where its configuration overrode its framework's default; ``nic_gbps`` the
+cluster's scale-out bandwidth per GPU where the source states one other than the data
+sheet's.
 """
 
 from __future__ import annotations
@@ -111,7 +113,8 @@ class PublishedRun:
         framework's documented default (``FRAMEWORK_DEFAULTS``). ``vpp`` may say ``auto``
         (the source ran an interleaved schedule without saying how many chunks): it reads
         as ``fill["vpp"]``, else 1. ``validate.complete_layout`` searches the blanks that
-        have no documented default and reports every completion with the result."""
+        have no documented default and reports every completion with the result. Sequence
+        parallelism is the framework's (``Software.sequence_parallel``: off before 2022)."""
         fsdp = (self.row.get("fsdp") or "").strip()
         if fsdp not in ("fsdp", "zero1", "none"):
             fsdp = fill.get("sharding") or self.software().default_sharding
@@ -135,6 +138,7 @@ class PublishedRun:
             precision=self.row["precision"].strip(),
             first_stage_layers=fill.get("first_stage_layers", 0),
             last_stage_layers=fill.get("last_stage_layers", 0),
+            sequence_parallel=self.software().sequence_parallel,
         )
 
     def software(self) -> Software:
@@ -157,6 +161,17 @@ class PublishedRun:
     @property
     def gpus(self) -> int:
         return self._int("gpus")
+
+    @property
+    def nic_gbps(self) -> float:
+        """Scale-out bandwidth per GPU of the cluster the source ran on, in Gb/s, where the
+        source states it (``nic_gbps`` column); 0 = the accelerator's data-sheet NIC."""
+        value = self._float("nic_gbps")
+        if value is None:
+            return 0.0
+        if not value > 0:  # also NaN
+            raise SpecError("run", "nic_gbps", f"row {self.id}: '{value}' is not a positive Gb/s")
+        return value
 
     @property
     def params_b(self) -> float | None:

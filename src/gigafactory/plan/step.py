@@ -1,8 +1,9 @@
 """One training step: compute + exposed communication per kind + pipeline bubble.
 
-step = m · (t_fwd + t_bwd + t_recompute + exposed TP/CP/EP/FSDP per micro-batch)
+step = m · (t_fwd + t_bwd + t_recompute + exposed TP/CP/EP/FSDP per micro-batch
+            + pipeline send/receive the schedule waits for)
        + bubble + exposed DP gradient reduce-scatter / parameter all-gather
-       + exposed pipeline send/receive + optimizer update,
+       + pipeline fill and drain send/receive + optimizer update,
 with m micro-batches per pipeline (Narayanan et al. 2021, Sec. 3). Utilisation follows
 Chowdhery et al. 2022 (PaLM, App. B): MFU = model FLOPs/s ÷ peak; HFU also counts the
 recomputed FLOPs (Korthikanti et al. 2022, Sec. 6).
@@ -246,6 +247,19 @@ def _ep_comm_per_mb_s(
     return model.moe_layers / model.layers * layers * passes * one
 
 
+def pipeline_p2p_wait_s(
+    model: ModelSpec, layout: LayoutSpec, tokens: float, bw_bytes_s: float, software: Software
+) -> float:
+    """Seconds per micro-batch a middle pipeline stage waits on point-to-point transfers in a
+    stack whose schedule blocks on them (``Software.pipeline_p2p_waits``, w): w · v
+    transfers of one micro-batch's b·s/cp·h·2-byte activation (or gradient) split over the
+    t TP ranks, at ``bw_bytes_s``: w · v · (b·s·h·2 / (cp·t)) / bw. Zero without pipeline
+    parallelism."""
+    nbytes = tokens * model.hidden * 2.0 / layout.tp
+    waits = software.pipeline_p2p_waits * layout.vpp
+    return where(layout.pp > 1, waits * comms.p2p_s(nbytes, bw_bytes_s), 0.0)
+
+
 def estimate_step(
     model: ModelSpec,
     layout: LayoutSpec,
@@ -330,14 +344,15 @@ def estimate_step(
 
     # pipeline
     accumulate_mb = grad_accumulation_s(split.total, hardware, software, layout.precision)
-    per_mb = passes.total_s + tp_mb + cp_mb + ep_mb + fsdp_mb + accumulate_mb
+    stride = layout.tp * layout.cp * layout.dp  # the next stage's rank is this far away
+    bw = where(stride < net.nvlink_domain, net.nvlink_bytes_s, net.nic_bytes_s)
+    p2p_mb = pipeline_p2p_wait_s(model, layout, tokens, bw, software)
+    per_mb = passes.total_s + tp_mb + cp_mb + ep_mb + fsdp_mb + accumulate_mb + p2p_mb
     bubble = comms.bubble_fraction(layout.pp, m, layout.vpp) * m * per_mb
     if software.pipeline_schedule == "dualpipe":
         bubble = comms.dualpipe_bubble_s(layout.pp, passes.forward_s, per_mb - passes.forward_s)
     act = tokens * model.hidden * 2.0 / (layout.tp if layout.sequence_parallel else 1)
-    stride = layout.tp * layout.cp * layout.dp
-    bw = where(stride < net.nvlink_domain, net.nvlink_bytes_s, net.nic_bytes_s)
-    pp_exposed = 2 * layout.vpp * (layout.pp - 1) * comms.p2p_s(act, bw)
+    pp_exposed = 2 * layout.vpp * (layout.pp - 1) * comms.p2p_s(act, bw) + m * p2p_mb
 
     local_opt = split.dense / (dense_n if layout.sharding != "none" else 1) + split.expert / (
         exp_n if layout.sharding != "none" else 1

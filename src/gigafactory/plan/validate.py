@@ -20,7 +20,9 @@ and compare with what the source measured, in this order of preference:
 
 The rows name no cluster; each runs on a generic cluster of its accelerator: 8 GPUs per
 node (4 per tray for GB200, whose NVLink domain is the 72-GPU rack), one NIC per GPU at the
-accelerator's rate and an InfiniBand fabric at ``DEFAULT_FABRIC_EFFICIENCY``.
+accelerator's rate (or the row's ``nic_gbps`` where its source states the cluster's: BLOOM's
+Jean Zay nodes had four 100 Gb/s Omni-Path links for eight GPUs) and an InfiniBand fabric
+at ``DEFAULT_FABRIC_EFFICIENCY``.
 """
 
 from __future__ import annotations
@@ -97,8 +99,9 @@ def source_flops_per_token(tflops_per_gpu: float, tokens_per_s_per_gpu: float) -
     return tflops_per_gpu * 1e12 / tokens_per_s_per_gpu
 
 
-def generic_cluster(hardware: HardwareSpec, gpus: int) -> ClusterSpec:
-    """The cluster a row without one runs on (see the module docstring)."""
+def generic_cluster(hardware: HardwareSpec, gpus: int, nic_gbps: float = 0.0) -> ClusterSpec:
+    """The cluster a row without one runs on (see the module docstring); ``nic_gbps`` the
+    scale-out Gb/s per GPU where the row states its cluster's (0 = the accelerator's)."""
     per_node = 4 if hardware.nvlink_domain > 8 else 8
     per_node = min(per_node, gpus)
     return ClusterSpec(
@@ -108,6 +111,7 @@ def generic_cluster(hardware: HardwareSpec, gpus: int) -> ClusterSpec:
         gpus_per_node=per_node,
         fabric="infiniband",
         fabric_efficiency=DEFAULT_FABRIC_EFFICIENCY,
+        nic_gbps=nic_gbps,
     )
 
 
@@ -173,7 +177,7 @@ def _complete(key: tuple[tuple[str, str], ...]) -> tuple[LayoutSpec, tuple[tuple
     run = PublishedRun(dict(key))
     model, sw = run.model(), run.software()
     hw = prior_hardware(load_hardware(run.gpu))
-    cluster = generic_cluster(hw, run.gpus)
+    cluster = generic_cluster(hw, run.gpus, run.nic_gbps)
     best: tuple[float, float, LayoutSpec] | None = None
     for fill in _candidates(run, model.layers):
         layout = run.layout(**fill)
@@ -238,7 +242,7 @@ def predict_run(run: PublishedRun, hardware: HardwareSpec | None = None) -> Step
         run.model(),
         complete_layout(run)[0],
         hw,
-        generic_cluster(hw, run.gpus),
+        generic_cluster(hw, run.gpus, run.nic_gbps),
         causal_flops=counts_causal_half(framework),
         check=False,
         software=run.software(),
