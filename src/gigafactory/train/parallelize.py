@@ -485,8 +485,9 @@ def clip_grad_norm(par: Parallelized, max_norm: float) -> float:
 
 
 def mean_over_data_parallel(values: torch.Tensor, par: Parallelized) -> torch.Tensor:
-    """Per-step losses as every rank reports them: taken from the last pipeline stage (the
-    others hold zeros) and averaged over the dp ranks (tp ranks already agree)."""
+    """Per-step (loss, aux) as every rank reports them: summed over the pipeline stages (the
+    loss is the last stage's, the others hold 0; the aux loss each stage's share) and averaged
+    over the dp ranks (tp ranks already agree)."""
     pp, dp = par.group("pp"), par.group("dp")
     if pp is not None:
         dist.all_reduce(values, group=pp)

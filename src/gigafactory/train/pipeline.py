@@ -40,12 +40,12 @@ class _AuxLossInBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
-        ctx.aux_shape = aux.shape
-        return x.view_as(x)
+        ctx.aux_shape, ctx.aux_dtype = aux.shape, aux.dtype
+        return x.clone()  # not a view (FSDP2 warns of views); x itself is then freed
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return grad, torch.ones(ctx.aux_shape, device=grad.device)
+        return grad, torch.ones(ctx.aux_shape, dtype=ctx.aux_dtype, device=grad.device)
 
 
 class Stage(nn.Module):
