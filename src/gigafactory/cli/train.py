@@ -143,7 +143,9 @@ def register(app: typer.Typer) -> None:
         vpp: int = typer.Option(1, help="Pipeline chunks per rank (interleaved 1F1B)."),
         ep: int = typer.Option(1, help="Expert-parallel degree (inside the dp ranks)."),
         layout_from_plan: Path | None = typer.Option(
-            None, help="Take tp/pp/vpp/ep/dp and the batch from `gigafactory plan --json`."
+            None,
+            help="Take tp/pp/vpp/ep/dp and the batch from `gigafactory plan --json` (then "
+            "--tp/--pp/--vpp/--ep/--dp are refused).",
         ),
         device: str = typer.Option("auto", help="auto, cpu or cuda."),
         precision: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp32."),
