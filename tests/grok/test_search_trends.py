@@ -160,3 +160,14 @@ def test_very_common_words_are_dropped_or_searched_newest_first(make_service, mo
     got = ids(s, q="the a", limit=3)
     assert got == ["c59", "c58", "c57"]
     assert ids(s, q="the", limit=3, since_us=None) == ["c59", "c58", "c57"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("aZé9_# \n-東京🚀'İ"), max_size=40))
+def test_trend_terms_match_the_two_branch_definition(text):
+    """The one-lookbehind pattern finds exactly what the definition says: hashtags and words
+    of 3+ characters starting with a letter, neither glued to a word character or '#'."""
+    import re
+
+    two = re.compile(r"(?<![\w#])#[^\W_]\w{0,63}|(?<![\w#])[^\W\d_][^\W_]{2,}")
+    assert trend_terms(text) == two.findall(text.lower())

@@ -274,7 +274,8 @@ class IndexFeeder:
 
     Freshness first: a batch is indexed (and committed when due) before its posts are
     counted, and while the loop is behind the log (a full read batch) the counting waits for
-    it to catch up, up to ``max_uncounted`` posts kept in memory. Trend buckets are a minute
+    it to catch up, with at most ``max_uncounted`` posts kept in memory (past that, the oldest
+    read batch is counted each turn, so counting never stalls indexing). Trend buckets are a minute
     wide, so counts a second behind change nothing a reader sees; posts waiting for a commit
     are what ``ack -> searchable`` measures."""
 
@@ -370,12 +371,14 @@ class IndexFeeder:
         if docs:
             self.trends.add_many([(d["created_us"], d["text"]) for d in docs])
 
-    def _count_indexed(self) -> None:
-        """Count the posts indexed since the last call (``counted_seq`` -> ``indexed_seq``)."""
-        pending, self._uncounted, self._n_uncounted = self._uncounted, [], 0
-        for records in pending:
+    def _count_indexed(self, keep: int = 0) -> None:
+        """Count indexed posts in log order until at most ``keep`` wait (whole read batches:
+        the oldest first), advancing ``counted_seq``."""
+        while self._uncounted and self._n_uncounted > keep:
+            records = self._uncounted.pop(0)
+            self._n_uncounted -= len(records)
             self._count(records, self.live_from)
-        self.counted_seq = self.indexed_seq
+            self.counted_seq = records[-1].seq
 
     @property
     def trends_complete(self) -> bool:
@@ -457,10 +460,10 @@ class IndexFeeder:
                 self._commit()
                 on_commit(self.searchable_seq)
                 last_commit = now
-            if self._uncounted and (
-                not behind or stopping or self._n_uncounted >= self.max_uncounted
-            ):
+            if not behind or stopping:
                 self._count_indexed()
+            elif self._n_uncounted > self.max_uncounted:  # behind: a batch a turn, not a stall
+                self._count_indexed(self.max_uncounted)
             if answer is not None:
                 self._answer(answer)
             if commit:
