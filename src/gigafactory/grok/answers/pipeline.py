@@ -203,6 +203,7 @@ class Answer:
             "cited": list(self.guard.cited),
             "removed_markers": self.guard.removed_markers,
             "removed_canaries": self.guard.removed_canaries,
+            "took_ms": self.context.took_ms,
         }
 
 

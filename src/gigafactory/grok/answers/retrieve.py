@@ -62,6 +62,7 @@ class Context:
     topics: list[str] = field(default_factory=list)  # the most frequent other terms
     trends: list[Trend] = field(default_factory=list)
     searched: bool = False
+    took_ms: dict[str, float] = field(default_factory=dict)  # where retrieval's time went
 
     @property
     def sources(self) -> list[Source]:
@@ -259,6 +260,8 @@ def retrieve(
     """The context for ``q`` (see the module docstring)."""
     if params.mode == "off":
         return Context(q)
+    t0 = time.perf_counter()
+    took: dict[str, float] = {}
     now_us = time.time_ns() // 1000 if now_us is None else now_us
     if params.since_us is not None or params.until_us is not None:
         q = dated(q, params)
@@ -275,6 +278,7 @@ def retrieve(
             trends = svc.top_trends(max(window_s, 60.0), limit=5, min_count=3)
         except TrendsUnavailable as exc:
             raise SourcesUnavailable(f"trends cannot be read right now ({exc})") from None
+        took["trends"] = round((time.perf_counter() - t0) * 1000, 1)
         keywords = ()
         hits, similar = _per_trend(svc, trends[:3], base, authors, params)
         pool = hits
@@ -285,12 +289,15 @@ def retrieve(
         count_matches(index, keywords, replace(base, author=a)) for a in authors or (None,)
     )
     exclude = set(keywords) | {a.lower() for a in authors}
+    found = topics(pool, exclude)
+    took["retrieve"] = round((time.perf_counter() - t0) * 1000, 1)
     return Context(
         q,
         hits[: params.max_results],
         similar[: params.max_results],
         matched,
-        topics(pool, exclude),
+        found,
         trends,
         True,
+        took,
     )

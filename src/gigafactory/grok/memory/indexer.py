@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import gc
 import itertools
 import logging
 import os
@@ -145,6 +146,7 @@ def child_main(argv: list[str] | None = None) -> int:
             trend_save_s=args.trend_save_s,
         )
         feeder.queries = queries
+        gc.freeze()  # start-up's objects stay: full collections walk only what the loop makes
         send("ready", opened.checkpoint_seq, opened.rebuilt, os.getpid())
         feeder.run(halt, lambda seq: send("commit", seq), lambda rid, res: send("trends", rid, res))
     except BaseException as exc:
