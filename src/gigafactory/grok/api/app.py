@@ -122,6 +122,22 @@ def _result(res: IngestResult) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
+async def read_capped(request: Request, cap: int, hint: str = "") -> bytes:
+    """The request body, read only while it stays within ``cap`` bytes: a declared or
+    streamed body over it is a 413 (with ``hint`` after the reason) at once, never read in
+    full."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise HTTPException(413, f"body of {int(declared):,} bytes exceeds {cap:,} bytes{hint}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise HTTPException(413, f"body exceeds {cap:,} bytes{hint}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 MAX_SEQ = 2**63 - 1
 MAX_WAIT_MS = 30_000
 
@@ -219,20 +235,9 @@ def create_app(
             )
 
     async def read_items(request: Request) -> list[Any]:
-        cap = settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > cap:
-            raise HTTPException(
-                413, f"body of {declared} bytes exceeds {cap} bytes; send smaller batches"
-            )
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                raise HTTPException(413, f"body exceeds {cap} bytes; send smaller batches")
-            chunks.append(chunk)
+        body = await read_capped(request, settings.max_body_bytes, "; send smaller batches")
         try:
-            return parse_batch(b"".join(chunks), settings.max_batch)
+            return parse_batch(body, settings.max_batch)
         except BatchTooLarge as exc:
             raise HTTPException(413, str(exc)) from None
         except BatchError as exc:

@@ -17,14 +17,14 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from gigafactory.grok.answers.errors import AnswerError, BackendError
 from gigafactory.grok.answers.pipeline import ALIAS, Answer, AnswerPipeline, ChatInput
 from gigafactory.grok.answers.retrieve import SearchParams
-from gigafactory.grok.api.app import Key, api_key
+from gigafactory.grok.api.app import Key, api_key, read_capped
 from gigafactory.grok.api.schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -52,10 +52,6 @@ def chat_body_limit(settings: GrokSettings) -> int:
     return min(settings.max_body_bytes, own)
 
 
-def _too_large(detail: str) -> Response:
-    return JSONResponse({"detail": detail}, status_code=413)
-
-
 class CappedBody(APIRoute):
     """A route whose body is read up to ``chat_body_limit`` before FastAPI parses it: a
     declared or streamed body over the limit is a 413 at once, never read in full (the key
@@ -68,16 +64,8 @@ class CappedBody(APIRoute):
             if request.method == "POST":
                 api_key(request)
                 cap = chat_body_limit(request.app.state.service.settings)
-                declared = request.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > cap:
-                    return _too_large(f"body of {int(declared):,} bytes exceeds {cap:,} bytes")
-                chunks, size = [], 0
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > cap:
-                        return _too_large(f"body exceeds {cap:,} bytes")
-                    chunks.append(chunk)
-                request._body = b"".join(chunks)  # what FastAPI's request.body() returns
+                # what FastAPI's request.body() then returns
+                request._body = await read_capped(request, cap)
             return await handler(request)
 
         return capped
