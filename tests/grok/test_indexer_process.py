@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from gigafactory.grok.memory import indexer as indexer_module
 from gigafactory.grok.memory.log import PostLog
 from gigafactory.grok.memory.search import SearchQuery
 
@@ -43,7 +44,10 @@ def test_api_process_has_its_own_indexer_process(make_service):
     assert not _gone(h["indexer_pid"])
 
 
-def test_killed_indexer_is_reported_restarted_and_catches_up(make_service):
+def test_killed_indexer_is_reported_restarted_and_catches_up(make_service, monkeypatch):
+    # a second before the restart: the degraded state lasts long enough to be seen on a
+    # loaded machine (0.2 s by default)
+    monkeypatch.setattr(indexer_module, "RESTART_DELAYS_S", (1.0,))
     svc = make_service()
     ingest_and_wait(svc, [post(f"a{i}", f"before{i} shared") for i in range(50)])
     pid = svc.indexer.kill_child()
