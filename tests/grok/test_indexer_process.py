@@ -99,3 +99,52 @@ def test_indexer_that_cannot_start_is_a_typed_error(tmp_path):
     settings = GrokSettings.load({}, data_dir=data, api_keys="k")
     with pytest.raises(IndexerError, match=r"did not start.*exited with code 1"):
         GrokService(settings)
+
+
+def test_ingest_waits_for_an_index_that_falls_behind(make_service):
+    """Back-pressure: with the indexer process alive but stalled (SIGSTOP), a batch waits
+    ``max_ingest_hold_s`` for the index and is then accepted anyway; nothing waits while the
+    indexer is down or catching up after a restart; once it resumes, ingest is quick again."""
+    import signal
+
+    svc = make_service(max_index_lag_s=0.2, max_ingest_hold_s=0.8)
+    ingest_and_wait(svc, [post("g0", "gate zero")])
+    t0 = time.monotonic()
+    ingest_and_wait(svc, [post("g1", "gate one")])
+    assert time.monotonic() - t0 < 0.8 and svc.gate.holds == 0  # keeping up: no hold
+    os.kill(svc.indexer.pid, signal.SIGSTOP)
+    try:
+        assert svc.ingest_posts([post("g2", "gate two")]).accepted == 1
+        time.sleep(0.3)  # g2 is now older than max_index_lag_s and not searchable
+        assert svc.gate.lag_s() > 0.2
+        t0 = time.monotonic()
+        assert svc.ingest_posts([post("g3", "gate three")]).accepted == 1
+        held = time.monotonic() - t0
+        assert 0.75 <= held < 5 and svc.gate.holds == 1
+        h = svc.health()
+        assert h["ingest_holds"] == 1 and h["ingest_held_s"] >= 0.75 and h["index_lag_s"] > 0.2
+    finally:
+        os.kill(svc.indexer.pid, signal.SIGCONT)
+    assert svc.indexer.wait_searchable(svc.log.last_seq, 30)
+    t0 = time.monotonic()
+    ingest_and_wait(svc, [post("g4", "gate four")])
+    assert time.monotonic() - t0 < 0.8 and svc.gate.holds == 1
+    # a killed indexer: ingest goes on at once (the log is the source of truth)
+    svc.indexer.kill_child()
+    assert _wait_until(lambda: not svc.indexer.is_alive(), 5)
+    t0 = time.monotonic()
+    for i in range(3):
+        assert svc.ingest_posts([post(f"d{i}", "down")]).accepted == 1
+    assert time.monotonic() - t0 < 0.5 and svc.gate.holds == 1
+    assert svc.indexer.wait_searchable(svc.log.last_seq, 60)
+    assert len(svc.search(SearchQuery(q="gate", limit=10))) == 5
+
+
+@pytest.mark.parametrize("bad", ["-1", "nan", "abc", "61"])
+def test_index_lag_settings_are_validated(bad):
+    from gigafactory.grok.settings import GrokSettings, SettingsError
+
+    with pytest.raises(SettingsError, match="max_index_lag_s"):
+        GrokSettings.load({"GROK_MAX_INDEX_LAG_S": bad})
+    with pytest.raises(SettingsError, match="max_ingest_hold_s"):
+        GrokSettings.load({"GROK_MAX_INGEST_HOLD_S": bad.replace("-1", "0")})

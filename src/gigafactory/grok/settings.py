@@ -40,6 +40,12 @@ class GrokSettings(BaseModel):
     commit_interval_s: float = Field(0.1, gt=0, le=10)
     indexer_threads: int = Field(1, ge=1, le=16)
     indexer_heap_mb: int = Field(256, ge=16)
+    max_index_lag_s: float = Field(
+        0.2, ge=0, le=60, description="ingest waits while the index is further behind (0: never)"
+    )
+    max_ingest_hold_s: float = Field(
+        2.0, gt=0, le=60, description="the longest one batch waits for the index"
+    )
     # ranking (see gigafactory.grok.memory.rank)
     rank_text: float = Field(1.0, ge=0)
     rank_recency: float = Field(0.5, ge=0)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +29,81 @@ log = logging.getLogger(__name__)
 
 INLINE_ITEMS = 32
 """Batches up to this size are validated on the event loop (``ingest_posts_async``)."""
+
+
+class IndexLagGate:
+    """Back-pressure from the index to ingest: a batch waits (at most ``max_hold_s``) while
+    the oldest post this process acknowledged that is not yet searchable is more than
+    ``max_lag_s`` old, then goes on regardless (it is never refused: the log, not the index,
+    is what acknowledges). Ingest faster than the indexer can follow would otherwise grow the
+    index's lag without bound (measured flat out: 40,000 posts/s acknowledged, p99 ack ->
+    searchable 7 s); held, clients slow to the rate the machine can index.
+
+    A (re)started indexer catching up on the log (a rebuild, or the posts logged while it was
+    down) is not throttled: the gate engages once it has reached the log as it was when its
+    start was noticed and is within ``max_lag_s``. ``max_lag_s`` 0 turns the gate off."""
+
+    POLL_S = 0.005
+
+    def __init__(self, indexer: IndexerProcess, postlog: PostLog, max_lag_s: float, hold_s: float):
+        self.indexer, self.log = indexer, postlog
+        self.max_lag_s, self.max_hold_s = max_lag_s, hold_s
+        self._acked: deque[tuple[int, float]] = deque()  # (last seq of a batch, ack time)
+        self._lock = threading.Lock()
+        self._epoch = indexer.restarts
+        self._catch_up_to = postlog.last_seq
+        self._live = False
+        self.holds = 0
+        self.held_s = 0.0
+
+    def acked(self, last_seq: int) -> None:
+        """A batch ending at ``last_seq`` was acknowledged now."""
+        with self._lock:
+            self._acked.append((last_seq, time.monotonic()))
+
+    def lag_s(self) -> float:
+        """Seconds the oldest acknowledged, not yet searchable post has waited."""
+        searchable = self.indexer.searchable_seq
+        with self._lock:
+            while self._acked and self._acked[0][0] <= searchable:
+                self._acked.popleft()
+            return time.monotonic() - self._acked[0][1] if self._acked else 0.0
+
+    def behind(self) -> bool:
+        """Whether a batch arriving now should wait for the index."""
+        ix = self.indexer
+        if not self.max_lag_s or not ix.is_alive():
+            return False
+        if ix.restarts != self._epoch:  # a restarted indexer catches up unthrottled
+            self._epoch, self._catch_up_to, self._live = ix.restarts, self.log.last_seq, False
+        lag = self.lag_s()
+        if not self._live:
+            self._live = ix.searchable_seq >= self._catch_up_to and lag <= self.max_lag_s
+            return False
+        return lag > self.max_lag_s
+
+    def _held(self, t0: float) -> None:
+        with self._lock:
+            self.holds += 1
+            self.held_s += time.monotonic() - t0
+
+    def wait(self) -> None:
+        """Block while ``behind`` (at most ``max_hold_s``)."""
+        if not self.behind():
+            return
+        t0 = time.monotonic()
+        while self.behind() and time.monotonic() - t0 < self.max_hold_s:
+            time.sleep(self.POLL_S)
+        self._held(t0)
+
+    async def wait_async(self) -> None:
+        """``wait`` for an event loop (the loop goes on serving meanwhile)."""
+        if not self.behind():
+            return
+        t0 = time.monotonic()
+        while self.behind() and time.monotonic() - t0 < self.max_hold_s:
+            await asyncio.sleep(self.POLL_S)
+        self._held(t0)
 
 
 @dataclass(frozen=True)
@@ -61,6 +138,9 @@ class GrokService:
             self.log.close()
             raise
         self.rebuilt = self.indexer.rebuilt
+        self.gate = IndexLagGate(
+            self.indexer, self.log, settings.max_index_lag_s, settings.max_ingest_hold_s
+        )
         self.started = time.time()
         self._closed = False
 
@@ -70,25 +150,32 @@ class GrokService:
     def ingest_posts(self, items: list[Any]) -> IngestResult:
         """Validate and durably log posts; see ``gigafactory.grok.memory.ingest`` for semantics.
         Safe to call from many threads: concurrent calls share log commits (group commit)."""
+        self.gate.wait()
         ready, refused = self._prepare(items)
         res = self.log.append(KIND_POST, ready.ids, ready.bodies)
+        self.gate.acked(res.last_seq)
         return self._result(res, ready.positions, ready.ids, refused)
 
     async def ingest_posts_async(self, items: list[Any]) -> IngestResult:
         """``ingest_posts`` for an event loop: a small batch is validated in the loop, a
         large one (over ``INLINE_ITEMS``) in a worker thread, and the loop awaits the group
-        commit without a thread waiting per request."""
+        commit without a thread waiting per request. A batch first waits while the index is
+        too far behind (``IndexLagGate``)."""
+        await self.gate.wait_async()
         if len(items) > INLINE_ITEMS:
             ready, refused = await asyncio.to_thread(self._prepare, items)
         else:
             ready, refused = self._prepare(items)
         res = await asyncio.wrap_future(self.log.submit(KIND_POST, ready.ids, ready.bodies))
+        self.gate.acked(res.last_seq)
         return self._result(res, ready.positions, ready.ids, refused)
 
     def ingest_updates(self, items: list[Any]) -> IngestResult:
         """Validate and durably log engagement updates of already logged posts."""
+        self.gate.wait()
         ok, refused = validate_updates(items, datetime.now(UTC), self.settings.max_future_s)
         res = self.log.append_updates([u for _i, u in ok])
+        self.gate.acked(res.last_seq)
         return self._result(res, [i for i, _u in ok], [u.id for _i, u in ok], refused)
 
     @staticmethod
@@ -141,6 +228,9 @@ class GrokService:
             "indexer_pid": ix.pid,
             "indexer_restarts": ix.restarts,
             "indexer_error": ix.error,
+            "index_lag_s": round(self.gate.lag_s(), 3),
+            "ingest_holds": self.gate.holds,
+            "ingest_held_s": round(self.gate.held_s, 3),
             "uptime_s": round(time.time() - self.started, 1),
         }
 
