@@ -274,10 +274,10 @@ class IndexFeeder:
 
     Freshness first: a batch is indexed (and committed when due) before its posts are
     counted, and while the loop is behind the log (a full read batch) the counting waits for
-    it to catch up, with at most ``max_uncounted`` posts kept in memory (past that, the oldest
-    read batch is counted each turn, so counting never stalls indexing). Trend buckets are a minute
-    wide, so counts a second behind change nothing a reader sees; posts waiting for a commit
-    are what ``ack -> searchable`` measures."""
+    it to catch up, with at most ``max_uncounted`` posts kept in memory (past that, the
+    oldest read batch is counted each turn, so counting never stalls indexing). Trend
+    buckets are a minute wide, so counts a second behind change nothing a reader sees; posts
+    waiting for a commit are what ``ack -> searchable`` measures."""
 
     def __init__(
         self,

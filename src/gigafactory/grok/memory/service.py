@@ -87,12 +87,15 @@ class IndexLagGate:
             self.holds += 1
             self.held_s += time.monotonic() - t0
 
+    def _holding(self, t0: float) -> bool:
+        return self.behind() and time.monotonic() - t0 < self.max_hold_s
+
     def wait(self) -> None:
         """Block while ``behind`` (at most ``max_hold_s``)."""
         if not self.behind():
             return
         t0 = time.monotonic()
-        while self.behind() and time.monotonic() - t0 < self.max_hold_s:
+        while self._holding(t0):
             time.sleep(self.POLL_S)
         self._held(t0)
 
@@ -101,7 +104,7 @@ class IndexLagGate:
         if not self.behind():
             return
         t0 = time.monotonic()
-        while self.behind() and time.monotonic() - t0 < self.max_hold_s:
+        while self._holding(t0):
             await asyncio.sleep(self.POLL_S)
         self._held(t0)
 

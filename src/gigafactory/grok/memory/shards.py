@@ -207,7 +207,7 @@ class ShardFeeder(IndexFeeder):
         self.trends = trends
         self.counted_seq = opened.checkpoint_seq if counted_seq is None else counted_seq
         self.count_to = opened.checkpoint_seq
-        self._uncounted: list[tuple[int, str]] = []
+        self._to_count: list[tuple[int, str]] = []
 
     @property
     def resume_seq(self) -> int:
@@ -237,7 +237,7 @@ class ShardFeeder(IndexFeeder):
             if count and new and self.trends is not None:
                 # replayed messages (at or below the checkpoint) are counted without the id
                 # check: the shard holds them all
-                self._uncounted.append((doc["created_us"], doc["text"]))
+                self._to_count.append((doc["created_us"], doc["text"]))
         self.indexed_seq = max(self.indexed_seq, seq)
         self.counted_seq = max(self.counted_seq, seq)
 
@@ -272,9 +272,9 @@ class ShardFeeder(IndexFeeder):
 
     def count_pending(self) -> None:
         """Add the posts taken since the last call to the trend counts (one pass a batch)."""
-        if self._uncounted and self.trends is not None:
-            self.trends.add_many(self._uncounted)
-        self._uncounted = []
+        if self._to_count and self.trends is not None:
+            self.trends.add_many(self._to_count)
+        self._to_count = []
 
     def advance(self, seq: int) -> None:
         """The partition holds nothing more up to stream sequence ``seq`` (every message of
