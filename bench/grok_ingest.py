@@ -42,6 +42,21 @@ from gigafactory.grok.memory.generator import generate_posts
 KEY = {"x-api-key": "bench", "content-type": "application/json"}
 
 
+def _batches(n: int, size: int) -> list[tuple[int, bytes]]:
+    """``n`` generated posts as JSON batches of ``size`` (ids unique to this run)."""
+    start = datetime.now(UTC)
+    batches = []
+    chunk: list[dict] = []
+    for p in generate_posts(n, seed=int(time.time()), start=start, rate=20_000):
+        d = p.model_dump(mode="json")
+        d["created_at"] = start.isoformat()  # never "future" however fast we replay
+        chunk.append(d)
+        if len(chunk) == size:
+            batches.append((len(chunk), orjson.dumps(chunk)))
+            chunk = []
+    return batches
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=20.0)
@@ -72,16 +87,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     tmp = Path(tempfile.mkdtemp(prefix="grok-bench-"))
     console.print(f"pre-generating {args.posts:,} posts ...")
-    start = datetime.now(UTC)
-    batches = []
-    chunk: list[dict] = []
-    for p in generate_posts(args.posts, seed=int(time.time()), start=start, rate=20_000):
-        d = p.model_dump(mode="json")
-        d["created_at"] = start.isoformat()  # never "future" however fast we replay
-        chunk.append(d)
-        if len(chunk) == args.batch:
-            batches.append((len(chunk), orjson.dumps(chunk)))
-            chunk = []
+    batches = _batches(args.posts, args.batch)
     server = start_server(
         tmp / "data",
         port,
@@ -186,6 +192,9 @@ def main() -> None:
         "ack_to_searchable_p99_ms": round(pct(vis_ms, 99), 1),
         "ack_to_searchable_max_ms": round(max(vis_ms, default=float("nan")), 1),
         "index_lag_at_end": health["lag"],
+        "ingest_holds": health.get("ingest_holds"),
+        "ingest_held_s": health.get("ingest_held_s"),
+        "trends_lag_at_end": health.get("trends_lag"),
         "indexer_restarts": health.get("indexer_restarts"),
     }
     emit(result, "grok ingest (loopback: API process + indexer process)", args.json, console)

@@ -605,9 +605,9 @@ def test_what_is_happening_names_the_burst_and_cites_it(tmp_path):
         assert r.json()["accepted"] == 3030, r.text
         assert c.app.state.service.indexer.wait_searchable(r.json()["last_seq"], 30)
         body = ask(c, "What is happening right now?")
-        # while the trend counts cannot be read (their indexer process restarting), the
+        # while the trend counts cannot be read (their process restarting), the
         # overview is a 503 that says so, not a 500; the keyword questions still answer
-        assert c.app.state.service.indexer.kill_child() is not None
+        assert c.app.state.service.trend_proc.kill_child() is not None
         down = ask(c, "What is happening right now?", status=503)
         assert "trends cannot be read right now" in down["detail"]
         assert ask(c, "what about the zeppelin?")["citations"]

@@ -72,7 +72,8 @@ def test_sigkill_during_ingest_keeps_every_acknowledged_post_once(tmp_path):
                 b += 1
 
     try:
-        indexer_pid = _healthy(url, proc)["indexer_pid"]
+        h = _healthy(url, proc)
+        indexer_pid, trends_pid = h["indexer_pid"], h["trends_pid"]
         t = threading.Thread(target=ingest)
         t.start()
         time.sleep(2.0)
@@ -80,6 +81,7 @@ def test_sigkill_during_ingest_keeps_every_acknowledged_post_once(tmp_path):
         proc.wait(10)
         # the indexer process dies with the server: no orphan keeps the index lock
         assert _wait_until(lambda: _gone(indexer_pid), 10), "indexer outlived the server"
+        assert _wait_until(lambda: _gone(trends_pid), 10), "trend process outlived the server"
         stop.set()
         t.join(20)
         assert len(acked) >= 500, "too little was ingested before the kill to test anything"

@@ -1,4 +1,4 @@
-"""Trend counts live in the indexer process and are saved with the log position they reflect:
+"""Trend counts live in the trend process and are saved with the log position they reflect:
 a restart loads them and replays only the log after that position (issue 10)."""
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ def test_restart_loads_saved_counts_and_replays_only_the_tail_once(make_service)
     svc = make_service(trend_save_s=3600)
     assert _counts(svc)["alpha"] == 40
     ingest_and_wait(svc, [post(f"b{i}", "beta #two", age_s=30) for i in range(25)])
-    pid = svc.indexer.kill_child()  # no save since the restart: the tail is in the log only
+    pid = svc.trend_proc.kill_child()  # no save since the restart: the tail is in the log only
     assert pid is not None
-    assert _wait_until(lambda: svc.healthy() and svc.indexer.pid != pid, 30)
+    assert _wait_until(lambda: svc.healthy() and svc.trend_proc.pid != pid, 30)
     counts = _counts(svc)
     assert (counts["alpha"], counts["#one"], counts["beta"], counts["#two"]) == (40, 40, 25, 25)
 
@@ -64,9 +64,9 @@ def test_restart_loads_saved_counts_and_replays_only_the_tail_once(make_service)
 def test_without_a_save_the_retention_period_is_replayed(make_service):
     svc = make_service(trend_save_s=3600)
     ingest_and_wait(svc, [post(f"c{i}", "gamma rays", age_s=20) for i in range(12)])
-    pid = svc.indexer.kill_child()
+    pid = svc.trend_proc.kill_child()
     assert pid is not None
-    assert _wait_until(lambda: svc.healthy() and svc.indexer.pid != pid, 30)
+    assert _wait_until(lambda: svc.healthy() and svc.trend_proc.pid != pid, 30)
     assert _counts(svc)["gamma"] == 12
 
 
@@ -86,51 +86,82 @@ def test_trend_queries_do_not_wait_for_ingest(make_service):
     assert Counter(_counts(svc))  # answered with counts
 
 
-def test_a_feeder_behind_the_log_commits_before_it_counts_and_catches_up(tmp_path):
-    """Freshness first: while the log is ahead of the index (full read batches) the feeder
-    indexes and commits before counting trends (past ``max_uncounted`` waiting posts, the
-    oldest read batch is counted each turn);
-    once caught up every post is counted exactly once and saved at the seq counted."""
-    import threading
-
-    from gigafactory.grok.memory.index import IndexFeeder, open_index
-    from gigafactory.grok.memory.log import KIND_POST, PostLog, post_document
+def _log_posts(log, prefix: str, n: int, text: str) -> None:
+    from gigafactory.grok.memory.log import KIND_POST, post_document
     from gigafactory.grok.memory.post import to_utc
 
     from .conftest import NOW
 
+    ids = [f"{prefix}{i}" for i in range(n)]
+    log.append(KIND_POST, ids, [post_document(i, "al", text, to_utc(NOW)) for i in ids])
+
+
+def test_trend_feeder_counts_each_post_once_and_answers_once_it_covers_min_seq(tmp_path):
+    """The trend process's loop: a start loads the save and counts only the log after it;
+    queries wait (up to ``max_wait_s``) for the counts to reach their ``min_seq`` and for
+    the replay after a start, then get the counts or the reason they have none."""
+    from gigafactory.grok.memory.log import PostLog
+    from gigafactory.grok.memory.trends import TrendFeeder
+
     log = PostLog(tmp_path / "log.sqlite3", "NORMAL")
-    created = to_utc(NOW)
-    for b in range(10):  # 10 batches of 20 posts, all logged before the feeder starts
-        ids = [f"p{b}-{i}" for i in range(20)]
-        log.append(KIND_POST, ids, [post_document(i, "al", "delta #four", created) for i in ids])
+    for b in range(10):
+        _log_posts(log, f"p{b}-", 20, "delta #four")
     store = TrendStore(tmp_path / "trends")
-    feeder = IndexFeeder(
-        open_index(tmp_path / "index", log),
-        log,
-        commit_interval_s=0.0,
-        batch=20,
-        trends=TrendCounter(60, 3600),
-        trend_store=store,
-        max_uncounted=60,
-    )
-    seen: list[tuple[int, int, int]] = []  # (searchable, counted, waiting) at each commit
-    halt = threading.Event()
+    f = TrendFeeder(log, TrendCounter(60, 3600), store, save_s=3600, batch=50, max_wait_s=30)
+    f.load()
+    assert (f.counted_seq, f.loaded_to, f.complete) == (0, 200, False)
+    got: list[tuple[int, object]] = []
 
-    def on_commit(seq: int) -> None:
-        seen.append((seq, feeder.counted_seq, feeder._n_uncounted))
-        if seq == 200:
-            halt.set()
+    def reply(rid, result):
+        got.append((rid, result))
 
-    feeder.run(halt, on_commit)
+    f.queries.put((1, (900, None, 6, 10, 1, 0)))
+    f.answer(reply, now=0.0)
+    assert got == []  # loading: it waits ...
+    f.answer(reply, now=31.0)
+    assert got[0][0] == 1 and "loading (0% of the log read)" in got[0][1]  # ... then says so
+    assert f.step() == 50 and f.counted_seq == 50  # a batch at a time, in log order
+    while f.step():
+        pass
+    assert f.complete and f.counted_seq == 200
+    f.queries.put((2, (900, None, 6, 10, 1, 250)))  # what search sees is ahead of the counts
+    f.answer(reply, now=100.0)
+    assert len(got) == 1  # it waits for them
+    _log_posts(log, "q", 50, "delta #five")
+    f.step()
+    f.answer(reply, now=101.0)
+    counts = {t.term: t.count for t in got[1][1]}
+    assert got[1][0] == 2 and (counts["delta"], counts["#four"], counts["#five"]) == (250, 200, 50)
+    f.queries.put((3, (900, None, 6, 10, 1, 999)))  # never reached: answered after the wait
+    f.answer(reply, now=200.0)
+    f.answer(reply, now=231.0)
+    assert got[2][0] == 3 and {t.term: t.count for t in got[2][1]} == counts
+    f.queries.put((4, (10 * 86400, None, 6, 10, 1, 0)))  # a bad query: its reason, no crash
+    f.answer(reply, now=300.0)
+    assert got[3][0] == 4 and got[3][1].startswith("TrendWindowError")
+    f.save()
+    again = TrendFeeder(log, TrendCounter(60, 3600), TrendStore(tmp_path / "trends"))
+    again.load()  # the save covers the whole log: nothing to replay
+    assert (again.counted_seq, again.complete, again.step()) == (250, True, 0)
+    assert {t.term: t.count for t in again.trends.top(900, limit=10, min_count=1)} == counts
     log.close()
-    assert seen[0][:2] == (20, 0)  # the first batch was searchable before it was counted
-    assert all(waiting <= 60 + 20 for _s, _c, waiting in seen)  # the cap + one read batch
-    assert max(w for _s, _c, w in seen) > 60  # the cap was reached: counted a batch a turn
-    assert any(counted < searchable for searchable, counted, _w in seen[1:])
-    assert feeder.counted_seq == 200
-    counts = {t.term: t.count for t in feeder.trends.top(900, limit=10, min_count=1)}
-    assert (counts["delta"], counts["#four"]) == (200, 200)
+
+
+def test_trend_feeder_run_counts_the_rest_and_saves_when_halted(tmp_path):
+    import threading
+
+    from gigafactory.grok.memory.log import PostLog
+    from gigafactory.grok.memory.trends import TrendFeeder
+
+    log = PostLog(tmp_path / "log.sqlite3", "NORMAL")
+    _log_posts(log, "r", 120, "omega #six")
+    f = TrendFeeder(log, TrendCounter(60, 3600), TrendStore(tmp_path / "trends"), batch=50)
+    progress: list[int] = []
+    halt = threading.Event()
+    halt.set()
+    f.run(halt, lambda rid, res: None, progress.append)
+    assert progress == [50, 100, 120]
     again = TrendCounter(60, 3600)
-    assert TrendStore(tmp_path / "trends").load(again) == 200
-    assert {t.term: t.count for t in again.top(900, limit=10, min_count=1)} == counts
+    assert TrendStore(tmp_path / "trends").load(again) == 120
+    assert {t.term: t.count for t in again.top(900, min_count=1)}["#six"] == 120
+    log.close()

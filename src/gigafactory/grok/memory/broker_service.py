@@ -61,7 +61,7 @@ class BrokerService(GrokService):
 
     A ``GrokService`` whose log is the stream and whose index is the shards: every method
     that touches the log or the indexer process (ingest, search, health, close) is its own;
-    ``top_trends`` is inherited (it asks ``indexer.trends``, here ``ShardPositions``, which
+    ``top_trends`` is inherited (it asks ``trend_proc.trends``, here ``ShardPositions``, which
     merges the partitions' counts from ``trend_counts``), so the interface the API and the
     Grok chat call stays one."""
 
@@ -77,6 +77,7 @@ class BrokerService(GrokService):
             raise
         self.shards = ShardSet(settings.data_dir, self.partitions)
         self.indexer = ShardPositions(self.shards, self.trend_counts)  # type: ignore[assignment]
+        self.trend_proc = self.indexer  # type: ignore[assignment]
         self.rebuilt: str | None = None
         self.started = time.time()
 

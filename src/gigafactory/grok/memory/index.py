@@ -18,21 +18,18 @@ rebuilt from the log, and a good one catches up from its checkpoint.
 from __future__ import annotations
 
 import logging
-import queue
 import shutil
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import orjson
 import tantivy
 
 from gigafactory.errors import GigafactoryError
 from gigafactory.grok.memory.log import KIND_POST, LogReader, Record, with_counts
-from gigafactory.grok.memory.trends import TrendCounter, TrendStore
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +108,6 @@ def build_schema() -> tantivy.Schema:
     sb.add_text_field("log_id", stored=True, tokenizer_name="raw", index_option="basic")
     sb.add_integer_field("log_us", stored=True)
     return sb.build()
-
-
-class TrendsLoading(Exception):
-    """Trend counts are still being replayed from the log after a start."""
 
 
 class IndexCorrupt(Exception):
@@ -264,20 +257,9 @@ def take_writer(
 class IndexFeeder:
     """The one writer: tails ``postlog`` into ``index``, committing at most every
     ``commit_interval_s`` with the covered log sequence in the commit (checkpoint document).
-    It runs in the indexer process (``gigafactory.grok.memory.indexer``).
-
-    With ``trends``, it also counts every post it reads into that ``TrendCounter`` (in log
-    order, so the counts reflect exactly the log up to ``counted_seq``), saves them to
-    ``trend_store`` every ``trend_save_s`` and at the end, and answers trend queries put on
-    ``queries`` between batches (this loop is the counter's only user: no lock is held
-    against ingest).
-
-    Freshness first: a batch is indexed (and committed when due) before its posts are
-    counted, and while the loop is behind the log (a full read batch) the counting waits for
-    it to catch up, with at most ``max_uncounted`` posts kept in memory (past that, the
-    oldest read batch is counted each turn, so counting never stalls indexing). Trend
-    buckets are a minute wide, so counts a second behind change nothing a reader sees; posts
-    waiting for a commit are what ``ack -> searchable`` measures."""
+    It runs in the indexer process (``gigafactory.grok.memory.indexer``); the trend counts
+    are kept by a process of their own (``trends.TrendFeeder``), so this loop only makes
+    posts searchable."""
 
     def __init__(
         self,
@@ -288,10 +270,6 @@ class IndexFeeder:
         heap_bytes: int = 256_000_000,
         threads: int = 1,
         poll_s: float = 0.005,
-        trends: TrendCounter | None = None,
-        trend_store: TrendStore | None = None,
-        trend_save_s: float = 5.0,
-        max_uncounted: int = 100_000,
     ):
         self.index = opened.index
         self.postlog = postlog
@@ -304,16 +282,6 @@ class IndexFeeder:
         self.posts = opened.checkpoint.posts  # post documents added so far
         self.last = (opened.checkpoint.log_id, opened.checkpoint.log_us)  # event at indexed_seq
         self.commits = 0
-        self.trends = trends
-        self.trend_store = trend_store
-        self.trend_save_s = trend_save_s
-        self.replay_seq = self.live_from = 0
-        self.counted_seq = self.indexed_seq  # trends hold the posts up to here
-        self.max_uncounted = max_uncounted
-        self._uncounted: list[list[Record]] = []  # indexed, not yet counted (in log order)
-        self._n_uncounted = 0
-        self.saved_trend_seq = -1
-        self.queries: queue.SimpleQueue[tuple[int, tuple]] = queue.SimpleQueue()
 
     def _apply(self, records: list[Record]) -> None:
         updates = [r for r in records if r.kind != KIND_POST]
@@ -360,127 +328,31 @@ class IndexFeeder:
         self.commits += 1
         self.searchable_seq = self.indexed_seq
 
-    # -- trends ----------------------------------------------------------------------------
-    # Counted: the log up to ``replay_seq`` (loaded or replayed) and every post the loop
-    # indexes after ``live_from``; complete (and saved, at ``indexed_seq``) once the replay
-    # has reached ``live_from``. The replay goes a chunk per loop turn, beside indexing.
-    def _count(self, records: list[Record], after: int) -> None:
-        """Count the posts of ``records`` with a seq above ``after``."""
-        assert self.trends is not None
-        docs = [orjson.loads(r.body) for r in records if r.kind == KIND_POST and r.seq > after]
-        if docs:
-            self.trends.add_many([(d["created_us"], d["text"]) for d in docs])
-
-    def _count_indexed(self, keep: int = 0) -> None:
-        """Count indexed posts in log order until at most ``keep`` wait (whole read batches:
-        the oldest first), advancing ``counted_seq``."""
-        while self._uncounted and self._n_uncounted > keep:
-            records = self._uncounted.pop(0)
-            self._n_uncounted -= len(records)
-            self._count(records, self.live_from)
-            self.counted_seq = records[-1].seq
-
-    @property
-    def trends_complete(self) -> bool:
-        """Whether the counts cover the whole log up to ``counted_seq`` (the replay after a
-        start is done)."""
-        return self.trends is not None and self.replay_seq >= self.live_from
-
-    def load_trends(self) -> None:
-        """Trend counts from the last save; the log between it and the index's checkpoint
-        is then replayed (``_replay_trends``), the loop counting what it indexes after.
-        Without a usable save, the replay starts at the retention period's first post."""
-        trends = self.trends
-        assert trends is not None
-        seq = self.trend_store.load(trends) if self.trend_store is not None else None
-        if seq is None or seq > self.postlog.last_seq:  # none, or of another (longer) log
-            trends.restore({})
-            since_us = time.time_ns() // 1000 - trends.retention_s * 1_000_000
-            seq = self.postlog.first_seq_since(since_us) - 1
-        self.replay_seq = seq
-        self.live_from = max(seq, self.indexed_seq)
-
-    def _replay_trends(self) -> None:
-        """Count one chunk of the log the save did not cover, up to ``live_from``."""
-        records = self.postlog.read_after(self.replay_seq, self.batch)
-        records = [r for r in records if r.seq <= self.live_from]
-        self._count(records, self.replay_seq)
-        self.replay_seq = records[-1].seq if records else self.live_from
-
-    def _save_trends(self) -> None:
-        store, trends = self.trend_store, self.trends
-        if store is None or trends is None or not self.trends_complete:
-            return  # a partial count is never saved as if complete
-        if self.counted_seq != self.saved_trend_seq:
-            store.save(trends, self.counted_seq)
-            self.saved_trend_seq = self.counted_seq
-
-    def _answer(self, answer: Callable[[int, Any], None]) -> None:
-        """Answer the trend queries waiting: ``answer(id, list of Trend or error text)``."""
-        while not self.queries.empty():
-            rid, args = self.queries.get()
-            try:
-                assert self.trends is not None, "this indexer counts no trends"
-                if not self.trends_complete:
-                    done = self.replay_seq / max(1, self.live_from)
-                    raise TrendsLoading(f"trend counts are loading ({done:.0%} of the log read)")
-                result: Any = self.trends.top(*args)
-            except Exception as exc:  # the asker gets the reason, the loop goes on
-                result = f"{type(exc).__name__}: {exc}"
-            answer(rid, result)
-
-    def run(
-        self,
-        halt: threading.Event,
-        on_commit: Callable[[int], None],
-        answer: Callable[[int, Any], None] | None = None,
-    ) -> None:
+    def run(self, halt: threading.Event, on_commit: Callable[[int], None]) -> None:
         """Tail the log until ``halt`` is set, then index what is left, commit and release
-        the writer. ``on_commit(seq)`` is called after every commit; trend queries are
-        answered through ``answer``."""
-        if self.trends is not None:
-            self.load_trends()
-        last_commit = last_save = time.monotonic()
+        the writer. ``on_commit(seq)`` is called after every commit."""
+        last_commit = time.monotonic()
         while True:
             stopping = halt.is_set()
-            if self.trends is not None and not self.trends_complete and not stopping:
-                self._replay_trends()
             records = self.postlog.read_after(self.indexed_seq, self.batch)
-            behind = len(records) == self.batch
             if records:
                 self._apply(records)
                 self.indexed_seq = records[-1].seq
-                if self.trends is not None:
-                    self._uncounted.append(records)
-                    self._n_uncounted += len(records)
             dirty = self.indexed_seq > self.searchable_seq
             now = time.monotonic()
-            commit = dirty and (now - last_commit >= self.commit_interval_s or stopping)
-            if commit:
+            if dirty and (now - last_commit >= self.commit_interval_s or stopping):
                 self._commit()
                 on_commit(self.searchable_seq)
                 last_commit = now
-            if not behind or stopping:
-                self._count_indexed()
-            elif self._n_uncounted > self.max_uncounted:  # behind: a batch a turn, not a stall
-                self._count_indexed(self.max_uncounted)
-            if answer is not None:
-                self._answer(answer)
-            if commit:
                 continue
-            if now - last_save >= self.trend_save_s:
-                self._save_trends()
-                last_save = now
             if stopping and not records:
                 break
-            replaying = self.trends is not None and not self.trends_complete
-            if len(records) == self.batch or (replaying and not stopping):
+            if len(records) == self.batch:
                 continue
             wait = self.poll_s
             if dirty:
                 wait = min(wait, max(0.0, self.commit_interval_s - (now - last_commit)))
             halt.wait(wait)
-        self._save_trends()
         self.close()
 
     def close(self) -> None:

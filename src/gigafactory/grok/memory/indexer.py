@@ -1,4 +1,5 @@
-"""The indexer process: the tantivy writer in a process of its own, and its supervisor.
+"""The indexer and trend processes: the tantivy writer, and the trend counter, each in a
+process of its own, and their supervisor.
 
 The API process parses, validates and logs posts; the indexer process tails the SQLite log
 by sequence number (WAL readers never block the writer), feeds tantivy and commits every
@@ -9,14 +10,19 @@ The two talk over one socket pair (pickled messages of ``multiprocessing.connect
 
     child -> parent  ("ready", checkpoint_seq, rebuilt, pid)   index opened (caught up later)
                      ("commit", seq)                           events up to seq searchable
+                     ("counted", seq)                          trends count events to seq
                      ("trends", id, trends or error text)      answer to a trend query
                      ("error", text)                           just before it exits on error
-    parent -> child  ("trends", id, args of TrendCounter.top)  a trend query
+    parent -> child  ("trends", id, args)                      a trend query (TrendFeeder)
                      ("stop",)                                 index the rest, commit, exit
 
-The child also keeps the trend counts (``trends.TrendCounter``): it reads every post in log
-order anyway, so the counts match a log position exactly and are saved with it
-(``trends.TrendStore``); a restart loads them and replays only the log after that position.
+The same entry point with ``--role trends`` is the trend process (``trends.TrendFeeder``):
+it tails the log on its own and keeps the trend counts (``trends.TrendCounter``), in log
+order, so they match a log position exactly and are saved with it (``trends.TrendStore``); a
+restart loads them and counts only the log after that position. It runs at a lower CPU
+priority (``TREND_NICE``): counting every post's terms costs about as much Python time as
+feeding tantivy, and on a saturated machine it then takes what the indexer leaves, so trends
+fall seconds behind rather than posts becoming searchable later.
 
 The child dies with its parent: on Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` has the kernel
 kill it when the supervisor thread that started it goes away (also under SIGKILL of the
@@ -53,13 +59,17 @@ import tantivy
 from gigafactory.errors import GigafactoryError
 from gigafactory.grok.memory.index import IndexFeeder, open_index, register_analyzers
 from gigafactory.grok.memory.log import LogReader
-from gigafactory.grok.memory.trends import Trend, TrendCounter, TrendStore
+from gigafactory.grok.memory.trends import Trend, TrendCounter, TrendFeeder, TrendStore
 
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 RESTART_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 """Waits before restarting an indexer process that died, by consecutive failure."""
+TREND_NICE = 10
+"""How much the trend process lowers its CPU priority (``os.nice``) below the indexer's."""
+ROLES = {"index": "indexer", "trends": "trend"}
+"""What a child process does (``--role``), and its name in messages."""
 
 
 class IndexerError(GigafactoryError):
@@ -104,8 +114,11 @@ def _watch_parent(conn: Connection, halt: threading.Event, queries: queue.Simple
 
 
 def child_main(argv: list[str] | None = None) -> int:
-    """Entry point of the indexer process."""
+    """Entry point of the indexer process (``--role index``) and of the trend process
+    (``--role trends``)."""
     ap = argparse.ArgumentParser(prog="python -m gigafactory.grok.memory.indexer")
+    ap.add_argument("--role", choices=sorted(ROLES), default="index")
+    ap.add_argument("--nice", type=int, default=0, help="lower the CPU priority by this much")
     ap.add_argument("--data-dir", type=Path, required=True)
     ap.add_argument("--fd", type=int, required=True, help="socket to the parent")
     ap.add_argument("--parent-pid", type=int, required=True)
@@ -118,10 +131,13 @@ def child_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trend-save-s", type=float, default=5.0)
     args = ap.parse_args(argv)
     _die_with_parent(args.parent_pid)
+    if args.nice > 0:
+        os.nice(args.nice)
     # Ctrl-C in a terminal signals the whole process group: the parent stops this process
     # with ("stop",) after its own shutdown, so the child must not die (and be mourned) first
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level="WARNING", format="%(asctime)s indexer %(levelname)s %(message)s")
+    name = ROLES[args.role]
+    logging.basicConfig(level="WARNING", format=f"%(asctime)s {name} %(levelname)s %(message)s")
     conn = Connection(args.fd)
     halt = threading.Event()
     queries: queue.SimpleQueue = queue.SimpleQueue()
@@ -134,6 +150,20 @@ def child_main(argv: list[str] | None = None) -> int:
 
     try:
         reader = LogReader(args.data_dir / "log.sqlite3", args.synchronous)
+        if args.role == "trends":
+            counter = TrendFeeder(
+                reader,
+                TrendCounter(args.trend_bucket_s, args.trend_retention_s),
+                TrendStore(args.data_dir / "trends"),
+                args.trend_save_s,
+            )
+            counter.queries = queries
+            gc.freeze()  # start-up's objects stay: full collections walk what the loop makes
+            send("ready", 0, None, os.getpid())
+            counter.run(
+                halt, lambda rid, res: send("trends", rid, res), lambda seq: send("counted", seq)
+            )
+            return 0
         opened = open_index(args.data_dir / "index", reader)
         feeder = IndexFeeder(
             opened,
@@ -141,16 +171,12 @@ def child_main(argv: list[str] | None = None) -> int:
             args.commit_interval,
             heap_bytes=args.heap_mb * 1_000_000,
             threads=args.threads,
-            trends=TrendCounter(args.trend_bucket_s, args.trend_retention_s),
-            trend_store=TrendStore(args.data_dir / "trends"),
-            trend_save_s=args.trend_save_s,
         )
-        feeder.queries = queries
-        gc.freeze()  # start-up's objects stay: full collections walk only what the loop makes
+        gc.freeze()
         send("ready", opened.checkpoint_seq, opened.rebuilt, os.getpid())
-        feeder.run(halt, lambda seq: send("commit", seq), lambda rid, res: send("trends", rid, res))
+        feeder.run(halt, lambda seq: send("commit", seq))
     except BaseException as exc:
-        log.exception("indexer failed")
+        log.exception("%s failed", name)
         with contextlib.suppress(OSError):
             send("error", f"{type(exc).__name__}: {exc}")
         return 1
@@ -164,7 +190,10 @@ class IndexerProcess:
 
     ``searchable_seq`` is the log position the searcher currently covers; ``wait_searchable``
     blocks until it reaches a position. The constructor returns once the child has opened
-    (or rebuilt) the index; ``stop`` has it index the rest, commit and exit."""
+    (or rebuilt) the index; ``stop`` has it index the rest, commit and exit.
+
+    With ``role="trends"`` it supervises the trend process instead (at ``nice``): no index,
+    ``counted_seq`` is how far the trend counts reach, ``trends`` asks them."""
 
     def __init__(
         self,
@@ -177,9 +206,18 @@ class IndexerProcess:
         trend_bucket_s: int = 60,
         trend_retention_s: int = 6 * 3600,
         trend_save_s: float = 5.0,
+        role: str = "index",
+        nice: int = 0,
     ):
+        if role not in ROLES:
+            raise ValueError(f"role {role!r}: one of {', '.join(sorted(ROLES))}")
+        self.role, self.name = role, ROLES[role]
         self.data_dir = Path(data_dir)
         self.args = [
+            "--role",
+            role,
+            "--nice",
+            str(nice),
             "--data-dir",
             str(self.data_dir),
             "--synchronous",
@@ -202,6 +240,7 @@ class IndexerProcess:
         self._send_lock = threading.Lock()
         self.index: tantivy.Index | None = None
         self.searchable_seq = 0
+        self.counted_seq = 0
         self.commits = 0
         self.restarts = 0
         self.rebuilt: str | None = None
@@ -215,13 +254,13 @@ class IndexerProcess:
         self._started = threading.Event()
         self._visible = threading.Condition()
         # the supervisor thread starts the child, so PR_SET_PDEATHSIG follows its lifetime
-        self._thread = threading.Thread(target=self._supervise, name="grok-indexer", daemon=True)
+        self._thread = threading.Thread(target=self._supervise, name=f"grok-{role}", daemon=True)
         self._thread.start()
-        if not self._started.wait(start_timeout_s) or self.index is None:
+        if not self._started.wait(start_timeout_s) or self.pid is None:
             self.stop()
             raise IndexerError(
-                f"the indexer process did not start ({self.error or 'timed out'}); "
-                f"see its log above and check {self.data_dir / 'index'} is writable"
+                f"the {self.name} process did not start ({self.error or 'timed out'}); "
+                f"see its log above and check {self.data_dir} is writable"
             )
 
     # -- supervision ---------------------------------------------------------------------
@@ -251,6 +290,9 @@ class IndexerProcess:
                     if msg[0] == "commit":
                         self._on_commit(msg[1])
                         failures = 0
+                    elif msg[0] == "counted":
+                        self.counted_seq = msg[1]
+                        failures = 0
                     elif msg[0] == "ready":
                         self._on_ready(msg[1], msg[2], msg[3])
                     elif msg[0] == "trends":
@@ -260,12 +302,12 @@ class IndexerProcess:
             finally:
                 conn.close()
                 for rid in list(self._asked):  # questions to a dead child: no answer
-                    self._on_answer(rid, "the indexer process exited; retry")
+                    self._on_answer(rid, f"the {self.name} process exited; retry")
                 rc = proc.wait()
                 self.ready = False
             if self._halt.is_set():
                 break
-            self.error = f"indexer process {proc.pid} exited with code {rc}" + (
+            self.error = f"{self.name} process {proc.pid} exited with code {rc}" + (
                 f": {child_error}" if child_error else ""
             )
             log.error("%s; restarting it", self.error)
@@ -278,8 +320,10 @@ class IndexerProcess:
         self._started.set()
 
     def _on_ready(self, checkpoint_seq: int, rebuilt: str | None, pid: int) -> None:
-        index = register_analyzers(tantivy.Index.open(str(self.data_dir / "index")))
-        index.config_reader("Manual")
+        index = None
+        if self.role == "index":
+            index = register_analyzers(tantivy.Index.open(str(self.data_dir / "index")))
+            index.config_reader("Manual")
         with self._visible:
             self.index = index
             self.searchable_seq = checkpoint_seq
@@ -315,24 +359,26 @@ class IndexerProcess:
         baseline: int,
         limit: int,
         min_count: int,
+        min_seq: int = 0,
         timeout_s: float = 10.0,
     ) -> list[Trend]:
-        """``TrendCounter.top`` of the counts the indexer process keeps; raises
-        ``TrendsUnavailable`` when it cannot answer (down, restarting, loading its counts
-        for longer than ``timeout_s``)."""
+        """``TrendCounter.top`` of the counts the trend process keeps, once they reach log
+        position ``min_seq`` (or after ``TrendFeeder.max_wait_s``); raises
+        ``TrendsUnavailable`` when it cannot answer (down, restarting, loading its counts,
+        no answer in ``timeout_s``)."""
         slot = _Answer()
         rid = next(self._ids)
         self._asked[rid] = slot
         try:
             conn = self._conn
             if conn is None or not self.ready:
-                raise TrendsUnavailable("the indexer process is starting; retry")
+                raise TrendsUnavailable(f"the {self.name} process is starting; retry")
             with self._send_lock:
-                conn.send(("trends", rid, (window_s, at_us, baseline, limit, min_count)))
+                conn.send(("trends", rid, (window_s, at_us, baseline, limit, min_count, min_seq)))
             if not slot.done.wait(timeout_s):
                 raise TrendsUnavailable(f"no trend answer in {timeout_s:g}s; retry")
         except OSError:
-            raise TrendsUnavailable("the indexer process is restarting; retry") from None
+            raise TrendsUnavailable(f"the {self.name} process is restarting; retry") from None
         finally:
             self._asked.pop(rid, None)
         if isinstance(slot.result, str):
@@ -340,7 +386,8 @@ class IndexerProcess:
         return slot.result
 
     def is_alive(self) -> bool:
-        """Whether the indexer process is running and has opened the index."""
+        """Whether the child process is running and ready (the indexer: has opened the
+        index)."""
         proc = self._proc
         return self.ready and proc is not None and proc.poll() is None
 
@@ -368,7 +415,9 @@ class IndexerProcess:
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                log.error("indexer process %s did not stop in %ss; killing it", proc.pid, timeout)
+                log.error(
+                    "%s process %s did not stop in %ss; killing it", self.name, proc.pid, timeout
+                )
                 proc.kill()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gigafactory.grok.memory.indexer import IndexerProcess
+from gigafactory.grok.memory.indexer import TREND_NICE, IndexerProcess
 from gigafactory.grok.memory.ingest import (
     LoggablePosts,
     Refusal,
@@ -120,7 +120,8 @@ class IngestResult:
 
 class GrokService:
     """Opens the log under ``settings.data_dir`` and starts the indexer process, which opens
-    (or rebuilds) the index; searches read the same index from this process."""
+    (or rebuilds) the index, and the trend process, which counts trending terms; searches
+    read the same index from this process."""
 
     def __init__(self, settings: GrokSettings):
         self.settings = settings
@@ -133,11 +134,22 @@ class GrokService:
                 settings.commit_interval_s,
                 heap_mb=settings.indexer_heap_mb,
                 threads=settings.indexer_threads,
+            )
+        except BaseException:
+            self.log.close()
+            raise
+        try:
+            self.trend_proc = IndexerProcess(
+                d,
+                settings.synchronous,
                 trend_bucket_s=settings.trend_bucket_s,
                 trend_retention_s=settings.trend_retention_s,
                 trend_save_s=settings.trend_save_s,
+                role="trends",
+                nice=TREND_NICE,
             )
         except BaseException:
+            self.indexer.stop()
             self.log.close()
             raise
         self.rebuilt = self.indexer.rebuilt
@@ -205,14 +217,18 @@ class GrokService:
         at_us: int | None = None,
     ) -> list[Trend]:
         """Trending terms over the ``window_s`` seconds up to ``at_us`` (default: now), from
-        the counts the indexer process keeps (``TrendWindowError`` for a window longer than
-        the retention, ``TrendsUnavailable`` while the indexer process cannot answer)."""
+        the counts the trend process keeps, once they cover every post searchable now
+        (``TrendWindowError`` for a window longer than the retention, ``TrendsUnavailable``
+        while the trend process cannot answer)."""
         check_window(window_s, self.settings.trend_retention_s)
-        return self.indexer.trends(window_s, at_us, baseline, limit, min_count)
+        return self.trend_proc.trends(
+            window_s, at_us, baseline, limit, min_count, min_seq=self.indexer.searchable_seq
+        )
 
     def healthy(self) -> bool:
-        """Whether the indexer process is running and has not failed since its last start."""
-        return self.indexer.is_alive() and self.indexer.error is None
+        """Whether the indexer and trend processes run and have not failed since their last
+        start."""
+        return all(p.is_alive() and p.error is None for p in (self.indexer, self.trend_proc))
 
     def health(self) -> dict[str, Any]:
         """Log and index positions, and whether the indexer process is alive."""
@@ -231,6 +247,11 @@ class GrokService:
             "indexer_pid": ix.pid,
             "indexer_restarts": ix.restarts,
             "indexer_error": ix.error,
+            "trends_counted_seq": self.trend_proc.counted_seq,
+            "trends_lag": max(0, self.log.last_seq - self.trend_proc.counted_seq),
+            "trends_pid": self.trend_proc.pid,
+            "trends_restarts": self.trend_proc.restarts,
+            "trends_error": self.trend_proc.error,
             "index_lag_s": round(self.gate.lag_s(), 3),
             "ingest_holds": self.gate.holds,
             "ingest_held_s": round(self.gate.held_s, 3),
@@ -238,9 +259,11 @@ class GrokService:
         }
 
     def close(self) -> None:
-        """Have the indexer index what is left and commit, then close the log (idempotent)."""
+        """Have the indexer index what is left and commit and the trend process count it
+        and save, then close the log (idempotent)."""
         if self._closed:
             return
         self._closed = True
         self.indexer.stop()
+        self.trend_proc.stop()
         self.log.close()

@@ -818,8 +818,15 @@ class ShardPositions:
         return min(self.shards.checkpoints(), default=0)
 
     def trends(
-        self, window_s: float, at_us: int | None, baseline: int, limit: int, min_count: int
+        self,
+        window_s: float,
+        at_us: int | None,
+        baseline: int,
+        limit: int,
+        min_count: int,
+        min_seq: int = 0,
     ) -> list[Trend]:
-        """The ranked trends of the partitions' counts added up (exact: counts add)."""
+        """The ranked trends of the partitions' counts added up (exact: counts add; each
+        partition's indexer counts what it indexes, so ``min_seq`` is always met)."""
         at_us = now_us() if at_us is None else at_us
         return self.counts(window_s, at_us, baseline).rank(limit, min_count)

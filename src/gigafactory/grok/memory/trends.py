@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import math
 import os
+import queue
 import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from gigafactory.errors import GigafactoryError
+from gigafactory.grok.memory.log import KIND_POST, LogReader, Record
 
 STOPWORDS = frozenset(
     [
@@ -452,3 +455,134 @@ def _write_synced(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+class TrendsLoading(Exception):
+    """Trend counts are still being replayed from the log after a start."""
+
+
+class TrendFeeder:
+    """Counts every post of the log into a ``TrendCounter``, in log order, in a process of
+    its own (``indexer`` with ``--role trends``): the counts reflect exactly the log up to
+    ``counted_seq``, are saved with it to ``store`` every ``save_s`` and at the end, and a
+    start loads the last save and counts only the log after it (without a usable save,
+    from the retention period's first post).
+
+    Counting is kept off the index's path: the index process only indexes, and this one
+    runs at a lower CPU priority, so under a load that saturates the machine the counts
+    fall a little behind the log (minute buckets: seconds behind change nothing a reader
+    sees) instead of making posts searchable later. A query waits, up to ``max_wait_s``,
+    for the counts to reach the ``min_seq`` it asks for (what was searchable when it was
+    asked), so trends never miss a post search already finds; after that it is answered
+    from the counts as they are."""
+
+    def __init__(
+        self,
+        postlog: LogReader,
+        trends: TrendCounter,
+        store: TrendStore | None = None,
+        save_s: float = 5.0,
+        batch: int = 5_000,
+        poll_s: float = 0.02,
+        max_wait_s: float = 2.0,
+    ):
+        self.postlog = postlog
+        self.trends = trends
+        self.store = store
+        self.save_s = save_s
+        self.batch = batch
+        self.poll_s = poll_s
+        self.max_wait_s = max_wait_s
+        self.counted_seq = self.start_seq = self.loaded_to = 0
+        self.saved_seq = -1
+        self.queries: queue.SimpleQueue[tuple[int, tuple]] = queue.SimpleQueue()
+        self._waiting: list[tuple[float, int, tuple]] = []  # (deadline, id, args)
+
+    def load(self) -> None:
+        """Counts from the last save (or none, from the retention's first post); until
+        ``counted_seq`` reaches the log's end as of now (``loaded_to``) queries are told
+        the counts are loading."""
+        seq = self.store.load(self.trends) if self.store is not None else None
+        if seq is None or seq > self.postlog.last_seq:  # none, or of another (longer) log
+            self.trends.restore({})
+            since_us = now_us() - self.trends.retention_s * 1_000_000
+            seq = self.postlog.first_seq_since(since_us) - 1
+        self.counted_seq = self.start_seq = seq
+        self.loaded_to = self.postlog.last_seq
+
+    @property
+    def complete(self) -> bool:
+        """Whether the counts cover the log as it was at the start (the replay is done)."""
+        return self.counted_seq >= self.loaded_to
+
+    def count(self, records: list[Record]) -> None:
+        """Count the posts of ``records`` (the next events of the log, in order)."""
+        docs = [orjson.loads(r.body) for r in records if r.kind == KIND_POST]
+        if docs:
+            self.trends.add_many([(d["created_us"], d["text"]) for d in docs])
+        self.counted_seq = records[-1].seq
+
+    def step(self) -> int:
+        """Count the next batch of the log; the number of events read."""
+        records = self.postlog.read_after(self.counted_seq, self.batch)
+        if records:
+            self.count(records)
+        return len(records)
+
+    def save(self) -> None:
+        """Save the counts at ``counted_seq`` (once the replay after a start is done)."""
+        if self.store is not None and self.complete and self.counted_seq != self.saved_seq:
+            self.store.save(self.trends, self.counted_seq)
+            self.saved_seq = self.counted_seq
+
+    def answer(self, reply: Callable[[int, Any], None], now: float | None = None) -> None:
+        """Answer the queries whose ``min_seq`` is counted, or that waited ``max_wait_s``
+        (from the counts as they are, or, while the counts after a start are still loading,
+        with that reason): ``reply(id, list of Trend or error text)``. A query is
+        ``(window_s, at_us, baseline, limit, min_count, min_seq)``."""
+        now = time.monotonic() if now is None else now
+        while not self.queries.empty():
+            rid, args = self.queries.get()
+            self._waiting.append((now + self.max_wait_s, rid, args))
+        still = []
+        for deadline, rid, args in self._waiting:
+            if not (self.complete and self.counted_seq >= args[5]) and now < deadline:
+                still.append((deadline, rid, args))
+                continue
+            if not self.complete:
+                done = (self.counted_seq - self.start_seq) / max(1, self.loaded_to - self.start_seq)
+                reply(rid, f"TrendsLoading: trend counts are loading ({done:.0%} of the log read)")
+                continue
+            try:
+                result: Any = self.trends.top(*args[:5])
+            except Exception as exc:  # the asker gets the reason, the loop goes on
+                result = f"{type(exc).__name__}: {exc}"
+            reply(rid, result)
+        self._waiting = still
+
+    def run(
+        self,
+        halt: threading.Event,
+        reply: Callable[[int, Any], None],
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Count the log as it grows until ``halt`` is set, then count what is left and
+        save. ``progress(counted_seq)`` is called after each batch."""
+        self.load()
+        last_save = time.monotonic()
+        while True:
+            stopping = halt.is_set()
+            n = self.step()
+            if n and progress is not None:
+                progress(self.counted_seq)
+            self.answer(reply)
+            now = time.monotonic()
+            if now - last_save >= self.save_s:
+                self.save()
+                last_save = now
+            if n == self.batch:
+                continue
+            if stopping:
+                break
+            halt.wait(self.poll_s)
+        self.save()
