@@ -29,7 +29,7 @@ import orjson
 import tantivy
 
 from gigafactory.errors import GigafactoryError
-from gigafactory.grok.memory.log import KIND_POST, LogReader, Record, with_counts
+from gigafactory.grok.memory.log import KIND_POST, LogReader, Row, with_counts
 
 log = logging.getLogger(__name__)
 
@@ -283,29 +283,32 @@ class IndexFeeder:
         self.last = (opened.checkpoint.log_id, opened.checkpoint.log_us)  # event at indexed_seq
         self.commits = 0
 
-    def _apply(self, records: list[Record]) -> None:
-        updates = [r for r in records if r.kind != KIND_POST]
+    def _apply(self, records: list[Row]) -> None:
+        """Add the events ``records`` (``LogReader.rows_after``) to the writer."""
+        updates = [r for r in records if r[1] != KIND_POST]
         bodies: dict[str, str] = {}
         if updates:
-            in_batch = {r.post_id: r.body for r in records if r.kind == KIND_POST}
-            missing = [r.post_id for r in updates if r.post_id not in in_batch]
+            in_batch = {pid: body for _s, kind, pid, body, _at in records if kind == KIND_POST}
+            missing = [r[2] for r in updates if r[2] not in in_batch]
             bodies = self.postlog.post_bodies(missing) if missing else {}
             bodies.update(in_batch)
         w = self.writer
         assert w is not None
-        for r in records:
-            if r.kind == KIND_POST:
-                w.add_json(r.body)  # the logged body is already the index document
-                self.posts += 1
+        posts = 0
+        for _seq, kind, pid, body, _at in records:
+            if kind == KIND_POST:
+                w.add_json(body)  # the logged body is already the index document
+                posts += 1
             else:
-                body = bodies.get(r.post_id)
-                if body is None:  # cannot happen: the log refuses updates of unknown posts
-                    log.error("engagement update for unknown post %s skipped", r.post_id)
+                post = bodies.get(pid)
+                if post is None:  # cannot happen: the log refuses updates of unknown posts
+                    log.error("engagement update for unknown post %s skipped", pid)
                     continue
-                w.delete_documents_by_term("id", r.post_id)
-                w.add_json(with_counts(body, r.body))
+                w.delete_documents_by_term("id", pid)
+                w.add_json(with_counts(post, body))
+        self.posts += posts
         last = records[-1]
-        self.last = (last.post_id, last.ingested_us)
+        self.last = (last[2], last[4])
 
     def _commit(self) -> None:
         w = self.writer
@@ -334,10 +337,10 @@ class IndexFeeder:
         last_commit = time.monotonic()
         while True:
             stopping = halt.is_set()
-            records = self.postlog.read_after(self.indexed_seq, self.batch)
+            records = self.postlog.rows_after(self.indexed_seq, self.batch)
             if records:
                 self._apply(records)
-                self.indexed_seq = records[-1].seq
+                self.indexed_seq = records[-1][0]
             dirty = self.indexed_seq > self.searchable_seq
             now = time.monotonic()
             if dirty and (now - last_commit >= self.commit_interval_s or stopping):

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from gigafactory.errors import GigafactoryError
-from gigafactory.grok.memory.log import KIND_POST, LogReader, Record
+from gigafactory.grok.memory.log import KIND_POST, LogReader, Row
 
 STOPWORDS = frozenset(
     [
@@ -515,16 +515,16 @@ class TrendFeeder:
         """Whether the counts cover the log as it was at the start (the replay is done)."""
         return self.counted_seq >= self.loaded_to
 
-    def count(self, records: list[Record]) -> None:
+    def count(self, records: list[Row]) -> None:
         """Count the posts of ``records`` (the next events of the log, in order)."""
-        docs = [orjson.loads(r.body) for r in records if r.kind == KIND_POST]
+        docs = [orjson.loads(r[3]) for r in records if r[1] == KIND_POST]
         if docs:
             self.trends.add_many([(d["created_us"], d["text"]) for d in docs])
-        self.counted_seq = records[-1].seq
+        self.counted_seq = records[-1][0]
 
     def step(self) -> int:
         """Count the next batch of the log; the number of events read."""
-        records = self.postlog.read_after(self.counted_seq, self.batch)
+        records = self.postlog.rows_after(self.counted_seq, self.batch)
         if records:
             self.count(records)
         return len(records)
