@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from gigafactory.grok.memory.generator import generate_posts
 from gigafactory.grok.memory.ingest import fast_post, prepare_posts, validate_posts
-from gigafactory.grok.memory.log import created_us, post_body
+from gigafactory.grok.memory.log import post_body
 
 NOW = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -117,17 +117,15 @@ COMPLETE = _mutated()
 
 def _reference(items: list[Any]) -> tuple[dict[int, tuple], dict[int, tuple]]:
     ok, refused = validate_posts(items, NOW, 300)
-    accepted = {i: (p.id, post_body(p), created_us(p.created_at), p.text) for i, p in ok}
+    accepted = {i: (p.id, post_body(p)) for i, p in ok}
     return accepted, {r.index: (r.id, r.reason, r.message) for r in refused}
 
 
 def _fast(items: list[Any]) -> tuple[dict[int, tuple], dict[int, tuple]]:
     ready, refused = prepare_posts(items, NOW, 300)
     accepted = {
-        i: (pid, body, cu, text)
-        for i, pid, body, cu, text in zip(
-            ready.positions, ready.ids, ready.bodies, ready.created_us, ready.texts, strict=True
-        )
+        i: (pid, body)
+        for i, pid, body in zip(ready.positions, ready.ids, ready.bodies, strict=True)
     }
     return accepted, {r.index: (r.id, r.reason, r.message) for r in refused}
 
