@@ -44,6 +44,45 @@ def test_api_process_has_its_own_indexer_process(make_service):
     assert not _gone(h["indexer_pid"])
 
 
+def test_trends_are_counted_in_a_lower_priority_process_of_their_own(make_service, monkeypatch):
+    """The trend process is neither the API process nor the indexer, runs ``TREND_NICE``
+    below them, and when it dies ingest and search go on while it restarts and catches up
+    (the status says so meanwhile)."""
+    monkeypatch.setattr(indexer_module, "RESTART_DELAYS_S", (1.0,))
+    svc = make_service()
+    h = svc.health()
+    pid = h["trends_pid"]
+    assert h["status"] == "ok" and pid not in (None, os.getpid(), h["indexer_pid"])
+
+    def nice(p: int) -> int:  # field 19 of /proc/PID/stat, after the ")" of the name
+        return int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+    assert nice(pid) - nice(os.getpid()) == indexer_module.TREND_NICE
+    assert nice(h["indexer_pid"]) == nice(os.getpid())
+    ingest_and_wait(svc, [post(f"t{i}", "tango #nine") for i in range(40)])
+    assert svc.trend_proc.kill_child() == pid
+    seen: list[dict] = []
+    assert _wait_until(lambda: seen.append(svc.health()) or seen[-1]["status"] == "degraded", 5)
+    assert "trend process" in seen[-1]["trends_error"] and seen[-1]["indexer_error"] is None
+    res = svc.ingest_posts([post(f"u{i}", "tango #nine") for i in range(10)])
+    assert res.accepted == 10 and svc.indexer.wait_searchable(res.last_seq, 60)
+    assert len(svc.search(SearchQuery(q="tango", limit=100))) == 50
+    assert _wait_until(lambda: svc.healthy(), 30)
+    counts = {t.term: t.count for t in svc.top_trends(900, min_count=1, limit=50)}
+    assert counts["#nine"] == 50  # nothing lost, nothing counted twice
+    h = svc.health()
+    assert (h["trends_restarts"], h["trends_lag"]) == (1, 0) and h["trends_counted_seq"] == 50
+
+
+def test_a_child_process_role_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="role 'search': one of index, trends"):
+        indexer_module.IndexerProcess(tmp_path, role="search")
+    cmd = [sys.executable, "-m", "gigafactory.grok.memory.indexer", "--role", "search"]
+    cmd += ["--data-dir", str(tmp_path), "--fd", "0", "--parent-pid", str(os.getpid())]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "invalid choice: 'search'" in r.stderr
+
+
 def test_killed_indexer_is_reported_restarted_and_catches_up(make_service, monkeypatch):
     # a second before the restart: the degraded state lasts long enough to be seen on a
     # loaded machine (0.2 s by default)
