@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -127,31 +128,37 @@ class GrokService:
         self.settings = settings
         d = settings.prepare_data_dir()
         self.log = PostLog(d / "log.sqlite3", settings.synchronous)
-        try:
-            self.indexer = IndexerProcess(
-                d,
-                settings.synchronous,
-                settings.commit_interval_s,
-                heap_mb=settings.indexer_heap_mb,
-                threads=settings.indexer_threads,
-            )
-        except BaseException:
+        # both children start at once (each constructor returns when its child is ready)
+        with ThreadPoolExecutor(2, thread_name_prefix="grok-start") as pool:
+            starting = [
+                pool.submit(
+                    IndexerProcess,
+                    d,
+                    settings.synchronous,
+                    settings.commit_interval_s,
+                    heap_mb=settings.indexer_heap_mb,
+                    threads=settings.indexer_threads,
+                ),
+                pool.submit(
+                    IndexerProcess,
+                    d,
+                    settings.synchronous,
+                    trend_bucket_s=settings.trend_bucket_s,
+                    trend_retention_s=settings.trend_retention_s,
+                    trend_save_s=settings.trend_save_s,
+                    role="trends",
+                    nice=TREND_NICE,
+                ),
+            ]
+            wait(starting)
+        failed = [f.exception() for f in starting if f.exception() is not None]
+        if failed:
+            for f in starting:
+                if f.exception() is None:
+                    f.result().stop()
             self.log.close()
-            raise
-        try:
-            self.trend_proc = IndexerProcess(
-                d,
-                settings.synchronous,
-                trend_bucket_s=settings.trend_bucket_s,
-                trend_retention_s=settings.trend_retention_s,
-                trend_save_s=settings.trend_save_s,
-                role="trends",
-                nice=TREND_NICE,
-            )
-        except BaseException:
-            self.indexer.stop()
-            self.log.close()
-            raise
+            raise failed[0]
+        self.indexer, self.trend_proc = (f.result() for f in starting)
         self.rebuilt = self.indexer.rebuilt
         self.gate = IndexLagGate(
             self.indexer, self.log, settings.max_index_lag_s, settings.max_ingest_hold_s
