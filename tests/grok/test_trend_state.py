@@ -52,6 +52,9 @@ def test_restart_loads_saved_counts_and_replays_only_the_tail_once(make_service)
     saved = svc.settings.data_dir / "trends" / "state.json"
     assert saved.exists()
     svc = make_service(trend_save_s=3600)
+    # the status knows where the loaded counts stand, with nothing new to count
+    assert _wait_until(lambda: svc.health()["trends_counted_seq"] == 40, 10)
+    assert svc.health()["trends_lag"] == 0
     assert _counts(svc)["alpha"] == 40
     ingest_and_wait(svc, [post(f"b{i}", "beta #two", age_s=30) for i in range(25)])
     pid = svc.trend_proc.kill_child()  # no save since the restart: the tail is in the log only
@@ -160,8 +163,12 @@ def test_trend_feeder_run_counts_the_rest_and_saves_when_halted(tmp_path):
     halt = threading.Event()
     halt.set()
     f.run(halt, lambda rid, res: None, progress.append)
-    assert progress == [50, 100, 120]
+    assert progress == [0, 50, 100, 120]  # where the load left it, then each batch
     again = TrendCounter(60, 3600)
     assert TrendStore(tmp_path / "trends").load(again) == 120
     assert {t.term: t.count for t in again.top(900, min_count=1)}["#six"] == 120
+    restarted = TrendFeeder(log, TrendCounter(60, 3600), TrendStore(tmp_path / "trends"))
+    progress.clear()
+    restarted.run(halt, lambda rid, res: None, progress.append)
+    assert progress == [120]  # a restart on a saved, unchanged log reports its position
     log.close()

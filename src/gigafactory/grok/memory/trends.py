@@ -567,8 +567,10 @@ class TrendFeeder:
         progress: Callable[[int], None] | None = None,
     ) -> None:
         """Count the log as it grows until ``halt`` is set, then count what is left and
-        save. ``progress(counted_seq)`` is called after each batch."""
+        save. ``progress(counted_seq)`` is called once loaded and after each batch."""
         self.load()
+        if progress is not None:
+            progress(self.counted_seq)
         last_save = time.monotonic()
         while True:
             stopping = halt.is_set()
