@@ -146,8 +146,9 @@ def test_demo_port_in_use_is_refused_and_leaves_nothing_behind():
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_cli_demo_serve_prints_the_page_url_and_stops_on_ctrl_c_or_term(stop):
-    cmd = [sys.executable, "-c", "from gigafactory.cli import main; main()", "demo", "--serve"]
-    cmd += ["--rate", "100", "--history", "30", "--warmup", "1", "--questions", "1"]
+    cmd = [sys.executable, "-X", "faulthandler", "-c", "from gigafactory.cli import main; main()"]
+    cmd += ["demo", "--serve", "--rate", "100", "--history", "30", "--warmup", "1"]
+    cmd += ["--questions", "1"]
     cmd += ["--seed", "5"]
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(
@@ -178,7 +179,12 @@ def test_cli_demo_serve_prints_the_page_url_and_stops_on_ctrl_c_or_term(stop):
         data_dir = re.search(r"data in (\S+),", out).group(1)
         assert Path(data_dir).is_dir()
         proc.send_signal(stop)
-        assert proc.wait(timeout=30) == 0
+        try:
+            assert proc.wait(timeout=30) == 0
+        except subprocess.TimeoutExpired:  # say where it stuck: its threads, then its output
+            os.kill(proc.pid, signal.SIGABRT)  # faulthandler (-X faulthandler) dumps stacks
+            proc.wait(10)
+            pytest.fail(f"the demo did not stop in 30 s:\n{proc.stdout.read()[-6000:]}")
         assert _closed(base) and not Path(data_dir).exists()
     finally:
         if proc.poll() is None:

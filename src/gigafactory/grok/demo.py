@@ -381,7 +381,7 @@ class Demo:
     def warm_up(self, every_s: float = 0.25) -> Iterator[Feeding]:
         """Send ``options.history_s`` seconds of past posts, feed live posts for
         ``options.warmup_s`` seconds, then wait until the index has caught up with what was
-        logged by then (trends count posts at ingest; search sees them once indexed);
+        logged by then (search sees posts once indexed, trends once counted);
         report progress every ``every_s``."""
         self.start_feed()
         opts, feed = self.options, self._feed

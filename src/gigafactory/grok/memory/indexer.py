@@ -404,13 +404,20 @@ class IndexerProcess:
         proc.kill()
         return proc.pid
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Have the child index what is left, commit and exit; kill it if it does not."""
+    def request_stop(self) -> None:
+        """Ask the child to finish (index or count what is left, commit or save) and exit,
+        without waiting; ``stop`` waits."""
         self._halt.set()
-        conn, proc = self._conn, self._proc
+        conn = self._conn
         if conn is not None:
             with contextlib.suppress(OSError), self._send_lock:
                 conn.send(("stop",))
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Have the child index what is left, commit and exit; kill it if it does not."""
+        if not self._halt.is_set():
+            self.request_stop()
+        proc = self._proc
         if proc is not None:
             try:
                 proc.wait(timeout)

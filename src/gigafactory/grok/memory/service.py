@@ -271,6 +271,8 @@ class GrokService:
         if self._closed:
             return
         self._closed = True
+        for child in (self.indexer, self.trend_proc):  # both finish at once
+            child.request_stop()
         self.indexer.stop()
         self.trend_proc.stop()
         self.log.close()
