@@ -151,8 +151,15 @@ def test_cli_demo_serve_prints_the_page_url_and_stops_on_ctrl_c_or_term(stop):
     cmd += ["--questions", "1"]
     cmd += ["--seed", "5"]
     env = {**os.environ, "COLUMNS": "200"}
+    # started as a non-interactive shell starts a background job (SIGINT ignored, inherited
+    # through exec): Ctrl-C must still stop it
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         lines = []

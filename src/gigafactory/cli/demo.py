@@ -164,8 +164,9 @@ def _stop(_signum: int, _frame: Any) -> None:
 
 def _serve_until_stopped(d: Any) -> None:
     """Keep the demo up until Ctrl-C or SIGTERM (both end it cleanly: the service stops and
-    the temporary data directory is removed)."""
-    previous = signal.signal(signal.SIGTERM, _stop)
+    the temporary data directory is removed). Both are caught explicitly: a process started
+    in the background by a non-interactive shell inherits SIGINT ignored."""
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while True:
             time.sleep(1)
@@ -173,7 +174,8 @@ def _serve_until_stopped(d: Any) -> None:
     except KeyboardInterrupt:
         console.print("stopping")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def register(app: typer.Typer) -> None:
