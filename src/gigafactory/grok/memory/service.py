@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -150,14 +150,13 @@ class GrokService:
                     nice=TREND_NICE,
                 ),
             ]
-            wait(starting)
-        failed = [f.exception() for f in starting if f.exception() is not None]
-        if failed:
-            for f in starting:
-                if f.exception() is None:
+        errors = [f.exception() for f in starting]  # the pool is done: both have ended
+        if any(errors):
+            for f, error in zip(starting, errors, strict=True):
+                if error is None:
                     f.result().stop()
             self.log.close()
-            raise failed[0]
+            raise next(e for e in errors if e is not None)
         self.indexer, self.trend_proc = (f.result() for f in starting)
         self.rebuilt = self.indexer.rebuilt
         self.gate = IndexLagGate(

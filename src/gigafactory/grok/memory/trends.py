@@ -549,11 +549,11 @@ class TrendFeeder:
             if not (self.complete and self.counted_seq >= args[5]) and now < deadline:
                 still.append((deadline, rid, args))
                 continue
-            if not self.complete:
-                done = (self.counted_seq - self.start_seq) / max(1, self.loaded_to - self.start_seq)
-                reply(rid, f"TrendsLoading: trend counts are loading ({done:.0%} of the log read)")
-                continue
             try:
+                if not self.complete:
+                    read = self.counted_seq - self.start_seq
+                    done = read / max(1, self.loaded_to - self.start_seq)
+                    raise TrendsLoading(f"trend counts are loading ({done:.0%} of the log read)")
                 result: Any = self.trends.top(*args[:5])
             except Exception as exc:  # the asker gets the reason, the loop goes on
                 result = f"{type(exc).__name__}: {exc}"
