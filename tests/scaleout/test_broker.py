@@ -276,7 +276,7 @@ def test_duplicates_updates_trends_and_status_through_the_broker(tmp_path, nats_
     threads = indexer_threads(nats_server.url, tmp_path / "data", halt)
 
     def broker_count() -> int:
-        return svc.indexer.counts(900, time.time_ns() // 1000, 6).now["broker"]
+        return svc.trend_counts(900, time.time_ns() // 1000, 6).now["broker"]
 
     try:
         items = posts(0, 20)

@@ -150,14 +150,7 @@ def wait_covered(s: GrokService, seq: int, timeout_s: float) -> None:
     if logged is not None and seq > logged:
         raise HTTPException(422, f"min_seq={seq} is past the end of the log ({logged})")
     ix = s.indexer
-    waiter = getattr(ix, "wait_searchable", None)
-    if waiter is not None:
-        ok = waiter(seq, timeout_s)
-    else:  # the shards of a broker: their positions are read, not signalled
-        deadline = time.monotonic() + timeout_s
-        while not (ok := ix.searchable_seq >= seq) and time.monotonic() < deadline:
-            time.sleep(0.005)
-    if not ok:
+    if not ix.wait_searchable(seq, timeout_s):
         raise HTTPException(
             504,
             f"the index has not reached seq {seq} in {timeout_s:g}s "

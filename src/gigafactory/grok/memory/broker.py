@@ -68,6 +68,11 @@ def subject_of(partition: int) -> str:
     return f"{SUBJECT_PREFIX}.{partition}"
 
 
+def partitions_of(info: StreamInfo) -> int:
+    """The partition count of a stream (its number of subjects)."""
+    return len(info.config.subjects or [])
+
+
 def check_url(url: str) -> str:
     """``url`` if it is ``nats://HOST:PORT`` (comma-separate several servers)."""
     for one in url.split(","):
@@ -152,10 +157,6 @@ class Broker:
                 f"{self.url}` first (it creates the stream)"
             ) from None
 
-    def stream_partitions(self) -> int:
-        """The partition count of the existing stream (its number of subjects)."""
-        return len(self.stream_info().config.subjects or [])
-
     def ensure_stream(self, partitions: int, replicas: int = 1) -> int:
         """Create the stream with ``partitions`` subjects and ``replicas`` copies, or check
         that the existing one has that many partitions. Returns the partition count."""
@@ -175,7 +176,7 @@ class Broker:
             except nats.js.errors.NotFoundError:
                 await self.js.add_stream(config)
                 return partitions
-            return len(si.config.subjects or [])
+            return partitions_of(si)
 
         try:
             have = self.run(ensure(), PUBLISH_TIMEOUT_S * 2)

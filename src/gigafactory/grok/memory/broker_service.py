@@ -48,7 +48,7 @@ from gigafactory.grok.memory.shards import (
     search_shards,
     trend_subject,
 )
-from gigafactory.grok.memory.trends import WindowCounts
+from gigafactory.grok.memory.trends import Trend, WindowCounts, check_window, now_us
 from gigafactory.grok.settings import GrokSettings
 
 TREND_TIMEOUT_S = 2.0
@@ -61,9 +61,8 @@ class BrokerService(GrokService):
 
     A ``GrokService`` whose log is the stream and whose index is the shards: every method
     that touches the log or the indexer process (ingest, search, health, close) is its own;
-    ``top_trends`` is inherited (it asks ``trend_proc.trends``, here ``ShardPositions``, which
-    merges the partitions' counts from ``trend_counts``), so the interface the API and the
-    Grok chat call stays one."""
+    ``top_trends`` ranks the partitions' counts merged (``trend_counts``), so the interface
+    the API and the Grok chat call stays one."""
 
     def __init__(  # the parent's __init__ opens a log and an indexer process: not called
         self, settings: GrokSettings, url: str, partitions: int = 2, replicas: int = 1
@@ -76,10 +75,23 @@ class BrokerService(GrokService):
             self.broker.close()
             raise
         self.shards = ShardSet(settings.data_dir, self.partitions)
-        self.indexer = ShardPositions(self.shards, self.trend_counts)  # type: ignore[assignment]
-        self.trend_proc = self.indexer  # type: ignore[assignment]
+        self.indexer = ShardPositions(self.shards)  # type: ignore[assignment]
         self.rebuilt: str | None = None
         self.started = time.time()
+
+    def top_trends(
+        self,
+        window_s: float,
+        baseline: int = 6,
+        limit: int = 20,
+        min_count: int = 5,
+        at_us: int | None = None,
+    ) -> list[Trend]:
+        """``GrokService.top_trends`` from the partitions' counts added up (exact: counts
+        add; each partition's indexer counts what it indexes)."""
+        check_window(window_s, self.settings.trend_retention_s)
+        at_us = now_us() if at_us is None else at_us
+        return self.trend_counts(window_s, at_us, baseline).rank(limit, min_count)
 
     def trend_counts(self, window_s: float, at_us: int, baseline: int) -> WindowCounts:
         """The window counts of every partition (asked of its indexer), added up; raises

@@ -59,6 +59,7 @@ from gigafactory.grok.memory.broker import (
     TRANSIENT,
     Broker,
     BrokerError,
+    partitions_of,
     subject_of,
 )
 from gigafactory.grok.memory.index import (
@@ -90,7 +91,6 @@ from gigafactory.grok.memory.search import (
 )
 from gigafactory.grok.memory.trends import (
     STOPWORDS,
-    Trend,
     TrendCounter,
     TrendStore,
     WindowCounts,
@@ -609,7 +609,7 @@ def run_indexer(
             halt.wait(0.5)
     try:
         info = _wait_for_stream(broker, halt, max(0.0, deadline - time.monotonic()))
-        partitions = len(info.config.subjects or [])
+        partitions = partitions_of(info)
         if not 0 <= partition < partitions:
             raise BrokerError(
                 f"--partition {partition}: the stream has partitions 0..{partitions - 1}"
@@ -804,29 +804,23 @@ class ShardsView:
 class ShardPositions:
     """What the service reads as ``self.indexer``: the stream sequence every shard has
     committed past (the smallest shard position, a lower bound of what is searchable; idle
-    partitions follow the stream), and trends from the window counts of every partition's
-    indexer, merged (``counts(window_s, at_us, baseline)``; ``GrokService.top_trends`` asks
-    ``indexer.trends``)."""
+    partitions follow the stream), and a view over the shards' indexes."""
 
-    def __init__(self, shards: ShardSet, counts: Callable[[float, int, int], WindowCounts]):
+    POLL_S = 0.005
+
+    def __init__(self, shards: ShardSet):
         self.shards = shards
-        self.counts = counts
         self.index = ShardsView(shards)
 
     @property
     def searchable_seq(self) -> int:
         return min(self.shards.checkpoints(), default=0)
 
-    def trends(
-        self,
-        window_s: float,
-        at_us: int | None,
-        baseline: int,
-        limit: int,
-        min_count: int,
-        min_seq: int = 0,
-    ) -> list[Trend]:
-        """The ranked trends of the partitions' counts added up (exact: counts add; each
-        partition's indexer counts what it indexes, so ``min_seq`` is always met)."""
-        at_us = now_us() if at_us is None else at_us
-        return self.counts(window_s, at_us, baseline).rank(limit, min_count)
+    def wait_searchable(self, seq: int, timeout: float = 10.0) -> bool:
+        """Block until every shard covers stream sequence ``seq`` (or ``timeout`` seconds
+        pass), as ``IndexerProcess.wait_searchable``: the shards' positions are read, not
+        signalled, so they are polled."""
+        deadline = time.monotonic() + timeout
+        while not (ok := self.searchable_seq >= seq) and time.monotonic() < deadline:
+            time.sleep(self.POLL_S)
+        return ok
