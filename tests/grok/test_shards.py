@@ -306,3 +306,29 @@ def test_indexer_refuses_a_bad_trend_setting_before_connecting(capsys, tmp_path,
               "--partition", "0"])  # fmt: skip
     err = " ".join(capsys.readouterr().err.split())
     assert exit_.value.code == 2 and "GROK_TREND_BUCKET_S" in err and "Traceback" not in err
+
+
+def test_shard_positions_wait_for_every_shard_to_cover_a_sequence(tmp_path):
+    """``/v1/search?min_seq=`` over a broker: the slowest shard decides, positions are polled
+    until they cover the sequence or the timeout passes."""
+    import threading
+
+    from gigafactory.grok.memory.shards import ShardPositions, ShardSet, shard_dir
+
+    feeders = [ShardFeeder(open_shard(shard_dir(tmp_path, k)), 16_000_000) for k in range(2)]
+    for f in feeders:
+        f.advance(3)
+        f.commit()
+    positions = ShardPositions(ShardSet(tmp_path, 2, reload_s=0.0))
+    assert positions.searchable_seq == 3 and positions.wait_searchable(3, 0.1)
+    assert not positions.wait_searchable(5, 0.1)  # no shard is there yet
+    feeders[0].advance(5)
+    feeders[0].commit()
+    assert not positions.wait_searchable(5, 0.1)  # one shard is not enough
+    later = threading.Timer(0.2, lambda: (feeders[1].advance(6), feeders[1].commit()))
+    later.start()
+    assert positions.wait_searchable(5, 10)  # seen once the other shard commits past it
+    later.join()
+    assert positions.searchable_seq == 5
+    for f in feeders:
+        f.close()
