@@ -164,7 +164,7 @@ def fold_hardware(train: Sequence[PublishedRun], gpus: Sequence[str]) -> dict[st
     for name in gpus:
         rows = groups.get(family(name), [])
         members = [bare[g] for g in sorted({r.gpu for r in rows})]
-        eff = fit_efficiency(members, rows) if rows else {}
+        eff = fit_efficiency(members, rows)  # {} for too few rows (none included)
         out[name] = dataclasses.replace(bare[name], efficiency={**bare[name].efficiency, **eff})
     return out
 

@@ -489,16 +489,16 @@ class Transformer(nn.Module):
         self.init_weights()
 
     @torch.no_grad()
-    def init_weights(self, seed: int | None = None) -> None:
+    def init_weights(self) -> None:
         """Every parameter from ``initial_value`` (one generator per parameter, seeded by
-        ``seed`` and its name) and the RoPE tables. ``seed`` None: the one drawn from the
-        global RNG when the model was built, so ``torch.manual_seed`` decides the weights. A meta-device build is left empty:
-        ``parallelize.materialize`` fills each rank's shards with the same values."""
+        ``init_seed``, drawn from the global RNG when the model was built so that
+        ``torch.manual_seed`` decides the weights, and its name) and the RoPE tables. A
+        meta-device build is left empty: ``parallelize.materialize`` fills each rank's shards
+        with the same values."""
         if self.rope_cos.device.type == "meta":
             return
-        seed = self.init_seed if seed is None else seed
         for name, p in self.named_parameters():
-            p.copy_(initial_value(name, p.shape, self.spec, seed, p.device, p.dtype))
+            p.copy_(initial_value(name, p.shape, self.spec, self.init_seed, p.device, p.dtype))
         fill_rope_tables(self, self.spec)
 
     def num_params(self) -> int:
