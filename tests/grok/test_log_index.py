@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import threading
 
 import pytest
 
+from gigafactory.grok.memory import index as index_mod
 from gigafactory.grok.memory.generator import generate_posts
-from gigafactory.grok.memory.log import LogError, PostLog
+from gigafactory.grok.memory.index import IndexFeeder, checkpoint_of, open_index, post_documents
+from gigafactory.grok.memory.log import LogError, LogReader, PostLog
 from gigafactory.grok.memory.post import EngagementUpdate, Post
 from gigafactory.grok.memory.search import SearchQuery
 
@@ -65,6 +68,29 @@ def test_index_catches_up_from_log_after_restart(make_service):
     assert svc2.indexer.wait_searchable(80, 30)
     assert len(_ids(svc2, "common")) == 80
     assert svc2.health()["index_docs"] == 80
+
+
+def test_each_commit_adds_a_checkpoint_the_newest_counts_and_old_ones_go_together(
+    tmp_path, monkeypatch
+):
+    # deleting the previous checkpoint at every commit left a deleted document in every
+    # segment (slower merges); now they accumulate up to KEEP_CHECKPOINTS, then go at once
+    monkeypatch.setattr(index_mod, "KEEP_CHECKPOINTS", 3)
+    lg = PostLog(tmp_path / "log.sqlite3")
+    reader = LogReader(tmp_path / "log.sqlite3")
+    stop = threading.Event()
+    stop.set()  # run() indexes what is logged, commits once and returns
+    for k in range(1, 8):
+        lg.append_posts([Post.model_validate(post(f"c{k}", f"checkpointed post {k}"))])
+        opened = open_index(tmp_path / "index", reader)
+        assert opened.rebuilt is None or k == 1  # reopened with many checkpoints: consistent
+        assert opened.checkpoint_seq == k - 1
+        IndexFeeder(opened, reader).run(stop, lambda seq: None)
+        cp = checkpoint_of(opened.index)
+        assert (cp.seq, cp.posts, cp.log_id) == (k, k, f"c{k}")
+        assert cp.kept == (k - 1) % 3 + 1
+        assert post_documents(opened.index) == k
+    lg.close()
 
 
 @pytest.mark.parametrize(

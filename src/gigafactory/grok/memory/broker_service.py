@@ -35,6 +35,7 @@ from gigafactory.grok.memory.broker import (
     partition_of,
     subject_of,
 )
+from gigafactory.grok.memory.index import post_documents
 from gigafactory.grok.memory.indexer import TrendsUnavailable
 from gigafactory.grok.memory.ingest import Refusal, prepare_posts, validate_updates
 from gigafactory.grok.memory.search import Hit, SearchQuery
@@ -213,7 +214,7 @@ class BrokerService(GrokService):
                 for k in range(self.partitions)
             ],
             "searchable_seq": min(checkpoints, default=0),
-            "index_docs": sum(max(0, ix.searcher().num_docs - 1) for ix in self.shards.indexes()),
+            "index_docs": sum(post_documents(ix) for ix in self.shards.indexes()),
             "uptime_s": round(time.time() - self.started, 1),
         }
 

@@ -7,10 +7,12 @@ searchable about one interval after it was acknowledged. The API process opens t
 read-only and reloads its searcher after each commit.
 
 The last indexed log sequence is stored *inside* each commit as a checkpoint document
-(``kind=checkpoint``, replaced at every commit): tantivy commits are atomic, so the documents
-and the sequence they cover can never disagree. On open, ``open_index`` checks the index
-in constant time (readable, checkpoint present, as many post documents as the checkpoint
-counted, and the log's event at the checkpoint's seq is the one the index saw there); a
+(``kind=checkpoint``, one more at every commit; the newest, highest ``seq``, counts, and the
+older ones are deleted together now and then, ``KEEP_CHECKPOINTS``): tantivy commits are
+atomic, so the documents and the sequence they cover can never disagree. On open,
+``open_index`` checks the index in constant time (readable, checkpoint present, as many post
+documents as the checkpoint counted, and the log's event at the checkpoint's seq is the one
+the index saw there); a
 missing, unreadable or inconsistent index is deleted (only if this service created it) and
 rebuilt from the log, and a good one catches up from its checkpoint.
 """
@@ -35,9 +37,16 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
 POST = "post"
-SCHEMA_VERSION = 2  # 2: multilingual text analyzer with positions
+SCHEMA_VERSION = 3  # 2: multilingual text analyzer with positions; 3: checkpoints kept, by seq
 MARKER = ".grok-index"
 """A file in every index folder this service created: the only folders it deletes."""
+KEEP_CHECKPOINTS = 1000
+"""Checkpoint documents an index holds before the feeder deletes the older ones (in one
+commit, about every 100 s at 10 commits/s). Deleting the previous one at every commit
+instead leaves a deleted document in every segment, and tantivy merges a segment with
+deletes by decompressing and rewriting its stored documents instead of copying their
+blocks: +2 µs of indexer CPU per post (+7 %), measured indexing 400,000 posts in commits of
+4,000."""
 
 
 TEXT_ANALYZER = "grok_text"
@@ -102,7 +111,7 @@ def build_schema() -> tantivy.Schema:
     sb.add_integer_field("reposts", stored=True)
     sb.add_integer_field("replies", stored=True)
     # of the checkpoint document (see Checkpoint)
-    sb.add_integer_field("seq", stored=True, indexed=True)
+    sb.add_integer_field("seq", stored=True, indexed=True, fast=True)
     sb.add_integer_field("version", stored=True)
     sb.add_integer_field("posts", stored=True)
     sb.add_text_field("log_id", stored=True, tokenizer_name="raw", index_option="basic")
@@ -127,6 +136,21 @@ class Checkpoint:
     posts: int = 0
     log_id: str = ""
     log_us: int = 0
+    kept: int = 0
+    """Checkpoint documents in the index (this one and older ones, ``KEEP_CHECKPOINTS``)."""
+
+
+def _checkpoints(searcher: tantivy.Searcher, schema: tantivy.Schema) -> tantivy.SearchResult:
+    """The newest checkpoint document (highest ``seq``), with the count of all of them."""
+    query = tantivy.Query.term_query(schema, "kind", CHECKPOINT)
+    return searcher.search(query, 1, count=True, order_by_field="seq")
+
+
+def post_documents(index: tantivy.Index) -> int:
+    """Post documents in the searcher of ``index`` as last reloaded (all documents less the
+    checkpoint documents)."""
+    searcher = index.searcher()
+    return searcher.num_docs - (_checkpoints(searcher, index.schema).count or 0)
 
 
 def checkpoint_of(index: tantivy.Index) -> Checkpoint:
@@ -134,14 +158,13 @@ def checkpoint_of(index: tantivy.Index) -> Checkpoint:
     index.reload()
     searcher = index.searcher()
     schema = index.schema
-    hits = searcher.search(tantivy.Query.term_query(schema, "kind", CHECKPOINT), 2).hits
+    found = _checkpoints(searcher, schema)
+    hits, kept = found.hits, found.count or 0
     docs = searcher.num_docs
     if not hits:
         if docs:
             raise IndexCorrupt(f"{docs} documents but no checkpoint document")
         return Checkpoint()
-    if len(hits) > 1:
-        raise IndexCorrupt("more than one checkpoint document")
     cp = searcher.doc(hits[0][1])
     if cp.get_first("version") != SCHEMA_VERSION:
         raise IndexOutdated(f"index schema version {cp.get_first('version')} != {SCHEMA_VERSION}")
@@ -153,9 +176,10 @@ def checkpoint_of(index: tantivy.Index) -> Checkpoint:
         int(cp.get_first("posts")),
         cp.get_first("log_id") or "",
         int(cp.get_first("log_us") or 0),
+        kept,
     )
-    if docs - 1 != got.posts:
-        raise IndexCorrupt(f"{docs - 1} post documents but the checkpoint says {got.posts}")
+    if docs - kept != got.posts:
+        raise IndexCorrupt(f"{docs - kept} post documents but the checkpoint says {got.posts}")
     return got
 
 
@@ -281,6 +305,7 @@ class IndexFeeder:
         self.searchable_seq = opened.checkpoint_seq
         self.posts = opened.checkpoint.posts  # post documents added so far
         self.last = (opened.checkpoint.log_id, opened.checkpoint.log_us)  # event at indexed_seq
+        self.checkpoints = opened.checkpoint.kept  # checkpoint documents in the index
         self.commits = 0
 
     def _apply(self, records: list[Row]) -> None:
@@ -313,7 +338,9 @@ class IndexFeeder:
     def _commit(self) -> None:
         w = self.writer
         assert w is not None
-        w.delete_documents_by_term("kind", CHECKPOINT)
+        if self.checkpoints >= KEEP_CHECKPOINTS:
+            w.delete_documents_by_term("kind", CHECKPOINT)  # the new one comes after: kept
+            self.checkpoints = 0
         w.add_json(
             orjson.dumps(
                 {
@@ -328,6 +355,7 @@ class IndexFeeder:
             ).decode()
         )
         w.commit()
+        self.checkpoints += 1
         self.commits += 1
         self.searchable_seq = self.indexed_seq
 

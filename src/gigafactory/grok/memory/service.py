@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from gigafactory.grok.memory.index import post_documents
 from gigafactory.grok.memory.indexer import TREND_NICE, IndexerProcess
 from gigafactory.grok.memory.ingest import (
     LoggablePosts,
@@ -240,7 +241,7 @@ class GrokService:
         """Log and index positions, and whether the indexer process is alive."""
         ix = self.indexer
         ok = self.healthy()
-        docs = ix.index.searcher().num_docs if ix.index is not None else 0
+        docs = post_documents(ix.index) if ix.index is not None else 0
         return {
             "status": "ok" if ok else "degraded",
             "log_seq": self.log.last_seq,
@@ -248,7 +249,7 @@ class GrokService:
             "lag": self.log.last_seq - ix.searchable_seq,
             "commits": ix.commits,
             "log_commits": self.log.commits,
-            "index_docs": max(0, docs - 1),  # less the checkpoint document
+            "index_docs": docs,
             "index_rebuilt": self.rebuilt,
             "indexer_pid": ix.pid,
             "indexer_restarts": ix.restarts,
