@@ -6,12 +6,13 @@ import shutil
 import sqlite3
 import threading
 
+import orjson
 import pytest
 
 from gigafactory.grok.memory import index as index_mod
 from gigafactory.grok.memory.generator import generate_posts
 from gigafactory.grok.memory.index import IndexFeeder, checkpoint_of, open_index, post_documents
-from gigafactory.grok.memory.log import LogError, LogReader, PostLog
+from gigafactory.grok.memory.log import KIND_POST, LogError, LogReader, PostLog
 from gigafactory.grok.memory.post import EngagementUpdate, Post
 from gigafactory.grok.memory.search import SearchQuery
 
@@ -47,6 +48,21 @@ def test_log_commits_survive_reopen_and_refuse_duplicates(tmp_path):
     assert upd.accepted == [0] and upd.refused[1].startswith("unknown")
     assert [r.seq for r in lg.read_after(4)] == [5, 6, 7]
     assert lg._w.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_texts_after_gives_trend_counting_the_posts_time_and_text_read_by_sqlite(tmp_path):
+    lg = PostLog(tmp_path / "log.sqlite3")
+    lg.append_posts([Post.model_validate(p) for p in _posts(3)])
+    lg.append_updates([EngagementUpdate(id="p1", likes=3)])  # seq 4: not a post
+    lg.append_posts([Post.model_validate(post("q", 'a "quoted" \\ line\n東京 🚀'))])
+    bodies = {r.seq: orjson.loads(r.body) for r in lg.read_after(0) if r.kind == KIND_POST}
+    last, read, posts = lg.texts_after(1, limit=3)
+    assert (last, read) == (4, 3)
+    assert posts == [(bodies[s]["created_us"], bodies[s]["text"]) for s in (2, 3)]
+    last, read, posts = lg.texts_after(4)
+    assert (last, read, posts) == (5, 1, [(bodies[5]["created_us"], 'a "quoted" \\ line\n東京 🚀')])
+    assert lg.texts_after(5) == (5, 0, [])
+    lg.close()
 
 
 def test_log_rejects_bad_sync_mode(tmp_path):

@@ -203,6 +203,24 @@ class LogReader:
             .fetchall()
         )
 
+    def texts_after(self, seq: int, limit: int = 5000) -> tuple[int, int, list[tuple[int, str]]]:
+        """What trend counting reads of the next ``limit`` events after ``seq``: the seq of
+        the last of them (``seq`` when there are none), how many there are, and
+        ``(created_us, text)`` of the posts among them, taken out of the logged JSON by SQLite (``json_extract``: a third
+        less time than fetching each body and parsing it in Python)."""
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT seq, kind, json_extract(body, '$.created_us'), "
+                "json_extract(body, '$.text') FROM log WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit),
+            )
+            .fetchall()
+        )
+        if not rows:
+            return seq, 0, []
+        return rows[-1][0], len(rows), [(r[2], r[3]) for r in rows if r[1] == KIND_POST]
+
     def iter_back(self, upto_seq: int, since_us: int, batch: int = 5000) -> Iterator[Record]:
         """Events with ``seq <= upto_seq`` ingested at or after ``since_us``, newest first
         (a scan from the tail that stops at the first older event)."""

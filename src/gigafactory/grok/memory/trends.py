@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from gigafactory.errors import GigafactoryError
-from gigafactory.grok.memory.log import KIND_POST, LogReader, Row
+from gigafactory.grok.memory.log import LogReader
 
 STOPWORDS = frozenset(
     [
@@ -515,19 +515,12 @@ class TrendFeeder:
         """Whether the counts cover the log as it was at the start (the replay is done)."""
         return self.counted_seq >= self.loaded_to
 
-    def count(self, records: list[Row]) -> None:
-        """Count the posts of ``records`` (the next events of the log, in order)."""
-        docs = [orjson.loads(r[3]) for r in records if r[1] == KIND_POST]
-        if docs:
-            self.trends.add_many([(d["created_us"], d["text"]) for d in docs])
-        self.counted_seq = records[-1][0]
-
     def step(self) -> int:
         """Count the next batch of the log; the number of events read."""
-        records = self.postlog.rows_after(self.counted_seq, self.batch)
-        if records:
-            self.count(records)
-        return len(records)
+        self.counted_seq, read, posts = self.postlog.texts_after(self.counted_seq, self.batch)
+        if posts:
+            self.trends.add_many(posts)
+        return read
 
     def save(self) -> None:
         """Save the counts at ``counted_seq`` (once the replay after a start is done)."""
