@@ -82,21 +82,3 @@ def test_async_single_posts_from_one_event_loop_share_commits(make_service):
     assert svc.log.commits - before < 80
     big = asyncio.run(svc.ingest_posts_async([post(f"big{i}", "x") for i in range(100)]))
     assert big.accepted == 100  # validated in a worker thread
-
-
-def test_each_committed_batch_is_announced_in_log_order_with_its_note_if_all_was_logged(tmp_path):
-    lg = PostLog(tmp_path / "log.sqlite3")
-    seen: list[tuple[int, int, object]] = []
-    lg.on_commit = lambda first, last, note: seen.append((first, last, note))
-    lg.append(KIND_POST, ["a", "b"], ['{"id": "a"}', '{"id": "b"}'], note="ab")
-    lg.append(KIND_POST, ["b", "c"], ['{"id": "b"}', '{"id": "c"}'], note="bc")  # b refused
-    lg.append(KIND_POST, ["a"], ['{"id": "a"}'], note="a again")  # nothing logged: no call
-    lg.append(KIND_POST, ["d"], ['{"id": "d"}'])
-
-    def broken(first: int, last: int, note: object) -> None:
-        raise RuntimeError("listener bug")
-
-    lg.on_commit = broken  # a failing listener does not fail the append
-    assert lg.append(KIND_POST, ["e"], ['{"id": "e"}']).last_seq == 5
-    assert seen == [(1, 2, "ab"), (3, 3, None), (4, 4, None)]
-    lg.close()

@@ -74,25 +74,6 @@ def test_trends_are_counted_in_a_lower_priority_process_of_their_own(make_servic
     assert (h["trends_restarts"], h["trends_lag"]) == (1, 0) and h["trends_counted_seq"] == 50
 
 
-def test_the_api_counts_each_batchs_terms_and_the_trend_process_adds_them(make_service):
-    """The trend process takes each logged batch's term counts from the API process and
-    reads from the log only what they do not cover (here: a batch the log refused part of);
-    the counts are the same as if it had read everything."""
-    svc = make_service()
-    svc.ingest_posts([post(f"f{i}", "foxtrot #ten") for i in range(30)])
-    svc.ingest_updates([{"id": "f1", "likes": 5}])
-    res = svc.ingest_posts([post("f2", "foxtrot #ten"), post("g1", "golf #ten")])  # f2: a repeat
-    assert res.accepted == 1
-    assert _wait_until(lambda: svc.trend_proc.counted_seq == svc.log.last_seq == 32, 30)
-    h = svc.health()
-    # 31 events came with their counts, the refused one's batch from the log (the counts
-    # of one more may have been read too if they came later than ``feed_wait_s``)
-    assert h["trends_fed"] + h["trends_read"] == 32 and h["trends_read"] >= 1
-    assert h["trends_fed"] >= 30 and h["trends_feed_dropped"] == 0
-    counts = {t.term: t.count for t in svc.top_trends(900, min_count=1, limit=50)}
-    assert (counts["foxtrot"], counts["golf"], counts["#ten"]) == (30, 1, 31)
-
-
 def test_a_child_process_role_is_checked(tmp_path):
     with pytest.raises(ValueError, match="role 'search': one of index, trends"):
         indexer_module.IndexerProcess(tmp_path, role="search")

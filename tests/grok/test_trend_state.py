@@ -110,9 +110,7 @@ def test_trend_feeder_counts_each_post_once_and_answers_once_it_covers_min_seq(t
     for b in range(10):
         _log_posts(log, f"p{b}-", 20, "delta #four")
     store = TrendStore(tmp_path / "trends")
-    f = TrendFeeder(
-        log, TrendCounter(60, 3600), store, save_s=3600, batch=50, max_wait_s=30, feed_wait_s=0
-    )  # no term counts come from an API here: the log is read as soon as it grows
+    f = TrendFeeder(log, TrendCounter(60, 3600), store, save_s=3600, batch=50, max_wait_s=30)
     f.load()
     assert (f.counted_seq, f.loaded_to, f.complete) == (0, 200, False)
     got: list[tuple[int, object]] = []
@@ -173,46 +171,4 @@ def test_trend_feeder_run_counts_the_rest_and_saves_when_halted(tmp_path):
     progress.clear()
     restarted.run(halt, lambda rid, res: None, progress.append)
     assert progress == [120]  # a restart on a saved, unchanged log reports its position
-    log.close()
-
-
-def test_trend_feeder_adds_the_apis_counts_in_order_and_reads_the_log_only_for_what_they_miss(
-    tmp_path,
-):
-    from gigafactory.grok.memory.log import PostLog
-    from gigafactory.grok.memory.trends import TrendFeeder, bucket_counts
-
-    from .conftest import NOW
-
-    log = PostLog(tmp_path / "log.sqlite3", "NORMAL")
-    f = TrendFeeder(log, TrendCounter(60, 3600), batch=50, feed_wait_s=30)
-    f.load()  # an empty log: complete at once
-    stamp = int(NOW.timestamp() * US)
-
-    def logged(prefix: str, text: str) -> tuple[int, int, dict]:
-        _log_posts(log, prefix, 20, text)
-        return log.last_seq - 19, log.last_seq, bucket_counts([(stamp, text)] * 20, 60)
-
-    def counts() -> dict[str, int]:
-        return {t.term: t.count for t in f.trends.top(900, limit=50, min_count=1)}
-
-    a = logged("a", "alpha #one")
-    f.fed.put(a)
-    assert f.step(now=0.0) == 20 and (f.counted_seq, f.from_feed, f.from_log) == (20, 20, 0)
-    logged("b", "beta #two")  # its counts were dropped on the way
-    c = logged("c", "gamma #three")
-    f.fed.put(c)
-    f.fed.put(a)  # a late repeat: counted already
-    while f.step(now=1.0):
-        pass
-    assert (f.counted_seq, f.from_feed, f.from_log) == (60, 40, 20)  # b came from the log
-    first, last, _ = logged("d", "delta #four")
-    f.fed.put((first, last, None))  # the API had none to send (the log refused part of it)
-    assert f.step(now=2.0) == 20 and (f.counted_seq, f.from_log) == (80, 40)
-    logged("e", "epsilon #five")  # no counts come at all ...
-    assert f.step(now=3.0) == 0 and f.counted_seq == 80  # ... it waits feed_wait_s for them
-    assert f.step(now=40.0) == 20 and (f.counted_seq, f.from_log) == (100, 60)  # then reads
-    got = counts()
-    for term in ("alpha", "#one", "beta", "#two", "gamma", "#three", "delta", "#five"):
-        assert got[term] == 20, term  # each post counted once, whichever way
     log.close()

@@ -10,11 +10,10 @@ The two talk over one socket pair (pickled messages of ``multiprocessing.connect
 
     child -> parent  ("ready", checkpoint_seq, rebuilt, pid)   index opened (caught up later)
                      ("commit", seq)                           events up to seq searchable
-                     ("counted", seq, fed, read)               trends count events to seq
+                     ("counted", seq)                          trends count events to seq
                      ("trends", id, trends or error text)      answer to a trend query
                      ("error", text)                           just before it exits on error
     parent -> child  ("trends", id, args)                      a trend query (TrendFeeder)
-                     ("counts", first, last, counts)           term counts of logged posts
                      ("stop",)                                 index the rest, commit, exit
 
 The same entry point with ``--role trends`` is the trend process (``trends.TrendFeeder``):
@@ -71,9 +70,6 @@ TREND_NICE = 10
 """How much the trend process lowers its CPU priority (``os.nice``) below the indexer's."""
 ROLES = {"index": "indexer", "trends": "trend"}
 """What a child process does (``--role``), and its name in messages."""
-FEED_QUEUE = 256
-"""Batches' term counts waiting to be sent to the trend process (``IndexerProcess.feed``);
-more are dropped (the trend process then reads those posts from the log)."""
 
 
 class IndexerError(GigafactoryError):
@@ -103,19 +99,15 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(3)
 
 
-def _watch_parent(
-    conn: Connection, halt: threading.Event, queries: queue.SimpleQueue, fed: queue.SimpleQueue
-) -> None:
-    """Queue trend queries and the API's term counts for the feeder; set ``halt`` on
-    ``("stop",)``; end the process when the parent's end closes."""
+def _watch_parent(conn: Connection, halt: threading.Event, queries: queue.SimpleQueue) -> None:
+    """Queue trend queries for the feeder; set ``halt`` on ``("stop",)``; end the process
+    when the parent's end closes."""
     while True:
         try:
             msg = conn.recv()
         except (EOFError, OSError):
             os._exit(4)  # the parent is gone: the log has everything, nothing to save
-        if msg and msg[0] == "counts":
-            fed.put(msg[1:])
-        elif msg and msg[0] == "trends":
+        if msg and msg[0] == "trends":
             queries.put((msg[1], msg[2]))
         elif msg and msg[0] == "stop":
             halt.set()
@@ -149,8 +141,7 @@ def child_main(argv: list[str] | None = None) -> int:
     conn = Connection(args.fd)
     halt = threading.Event()
     queries: queue.SimpleQueue = queue.SimpleQueue()
-    fed: queue.SimpleQueue = queue.SimpleQueue()
-    threading.Thread(target=_watch_parent, args=(conn, halt, queries, fed), daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(conn, halt, queries), daemon=True).start()
     send_lock = threading.Lock()
 
     def send(*msg: Any) -> None:
@@ -166,13 +157,11 @@ def child_main(argv: list[str] | None = None) -> int:
                 TrendStore(args.data_dir / "trends"),
                 args.trend_save_s,
             )
-            counter.queries, counter.fed = queries, fed
+            counter.queries = queries
             gc.freeze()  # start-up's objects stay: full collections walk what the loop makes
             send("ready", 0, None, os.getpid())
             counter.run(
-                halt,
-                lambda rid, res: send("trends", rid, res),
-                lambda seq: send("counted", seq, counter.from_feed, counter.from_log),
+                halt, lambda rid, res: send("trends", rid, res), lambda seq: send("counted", seq)
             )
             return 0
         opened = open_index(args.data_dir / "index", reader)
@@ -252,9 +241,6 @@ class IndexerProcess:
         self.index: tantivy.Index | None = None
         self.searchable_seq = 0
         self.counted_seq = 0
-        self.events_fed = self.events_read = 0  # the trend process's, since it started
-        self.feed_dropped = 0
-        self._outbox: queue.Queue[tuple[int, int, Any]] = queue.Queue(FEED_QUEUE)
         self.commits = 0
         self.restarts = 0
         self.rebuilt: str | None = None
@@ -270,8 +256,6 @@ class IndexerProcess:
         # the supervisor thread starts the child, so PR_SET_PDEATHSIG follows its lifetime
         self._thread = threading.Thread(target=self._supervise, name=f"grok-{role}", daemon=True)
         self._thread.start()
-        if role == "trends":
-            threading.Thread(target=self._send_feed, name="grok-trend-feed", daemon=True).start()
         if not self._started.wait(start_timeout_s) or self.pid is None:
             self.stop()
             raise IndexerError(
@@ -307,7 +291,7 @@ class IndexerProcess:
                         self._on_commit(msg[1])
                         failures = 0
                     elif msg[0] == "counted":
-                        self.counted_seq, self.events_fed, self.events_read = msg[1:4]
+                        self.counted_seq = msg[1]
                         failures = 0
                     elif msg[0] == "ready":
                         self._on_ready(msg[1], msg[2], msg[3])
@@ -367,34 +351,7 @@ class IndexerProcess:
             slot.result = result
             slot.done.set()
 
-    def _send_feed(self) -> None:
-        """Send the queued term counts to the trend process, in order; drop them while it
-        is not running (it reads those posts from the log instead)."""
-        while not self._halt.is_set():
-            try:
-                item = self._outbox.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            conn = self._conn
-            try:
-                if conn is None or not self.ready:
-                    raise OSError
-                with self._send_lock:
-                    conn.send(("counts", *item))
-            except OSError:
-                self.feed_dropped += 1
-
     # -- API -------------------------------------------------------------------------------
-    def feed(self, first_seq: int, last_seq: int, counts: Any) -> None:
-        """Hand the trend process the term counts (``trends.bucket_counts``, or None: read
-        them from the log) of the posts logged at ``first_seq..last_seq``; call in log order
-        (``PostLog.on_commit``). Never blocks: beyond ``FEED_QUEUE`` waiting, it drops them
-        (the trend process reads those posts from the log)."""
-        try:
-            self._outbox.put_nowait((first_seq, last_seq, counts))
-        except queue.Full:
-            self.feed_dropped += 1
-
     def trends(
         self,
         window_s: float,

@@ -24,7 +24,7 @@ import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gigafactory.errors import GigafactoryError
-from gigafactory.grok.memory.log import created_us, post_body, post_document
+from gigafactory.grok.memory.log import post_body, post_document
 from gigafactory.grok.memory.post import (
     MAX_COUNT,
     MAX_TEXT_CHARS,
@@ -242,13 +242,12 @@ def fast_post(item: Any) -> tuple[str, str, datetime, str] | None:
 
 @dataclass
 class LoggablePosts:
-    """Validated posts of a batch, as columns: position in the batch, id, log document
-    (``log.post_document``) and ``(created_us, cleaned text)``, what trend counting reads."""
+    """Validated posts of a batch, as columns: position in the batch, id and log document
+    (which holds the cleaned text and the creation time, ``log.post_document``)."""
 
     positions: list[int] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     bodies: list[str] = field(default_factory=list)
-    texts: list[tuple[int, str]] = field(default_factory=list)
 
 
 def prepare_posts(
@@ -263,19 +262,18 @@ def prepare_posts(
     for i, item in enumerate(items):
         fast = fast_post(item)
         if fast is not None:
-            pid, text, t, doc = fast
+            pid, _text, t, doc = fast
         else:
             ok, why = validate_posts([item], now, max_future_s)
             if why:
                 refused.append(Refusal(i, why[0].id, why[0].reason, why[0].message))
                 continue
             p = ok[0][1]
-            pid, text, t, doc = p.id, p.text, p.created_at, post_body(p)
+            pid, t, doc = p.id, p.created_at, post_body(p)
         if t > horizon:
             refused.append(_future(i, pid, t, max_future_s))
             continue
         out.positions.append(i)
         out.ids.append(pid)
         out.bodies.append(doc)
-        out.texts.append((created_us(t), text))
     return out, refused

@@ -16,11 +16,10 @@ round, not one per post; each is still answered only after its own data has comm
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,8 +30,6 @@ import orjson
 
 from gigafactory.errors import GigafactoryError
 from gigafactory.grok.memory.post import EngagementUpdate, Post
-
-log = logging.getLogger(__name__)
 
 KIND_POST = 1
 KIND_ENGAGEMENT = 2
@@ -149,10 +146,10 @@ class AppendResult:
 class _Pending:
     """A batch waiting for its group commit; ``future`` gets its result (or the error)."""
 
-    __slots__ = ("bodies", "future", "ids", "kind", "note")
+    __slots__ = ("bodies", "future", "ids", "kind")
 
-    def __init__(self, kind: int, ids: Sequence[str], bodies: Sequence[str], note: Any = None):
-        self.kind, self.ids, self.bodies, self.note = kind, ids, bodies, note
+    def __init__(self, kind: int, ids: Sequence[str], bodies: Sequence[str]):
+        self.kind, self.ids, self.bodies = kind, ids, bodies
         self.future: Future[AppendResult] = Future()
 
 
@@ -320,10 +317,6 @@ class PostLog(LogReader):
         )
         self._committer.start()
         self.commits = 0  # transactions committed by ``append``
-        self.on_commit: Callable[[int, int, Any], None] | None = None
-        """Called by the committer, in log order, for each batch committed: ``(first seq,
-        last seq, note)`` where ``note`` is what ``submit`` was given with the batch if all
-        of it was logged, else None (the trend feed, ``trends.TrendFeeder``)."""
         self._last_seq = self._w.execute("SELECT coalesce(max(seq), 0) FROM log").fetchone()[0]
 
     @property
@@ -342,18 +335,14 @@ class PostLog(LogReader):
         return found
 
     # -- writing ---------------------------------------------------------------------------
-    def append(
-        self, kind: int, ids: Sequence[str], bodies: Sequence[str], note: Any = None
-    ) -> AppendResult:
+    def append(self, kind: int, ids: Sequence[str], bodies: Sequence[str]) -> AppendResult:
         """Append events of one ``kind`` (already serialised ``bodies``): a post whose id is
         already logged or repeated in the batch is refused as a duplicate, an engagement
         update of an unlogged post as unknown. Returns once the transaction holding the batch
         has committed (durable per ``synchronous``). See ``submit``."""
-        return self.submit(kind, ids, bodies, note).result()
+        return self.submit(kind, ids, bodies).result()
 
-    def submit(
-        self, kind: int, ids: Sequence[str], bodies: Sequence[str], note: Any = None
-    ) -> Future[AppendResult]:
+    def submit(self, kind: int, ids: Sequence[str], bodies: Sequence[str]) -> Future[AppendResult]:
         """``append`` without waiting: the future is done once the batch has committed.
 
         Group commit: one committer thread takes every batch queued while it was committing
@@ -361,7 +350,7 @@ class PostLog(LogReader):
         that the verdicts are those of appending them one by one in arrival order. A failing
         commit fails every batch of its group. Callers may be threads or, through
         ``asyncio.wrap_future``, an event loop (no thread waits per request)."""
-        req = _Pending(kind, ids, bodies, note)
+        req = _Pending(kind, ids, bodies)
         with self._turn:
             if self._closing:
                 raise LogError("the post log is closed")
@@ -400,14 +389,7 @@ class PostLog(LogReader):
             for r in group:
                 r.future.set_exception(exc)
             return
-        hook = self.on_commit
         for r, res in zip(group, results, strict=True):
-            if hook is not None and res.accepted:
-                n = len(res.accepted)
-                try:
-                    hook(res.last_seq - n + 1, res.last_seq, r.note if n == len(r.ids) else None)
-                except Exception:  # a listener's failure is not the log's
-                    log.exception("post log commit listener failed")
             r.future.set_result(res)
 
     def _append_one(self, req: _Pending, now_us: int) -> AppendResult:
@@ -467,10 +449,10 @@ class PostLog(LogReader):
         """Append new posts in one transaction (see ``append``)."""
         return self.append(KIND_POST, [p.id for p in posts], [post_body(p) for p in posts])
 
-    def append_updates(self, updates: Sequence[EngagementUpdate], note: Any = None) -> AppendResult:
+    def append_updates(self, updates: Sequence[EngagementUpdate]) -> AppendResult:
         """Append engagement updates in one transaction (see ``append``)."""
         return self.append(
-            KIND_ENGAGEMENT, [u.id for u in updates], [u.model_dump_json() for u in updates], note
+            KIND_ENGAGEMENT, [u.id for u in updates], [u.model_dump_json() for u in updates]
         )
 
     def close(self) -> None:

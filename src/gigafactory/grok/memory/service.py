@@ -24,7 +24,7 @@ from gigafactory.grok.memory.ingest import (
 )
 from gigafactory.grok.memory.log import KIND_POST, AppendResult, PostLog
 from gigafactory.grok.memory.search import Hit, SearchQuery, search
-from gigafactory.grok.memory.trends import TermCounts, Trend, bucket_counts, check_window
+from gigafactory.grok.memory.trends import Trend, check_window
 from gigafactory.grok.settings import GrokSettings
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,6 @@ class GrokService:
             self.log.close()
             raise next(e for e in errors if e is not None)
         self.indexer, self.trend_proc = (f.result() for f in starting)
-        self.log.on_commit = self.trend_proc.feed  # each batch's term counts, in log order
         self.rebuilt = self.indexer.rebuilt
         self.gate = IndexLagGate(
             self.indexer, self.log, settings.max_index_lag_s, settings.max_ingest_hold_s
@@ -167,18 +166,15 @@ class GrokService:
         self.started = time.time()
         self._closed = False
 
-    def _prepare(self, items: list[Any]) -> tuple[LoggablePosts, list[Refusal], TermCounts]:
-        """Validate a batch, and count its posts' terms for the trend process (which would
-        otherwise read and parse every post again from the log, ``TrendFeeder``)."""
-        ready, refused = prepare_posts(items, datetime.now(UTC), self.settings.max_future_s)
-        return ready, refused, bucket_counts(ready.texts, self.settings.trend_bucket_s)
+    def _prepare(self, items: list[Any]) -> tuple[LoggablePosts, list[Refusal]]:
+        return prepare_posts(items, datetime.now(UTC), self.settings.max_future_s)
 
     def ingest_posts(self, items: list[Any]) -> IngestResult:
         """Validate and durably log posts; see ``gigafactory.grok.memory.ingest`` for semantics.
         Safe to call from many threads: concurrent calls share log commits (group commit)."""
         self.gate.wait()
-        ready, refused, counts = self._prepare(items)
-        res = self.log.append(KIND_POST, ready.ids, ready.bodies, counts)
+        ready, refused = self._prepare(items)
+        res = self.log.append(KIND_POST, ready.ids, ready.bodies)
         self.gate.acked(res.last_seq)
         return self._result(res, ready.positions, ready.ids, refused)
 
@@ -189,10 +185,10 @@ class GrokService:
         too far behind (``IndexLagGate``)."""
         await self.gate.wait_async()
         if len(items) > INLINE_ITEMS:
-            ready, refused, counts = await asyncio.to_thread(self._prepare, items)
+            ready, refused = await asyncio.to_thread(self._prepare, items)
         else:
-            ready, refused, counts = self._prepare(items)
-        res = await asyncio.wrap_future(self.log.submit(KIND_POST, ready.ids, ready.bodies, counts))
+            ready, refused = self._prepare(items)
+        res = await asyncio.wrap_future(self.log.submit(KIND_POST, ready.ids, ready.bodies))
         self.gate.acked(res.last_seq)
         return self._result(res, ready.positions, ready.ids, refused)
 
@@ -200,7 +196,7 @@ class GrokService:
         """Validate and durably log engagement updates of already logged posts."""
         self.gate.wait()
         ok, refused = validate_updates(items, datetime.now(UTC), self.settings.max_future_s)
-        res = self.log.append_updates([u for _i, u in ok], {})  # no terms to count
+        res = self.log.append_updates([u for _i, u in ok])
         self.gate.acked(res.last_seq)
         return self._result(res, [i for i, _u in ok], [u.id for _i, u in ok], refused)
 
@@ -262,10 +258,6 @@ class GrokService:
             "trends_lag": max(0, self.log.last_seq - self.trend_proc.counted_seq),
             "trends_pid": self.trend_proc.pid,
             "trends_restarts": self.trend_proc.restarts,
-            # events the trend process counted from the API's term counts / read from the log
-            "trends_fed": self.trend_proc.events_fed,
-            "trends_read": self.trend_proc.events_read,
-            "trends_feed_dropped": self.trend_proc.feed_dropped,
             "trends_error": self.trend_proc.error,
             "index_lag_s": round(self.gate.lag_s(), 3),
             "ingest_holds": self.gate.holds,

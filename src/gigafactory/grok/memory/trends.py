@@ -162,25 +162,6 @@ def trend_terms(text: str) -> list[str]:
     return _TERM.findall(text.lower())
 
 
-TermCounts = dict[int, Counter[str]]
-"""Term counts by time bucket (bucket number: seconds since the epoch // ``bucket_s``)."""
-
-
-def bucket_counts(posts: Iterable[tuple[int, str]], bucket_s: int) -> TermCounts:
-    """The term counts (``trend_terms``) of ``(created_us, text)`` posts by time bucket of
-    ``bucket_s`` seconds: one regex pass over each bucket's texts."""
-    bsize = bucket_s * 1_000_000
-    groups: dict[int, list[str]] = {}
-    for created_us, text in posts:
-        b = created_us // bsize
-        texts = groups.get(b)
-        if texts is None:
-            groups[b] = [text]
-        else:
-            texts.append(text)
-    return {b: Counter(trend_terms("\n".join(texts))) for b, texts in groups.items()}
-
-
 def trend_score(count: float, expected: float) -> float:
     """How far a window's ``count`` rises above its ``expected`` count (from the baseline):
     the Poisson z-score ``(count - expected) / sqrt(expected + 1)``; the +1 keeps a term
@@ -254,24 +235,23 @@ class TrendCounter:
     def add_many(self, posts: list[tuple[int, str]], at_us: int | None = None) -> None:
         """Count the terms of many ``(created_us, text)`` posts, the clock reading ``at_us``
         (default: now): one regex pass per bucket."""
-        self.add_counts(bucket_counts(posts, self.bucket_s), at_us)
-
-    def add_counts(self, counted: TermCounts, at_us: int | None = None) -> None:
-        """Add term counts by bucket (``bucket_counts`` of some posts, made by this counter
-        or by the process that logged them; the counters are taken over, not copied);
-        buckets past the retention are left out."""
-        current = (now_us() if at_us is None else at_us) // (self.bucket_s * 1_000_000)
+        bsize = self.bucket_s * 1_000_000
+        current = (now_us() if at_us is None else at_us) // bsize
         oldest = current - self._keep_buckets
+        groups: dict[int, list[str]] = {}
+        for created_us, text in posts:
+            b = created_us // bsize
+            if b >= oldest:
+                groups.setdefault(b, []).append(text)
+        counted = {b: Counter(trend_terms("\n".join(texts))) for b, texts in groups.items()}
         with self._lock:
             for b, counts in counted.items():
-                if b < oldest:
-                    continue
                 bucket = self._buckets.get(b)
                 if bucket is None:
-                    self._buckets[b] = counts  # taken over, not copied
+                    self._buckets[b] = counts
                 else:
                     bucket.update(counts)
-                self._dirty.add(b)
+            self._dirty.update(counted)
             self._roll(current)
 
     def _roll(self, current: int) -> None:
@@ -494,17 +474,7 @@ class TrendFeeder:
     sees) instead of making posts searchable later. A query waits, up to ``max_wait_s``,
     for the counts to reach the ``min_seq`` it asks for (what was searchable when it was
     asked), so trends never miss a post search already finds; after that it is answered
-    from the counts as they are.
-
-    The API process already holds each batch's texts when it validates them, so it counts
-    their terms there (``bucket_counts``) and, once the batch is logged, sends the counts
-    with the batch's log positions (``feed``, in log order). Where they continue the
-    counts, the feeder adds them as they are and reads nothing; the log itself is read for
-    what they do not cover: the replay after a start, events the API sent no counts for
-    (a batch the log refused items of, a message dropped because this process was behind),
-    and whatever the log holds beyond the counts once it has been ahead for ``feed_wait_s``
-    with no counts coming (a writer that sends none). Reading and parsing each logged post again cost this
-    process twice what counting it costs the API."""
+    from the counts as they are."""
 
     def __init__(
         self,
@@ -515,7 +485,6 @@ class TrendFeeder:
         batch: int = 5_000,
         poll_s: float = 0.02,
         max_wait_s: float = 2.0,
-        feed_wait_s: float = 0.5,
     ):
         self.postlog = postlog
         self.trends = trends
@@ -526,15 +495,7 @@ class TrendFeeder:
         self.max_wait_s = max_wait_s
         self.counted_seq = self.start_seq = self.loaded_to = 0
         self.saved_seq = -1
-        self.feed_wait_s = feed_wait_s
         self.queries: queue.SimpleQueue[tuple[int, tuple]] = queue.SimpleQueue()
-        self.fed: queue.SimpleQueue[tuple[int, int, TermCounts | None]] = (
-            queue.SimpleQueue()
-        )  # (first seq, last seq, counts of the posts between or None), in log order
-        self.from_feed = self.from_log = 0  # events counted from ``fed`` / read from the log
-        self._behind_since: float | None = None  # since when the log is ahead, no counts
-        self._held: tuple[int, int, TermCounts | None] | None = None
-        self._more = False  # the last step left counting to do at once
         self._waiting: list[tuple[float, int, tuple]] = []  # (deadline, id, args)
 
     def load(self) -> None:
@@ -554,63 +515,12 @@ class TrendFeeder:
         """Whether the counts cover the log as it was at the start (the replay is done)."""
         return self.counted_seq >= self.loaded_to
 
-    def read_log(self, upto: int | None = None) -> int:
-        """Count the log's next events (at most ``batch``, none past ``upto``) from the log
-        itself; the number of events read."""
-        limit = self.batch if upto is None else min(self.batch, upto - self.counted_seq)
-        if limit <= 0:
-            return 0
-        self.counted_seq, read, posts = self.postlog.texts_after(self.counted_seq, limit)
+    def step(self) -> int:
+        """Count the next batch of the log; the number of events read."""
+        self.counted_seq, read, posts = self.postlog.texts_after(self.counted_seq, self.batch)
         if posts:
             self.trends.add_many(posts)
-        self.from_log += read
-        self._more = read == limit
         return read
-
-    def step(self, now: float | None = None) -> int:
-        """Count what comes next: the counts the API sent (``fed``), in order, reading the
-        log (a batch at a time) for the events they do not cover; when the log has been
-        ahead for ``feed_wait_s`` with no counts coming (or while the replay after a start
-        is not done), the next batch of the log. The number of events counted."""
-        now = time.monotonic() if now is None else now
-        counted = 0
-        while counted < self.batch:
-            msg = self._held
-            self._held = None
-            if msg is None:
-                try:
-                    msg = self.fed.get_nowait()
-                except queue.Empty:
-                    break
-            first, last, counts = msg
-            if last <= self.counted_seq:
-                continue  # read from the log already
-            if counts is not None and first == self.counted_seq + 1:
-                self.trends.add_counts(counts)
-                self.from_feed += last - self.counted_seq
-                counted += last - self.counted_seq
-                self.counted_seq = last
-                continue
-            # the events before it, or its own (no counts, or partly counted): from the log
-            n = self.read_log(first - 1 if first - 1 > self.counted_seq else last)
-            if not n:
-                break  # the log ends before it (it cannot: logged first); the log decides
-            counted += n
-            self._held = msg
-        more = counted >= self.batch or self._held is not None
-        if counted:
-            self._behind_since = None
-        elif not self.complete:
-            counted, more = self.read_log(), self._more
-        elif self.postlog.last_seq <= self.counted_seq:
-            self._behind_since = None
-        else:  # the log is ahead: its counts may be on the way, or none will come
-            if self._behind_since is None:
-                self._behind_since = now
-            if now - self._behind_since >= self.feed_wait_s:
-                counted, more = self.read_log(), self._more
-        self._more = more
-        return counted
 
     def save(self) -> None:
         """Save the counts at ``counted_seq`` (once the replay after a start is done)."""
@@ -665,13 +575,9 @@ class TrendFeeder:
             if now - last_save >= self.save_s:
                 self.save()
                 last_save = now
-            if self._more or not self.fed.empty():
+            if n == self.batch:
                 continue
-            if stopping:  # the log has all that was acknowledged: count to its end
-                if self.read_log():
-                    if progress is not None:
-                        progress(self.counted_seq)
-                    continue
+            if stopping:
                 break
             halt.wait(self.poll_s)
         self.save()
