@@ -391,6 +391,14 @@ class IndexerProcess:
         proc = self._proc
         return self.ready and proc is not None and proc.poll() is None
 
+    def failure(self) -> str | None:
+        """Why the child is not serving, or None: its last error, or, from the moment it
+        dies until the supervisor has read why, that it is not running."""
+        error = self.error
+        if error is None and not self.is_alive():
+            return f"the {self.name} process is not running (restarting)"
+        return error
+
     def wait_searchable(self, seq: int, timeout: float = 10.0) -> bool:
         """Block until events up to ``seq`` are searchable (or ``timeout`` seconds pass)."""
         with self._visible:

@@ -235,15 +235,16 @@ class GrokService:
     def healthy(self) -> bool:
         """Whether the indexer and trend processes run and have not failed since their last
         start."""
-        return all(p.is_alive() and p.error is None for p in (self.indexer, self.trend_proc))
+        return all(p.failure() is None for p in (self.indexer, self.trend_proc))
 
     def health(self) -> dict[str, Any]:
-        """Log and index positions, and whether the indexer process is alive."""
+        """Log and index positions, and whether the indexer process is alive (a degraded
+        status always comes with the reason, read once with it)."""
         ix = self.indexer
-        ok = self.healthy()
+        ix_error, trends_error = ix.failure(), self.trend_proc.failure()
         docs = post_documents(ix.index) if ix.index is not None else 0
         return {
-            "status": "ok" if ok else "degraded",
+            "status": "ok" if ix_error is None and trends_error is None else "degraded",
             "log_seq": self.log.last_seq,
             "searchable_seq": ix.searchable_seq,
             "lag": self.log.last_seq - ix.searchable_seq,
@@ -253,12 +254,12 @@ class GrokService:
             "index_rebuilt": self.rebuilt,
             "indexer_pid": ix.pid,
             "indexer_restarts": ix.restarts,
-            "indexer_error": ix.error,
+            "indexer_error": ix_error,
             "trends_counted_seq": self.trend_proc.counted_seq,
             "trends_lag": max(0, self.log.last_seq - self.trend_proc.counted_seq),
             "trends_pid": self.trend_proc.pid,
             "trends_restarts": self.trend_proc.restarts,
-            "trends_error": self.trend_proc.error,
+            "trends_error": trends_error,
             "index_lag_s": round(self.gate.lag_s(), 3),
             "ingest_holds": self.gate.holds,
             "ingest_held_s": round(self.gate.held_s, 3),
