@@ -21,6 +21,7 @@ sums the input gradients over tp, the reduce-scatter's gathers the output gradie
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,9 +30,22 @@ import torch.distributed._functional_collectives as funcol
 import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor.placement_types import Placement
 
 # Experts' weights split along the FFN width F: (E, C, F) on F, (E, F, C) on F, biases (E, F).
 EXPERT_WIDTH_DIM = {"w_gate": 2, "w_up": 2, "w_down": 1, "b_gate": 1, "b_up": 1}
+
+
+def shard_parameters(
+    module: nn.Module, mesh: DeviceMesh, placements: Callable[[str], list[Placement]]
+) -> None:
+    """Replace each of ``module``'s own parameters (not its children's) by a DTensor over
+    ``mesh`` placed as ``placements(name)``. Each rank keeps its shard of the tensor it
+    holds: every rank built the same weights from the same seed, so nothing is sent
+    (``src_data_rank=None``)."""
+    for pname, param in list(module.named_parameters(recurse=False)):
+        sharded = distribute_tensor(param, mesh, placements(pname), src_data_rank=None)
+        module.register_parameter(pname, nn.Parameter(sharded))
 
 
 def regroup(counts: torch.Tensor, rows: int) -> torch.Tensor:
@@ -53,12 +67,8 @@ class ExpertDispatch:
         self._state: tuple[torch.Tensor, list[int], list[int]] | None = None
 
     def partition(self, name: str, module: nn.Module, mesh: DeviceMesh) -> None:
-        if name:
-            return
-        for pname, param in list(module.named_parameters(recurse=False)):
-            module.register_parameter(
-                pname, nn.Parameter(distribute_tensor(param, mesh, [Shard(0)], src_data_rank=None))
-            )
+        if not name:  # the Experts module itself holds the stacked weights
+            shard_parameters(module, mesh, lambda _name: [Shard(0)])
 
     def dispatch(self, module: nn.Module, args: tuple[Any, ...], mesh: DeviceMesh) -> tuple:
         """x (M, C) grouped by global expert, counts (E,) → this rank's experts' rows, grouped
@@ -130,10 +140,7 @@ def apply_expert_parallel(
         if tp_mesh is None:
             distribute_module(experts, mesh, d.partition, d.dispatch, d.combine)
             continue
-        for pname, param in list(experts.named_parameters(recurse=False)):
-            placements = [Shard(0), Shard(EXPERT_WIDTH_DIM[pname])]
-            sharded = distribute_tensor(param, tp_mesh, placements, src_data_rank=None)
-            experts.register_parameter(pname, nn.Parameter(sharded))
+        shard_parameters(experts, tp_mesh, lambda name: [Shard(0), Shard(EXPERT_WIDTH_DIM[name])])
         t = ExpertTensorGather(tp_mesh["tp"])
         distribute_module(experts, mesh, None, d.dispatch, d.combine)
         experts.register_forward_pre_hook(t.gather)  # after the ep dispatch

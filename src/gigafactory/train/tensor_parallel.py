@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import Replicate, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor import Replicate, Shard, distribute_module
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
@@ -43,7 +43,7 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
-from gigafactory.train.expert_parallel import EXPERT_WIDTH_DIM
+from gigafactory.train.expert_parallel import EXPERT_WIDTH_DIM, shard_parameters
 
 
 class _AllReduceInBackward(torch.autograd.Function):
@@ -112,12 +112,8 @@ def expert_tensor_parallel(experts: nn.Module, mesh: DeviceMesh) -> None:
     group = mesh.get_group()
 
     def partition(name: str, module: nn.Module, mesh: DeviceMesh) -> None:
-        if name:  # only the Experts module itself holds the stacked weights
-            return
-        for pname, param in list(module.named_parameters(recurse=False)):
-            dim = EXPERT_WIDTH_DIM[pname]
-            sharded = nn.Parameter(distribute_tensor(param, mesh, [Shard(dim)], src_data_rank=None))
-            module.register_parameter(pname, sharded)
+        if not name:  # only the Experts module itself holds the stacked weights
+            shard_parameters(module, mesh, lambda pname: [Shard(EXPERT_WIDTH_DIM[pname])])
 
     def inputs(module: nn.Module, args: tuple[Any, ...], mesh: DeviceMesh) -> tuple[Any, ...]:
         x, counts = args
