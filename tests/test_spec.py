@@ -169,3 +169,12 @@ def test_layout_refusals_give_the_reason(layout, gpus, reason):
 def test_valid_grok_layout_passes():
     layout = LayoutSpec(tp=8, pp=8, dp=1560, ep=8, global_batch=1560 * 4, micro_batch=1)
     layout.check(load_model("grok-1"), 8 * 8 * 1560)
+
+
+def test_which_blocks_are_moe_is_one_rule_for_the_model_and_the_trainer():
+    deepseek = load_model("deepseek-v3")  # its first 3 blocks are dense
+    moe = [deepseek.is_moe_layer(i) for i in range(deepseek.layers)]
+    assert moe[:4] == [False, False, False, True] and all(moe[3:])
+    assert sum(moe) == deepseek.moe_layers
+    dense = load_model("llama3-8b")
+    assert not any(dense.is_moe_layer(i) for i in range(dense.layers)) and dense.moe_layers == 0

@@ -159,6 +159,11 @@ class ModelSpec:
     def is_moe(self) -> bool:
         return self.experts > 0
 
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether block ``layer`` (from 0) has an MoE feed-forward: every block after the
+        first ``dense_layers`` of an MoE model."""
+        return self.is_moe and layer >= self.dense_layers
+
     @property
     def moe_layers(self) -> int:
         return self.layers - self.dense_layers if self.is_moe else 0

@@ -396,7 +396,7 @@ class Block(nn.Module):
         self.attn = Attention(spec, window=spec.sliding_window if local else 0)
         self.attn_post_norm = make_norm(spec) if sandwich else nn.Identity()
         self.mlp_norm = make_norm(spec)
-        self.is_moe = spec.is_moe and layer >= spec.dense_layers
+        self.is_moe = spec.is_moe_layer(layer)
         self.mlp = MoE(spec) if self.is_moe else MLP(spec, spec.ffn_width)
         self.mlp_post_norm = make_norm(spec) if sandwich else nn.Identity()
 

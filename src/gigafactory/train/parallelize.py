@@ -380,7 +380,7 @@ def _gradient_sums(par: Parallelized, spec: ModelSpec) -> None:
                 par.copies.extend(tied)
     tp = par.group("tp")
     if tp is not None and par.dims.ep > 1:
-        moe = [i for i in range(spec.layers) if i >= spec.dense_layers]
+        moe = [i for i in range(spec.layers) if spec.is_moe_layer(i)]
         replicated = tuple(f"blocks.{i}.mlp.{part}." for i in moe for part in ("router", "shared"))
         held = [p for name, p in named if name.startswith(replicated)]
         if held:
