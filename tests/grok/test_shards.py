@@ -278,22 +278,22 @@ def test_window_counts_of_the_partitions_add_up_to_those_of_one_counter(tmp_path
     for k, counter in enumerate(parts):
         f = counting(tmp_path / f"s{k}", counter)
         request = orjson.dumps({"window_s": 600, "at_us": at, "baseline": 2})
-        answers.append(read_trend_answer(trend_answer(f, request, 60, 1 << 20), 60))
+        answers.append(read_trend_answer(trend_answer(f, request, 1 << 20), 60))
         f.close()
     merged = WindowCounts.merge(answers).rank(50, 1)
     assert merged == whole.top(600, at, 2, 50, 1) and len(merged) > 10
     assert "the" not in answers[0].now  # stop words never rank: not sent
     with pytest.raises(ValueError, match="same trend_bucket_s"):
-        read_trend_answer(trend_answer(f, request, 60, 1 << 20), 30)
+        read_trend_answer(trend_answer(f, request, 1 << 20), 30)
     with pytest.raises(ValueError, match="over the broker's max_payload"):
-        read_trend_answer(trend_answer(f, request, 60, 100), 60)
+        read_trend_answer(trend_answer(f, request, 100), 60)
     with pytest.raises(ValueError, match="exceeds the 21600s"):
         late = orjson.dumps({"window_s": 86400, "at_us": at, "baseline": 2})
-        read_trend_answer(trend_answer(f, late, 60, 1 << 20), 60)
+        read_trend_answer(trend_answer(f, late, 1 << 20), 60)
     loading = counting(tmp_path / "s0", TrendCounter(), counted_seq=0)
     loading.count_to = 5  # a save behind the checkpoint: not complete until replayed
     with pytest.raises(ValueError, match="trend counts are loading"):
-        read_trend_answer(trend_answer(loading, request, 60, 1 << 20), 60)
+        read_trend_answer(trend_answer(loading, request, 1 << 20), 60)
     loading.close()
 
 

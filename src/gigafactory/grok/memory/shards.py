@@ -335,10 +335,10 @@ def _packed(d: dict[str, Any]) -> bytes:
     return zlib.compress(orjson.dumps(d), 1)
 
 
-def trend_answer(feeder: ShardFeeder, request: bytes, bucket_s: int, max_bytes: int) -> bytes:
+def trend_answer(feeder: ShardFeeder, request: bytes, max_bytes: int) -> bytes:
     """The answer of a partition's indexer to a trend request (``{"window_s", "at_us",
-    "baseline"}``): its window counts (stop words left out: they never rank), or
-    ``{"error": why}``; compressed JSON."""
+    "baseline"}``): its window counts (stop words left out: they never rank) with the
+    length of its buckets, or ``{"error": why}``; compressed JSON."""
     try:
         if feeder.trends is None:
             raise ValueError("this indexer counts no trends")
@@ -348,6 +348,7 @@ def trend_answer(feeder: ShardFeeder, request: bytes, bucket_s: int, max_bytes: 
                 f"{feeder.count_to})"
             )
         q = orjson.loads(request)
+        bucket_s = feeder.trends.bucket_s
         wc = feeder.trends.window_counts(float(q["window_s"]), int(q["at_us"]), int(q["baseline"]))
     except Exception as exc:  # the asker gets the reason; the indexer goes on
         return _packed({"error": f"{type(exc).__name__}: {exc}"})
@@ -455,14 +456,13 @@ async def consume(
     on_commit: Callable[[int], None] | None = None,
     trend_store: TrendStore | None = None,
     trend_save_s: float = 5.0,
-    bucket_s: int = 60,
 ) -> None:
     """Index the partition until ``halt`` is set, answering trend requests meanwhile; then
     commit what was added, save the trend counts and return."""
 
     async def answer(msg: Msg) -> None:
         with contextlib.suppress(*TRANSIENT):  # the asker times out and says so
-            await msg.respond(trend_answer(feeder, msg.data, bucket_s, broker.nc.max_payload))
+            await msg.respond(trend_answer(feeder, msg.data, broker.nc.max_payload))
 
     replies = await broker.nc.subscribe(trend_subject(partition), cb=answer)
     try:
@@ -630,7 +630,7 @@ def run_indexer(
         )
         broker.run(
             consume(broker, partition, feeder, halt, commit_interval_s, on_commit=on_commit,
-                    trend_store=store, trend_save_s=trend_save_s, bucket_s=trend_bucket_s)
+                    trend_store=store, trend_save_s=trend_save_s)
         )  # fmt: skip
         return opened
     finally:
