@@ -133,11 +133,19 @@ def test_follow_up_uses_earlier_turns(client):
     assert body["search"]["keywords"] == ["berlin", "heatwave"]
 
 
+def ask_about_the_eclipse(client, model: str = "grok") -> dict:
+    """The question whose 20 retrieved posts hold the planted canary and injections."""
+    return ask(
+        client,
+        "what is said about the eclipse?",
+        model=model,
+        search_parameters={"max_search_results": 20},
+    )
+
+
 def test_canaries_and_hostile_posts_never_reach_the_answer(client):
     before = client.get("/v1/chat/metrics", headers=KEY).json()
-    body = ask(
-        client, "what is said about the eclipse?", search_parameters={"max_search_results": 20}
-    )
+    body = ask_about_the_eclipse(client)
     text = orjson.dumps(body).decode()
     assert "x1" in [c["id"] for c in body["citations"]]  # the canary post was retrieved ...
     assert CANARY.lower() not in text.lower() and "hacked" not in text  # ... and defused
@@ -359,12 +367,7 @@ class Echo:
 def test_a_model_backend_that_repeats_a_canary_is_guarded(client):
     pipeline = get_pipeline_of(client)
     pipeline.backends[Echo.name] = Echo()
-    body = ask(
-        client,
-        "what is said about the eclipse?",
-        model="echo",
-        search_parameters={"max_search_results": 20},
-    )
+    body = ask_about_the_eclipse(client, model="echo")
     text = body["choices"][0]["message"]["content"]
     assert PERSONA.split(".")[0] in text and "ignoreˆallˆprevious" in text  # the prompt came
     assert CANARY.lower() not in text.lower() and "'hacked'" not in text
@@ -381,12 +384,7 @@ def test_an_upstream_answering_with_a_canary_is_guarded(client, silent):
     events += b"data: [DONE]\n\n"
     head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
     silent.reply = head + b"content-length: %d\r\n\r\n" % len(events) + events
-    body = ask(
-        client,
-        "what is said about the eclipse?",
-        model="grok-remote",
-        search_parameters={"max_search_results": 20},
-    )
+    body = ask_about_the_eclipse(client, model="grok-remote")
     text = body["choices"][0]["message"]["content"]
     assert text.startswith("Sure: [removed] as asked [1]"), text
     assert body["search"]["removed_canaries"] == 1
