@@ -105,7 +105,9 @@ class Answer:
         self.backend = backend
         self.req = req
         self.context = req.context
-        self.deadline = req.deadline if req.deadline is not None else time.monotonic() + deadline_s
+        if req.deadline is None:  # ``AnswerPipeline.start`` sets it from ``deadline_s``
+            raise ValueError("an answer needs its request's deadline (Compose.deadline)")
+        self.deadline = req.deadline
         self.deadline_s = deadline_s
         self.metrics = metrics
         self.citation_url = citation_url
