@@ -206,8 +206,9 @@ class LogReader:
     def texts_after(self, seq: int, limit: int = 5000) -> tuple[int, int, list[tuple[int, str]]]:
         """What trend counting reads of the next ``limit`` events after ``seq``: the seq of
         the last of them (``seq`` when there are none), how many there are, and
-        ``(created_us, text)`` of the posts among them, taken out of the logged JSON by SQLite (``json_extract``: a third
-        less time than fetching each body and parsing it in Python)."""
+        ``(created_us, text)`` of the posts among them, taken out of the logged JSON by
+        SQLite (``json_extract``: a third less time than fetching each body and parsing it
+        in Python)."""
         rows = (
             self._reader()
             .execute(
