@@ -32,6 +32,10 @@ CORPUS = [
     ("en1", "Tokyo tower at night #travel", ["tokyo", "#travel"]),
     ("zh2", "上海的天气很好", ["上海"]),
     ("ja2", "大阪城は美しい", ["大阪"]),
+    ("th2", "ไม่ต้องห่วงนะ", ["ต้อง", "ห่วง"]),  # tone marks inside the phrase
+    ("hi2", "नमस्ते दुनिया", ["नमस्ते"]),
+    ("sym1", "$TSLA up +5% today ❤️", ["$", "+", "❤️", "❤", "$TSLA"]),
+    ("pua1", "odd \ue000 private \ua66e letter", ["\ua66e", "private"]),
 ]
 
 
@@ -71,6 +75,13 @@ def test_unspaced_words_do_not_match_other_words_sharing_a_character(corpus_serv
 @pytest.mark.parametrize("q", ["***", "!!!", "...", "#", "()"])
 def test_query_without_indexable_words_finds_nothing(corpus_service, q):
     assert _ids(corpus_service, q) == []
+
+
+def test_search_shows_each_text_exactly_as_posted(corpus_service):
+    """The index holds an index form of the text (``analysis``); hits show the original."""
+    for pid, text, _q in CORPUS:
+        hits = corpus_service.search(SearchQuery(q=text, limit=100))
+        assert [h.text for h in hits if h.id == pid] == [text]
 
 
 def test_emoji_query_finds_exactly_the_posts_with_it(corpus_service):

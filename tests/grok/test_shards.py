@@ -12,6 +12,7 @@ import orjson
 import pytest
 from nats.js.api import StreamConfig, StreamInfo, StreamState
 
+from gigafactory.grok.memory.analysis import ESC, SEP
 from gigafactory.grok.memory.broker import BrokerError, check_url, partition_of
 from gigafactory.grok.memory.index import Checkpoint
 from gigafactory.grok.memory.log import post_document
@@ -131,15 +132,19 @@ def test_a_message_at_or_below_the_checkpoint_is_skipped_after_a_restart(tmp_pat
 
 
 def test_updates_replace_the_counts_of_committed_and_pending_posts(tmp_path):
-    f = feed(tmp_path / "s", [("p1", "rocket launch")])
-    f.add(2, "post", body("p2", "rocket landing"))
+    texts = {"p1": "rocket launch 🚀 東京", "p2": "rocket landing +$5"}
+    f = feed(tmp_path / "s", [("p1", texts["p1"])])
+    f.add(2, "post", body("p2", texts["p2"]))
     f.add(3, KIND_UPDATE, b'{"id": "p1", "likes": 7, "reposts": 1, "replies": 0}')
     f.add(4, KIND_UPDATE, b'{"id": "p2", "likes": 2, "reposts": 0, "replies": 0}')
     f.add(5, KIND_UPDATE, b'{"id": "nope", "likes": 2, "reposts": 0, "replies": 0}')
     f.commit()
     f.index.reload()
-    hits = {h.id: (h.likes, h.reposts) for h in search(f.index, SearchQuery("rocket"))}
-    assert hits == {"p1": (7, 1), "p2": (2, 0)}  # one document each, new counts; 'nope' dropped
+    hits = {h.id: (h.likes, h.reposts, h.text) for h in search(f.index, SearchQuery("rocket"))}
+    # one document each, new counts, the text as posted; 'nope' dropped
+    assert hits == {"p1": (7, 1, texts["p1"]), "p2": (2, 0, texts["p2"])}
+    assert [h.id for h in search(f.index, SearchQuery("🚀 東京"))] == ["p1"]
+    assert [h.id for h in search(f.index, SearchQuery("$"))] == ["p2"]
 
 
 def test_an_unreadable_shard_is_rebuilt_from_the_stream(tmp_path):
@@ -216,11 +221,13 @@ def test_the_indexer_counts_each_post_once_and_replays_only_what_its_save_missed
 
 
 def test_without_a_save_the_counts_come_from_the_shard(tmp_path):
-    feed(tmp_path / "s", [("p1", "#eclipse now"), ("p2", "#eclipse again")]).close()
+    feed(tmp_path / "s", [("p1", "#eclipse now 🌒"), ("p2", "#eclipse again 🌒")]).close()
     store = TrendStore(tmp_path / "s" / "trends")
     counter = TrendCounter()
     assert load_trends(open_shard(tmp_path / "s"), counter, store) is None
-    assert counter.window_counts(900).now["#eclipse"] == 2
+    now = counter.window_counts(900).now
+    assert now["#eclipse"] == 2
+    assert not [t for t in now if ESC in t or SEP in t]  # counted as posted, not index forms
     store.save(counter, 2)
     other = TrendCounter()
     assert load_trends(open_shard(tmp_path / "s"), other, store) == 2

@@ -31,15 +31,17 @@ import orjson
 import tantivy
 
 from gigafactory.errors import GigafactoryError
+from gigafactory.grok.memory.analysis import TEXT_ANALYZER, index_document, text_analyzer
 from gigafactory.grok.memory.log import KIND_POST, LogReader, Row, with_counts
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
 POST = "post"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """2: multilingual text analyzer with positions; 3: checkpoints kept (by ``seq``), time and
-engagement as fast columns only."""
+engagement as fast columns only; 4: text in its index form under the ``simple`` tokenizer
+(``analysis``)."""
 MARKER = ".grok-index"
 """A file in every index folder this service created: the only folders it deletes."""
 KEEP_CHECKPOINTS = 1000
@@ -51,43 +53,6 @@ blocks: +2 µs of indexer CPU per post (+7 %), measured indexing 400,000 posts i
 4,000."""
 
 
-TEXT_ANALYZER = "grok_text"
-"""Name under which ``text_analyzer`` is registered on every opened index."""
-MAX_TOKEN_BYTES = 40  # longer tokens are dropped (tantivy's RemoveLongFilter limit)
-_UNSPACED = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}"
-_SYMBOLS = r"\p{So}\p{Sc}\p{Sm}\p{Sk}"
-TOKEN_PATTERN = (
-    rf"[{_UNSPACED}]"  # one token per character of a script written without spaces
-    rf"|[{_SYMBOLS}]"  # one token per symbol: emoji are content on a post stream
-    rf"|[[\p{{L}}\p{{N}}]--[{_UNSPACED}]][[\p{{L}}\p{{M}}\p{{N}}]--[{_UNSPACED}]]*"  # words
-)
-"""How post text (and query text) becomes tokens (Rust regex syntax, Unicode-aware):
-
-- scripts written without spaces between words (Han, kana, Thai, Lao, Khmer, Myanmar) and
-  Hangul (whose particles attach to words) give one token per character; a query for a word
-  of them is a phrase of its characters (``search.build_query``), so "東京" finds
-  "東京タワーに行きました" and "서울" finds "서울에서" (character n-gram indexing in its
-  unigram-plus-positions form, as Lucene's CJK analysers index bigrams);
-- words of other scripts are runs of letters, digits and combining marks (so Devanagari
-  "हिन्दी" stays one word; Unicode TR#29 word boundaries, simplified);
-- each symbol (emoji, currency, math) is a token of its own; punctuation is dropped.
-
-Then ``ascii_fold`` (Lucene's ASCIIFoldingFilter: "İ" -> "I", "ç" -> "c", "ß" -> "ss") and
-``lowercase`` fold case and accents, so "istanbul" finds "İstanbul"."""
-
-
-def text_analyzer() -> tantivy.TextAnalyzer:
-    """The analyzer of the ``text`` field (``TOKEN_PATTERN``, long tokens dropped, accents
-    folded, lower-cased); queries go through the same one."""
-    return (
-        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(TOKEN_PATTERN))
-        .filter(tantivy.Filter.remove_long(MAX_TOKEN_BYTES))
-        .filter(tantivy.Filter.ascii_fold())
-        .filter(tantivy.Filter.lowercase())
-        .build()
-    )
-
-
 def register_analyzers(index: tantivy.Index) -> tantivy.Index:
     """Register ``text_analyzer`` on ``index`` (tokenizers are not stored in the index, so
     every process opening it does this) and return it."""
@@ -96,8 +61,9 @@ def register_analyzers(index: tantivy.Index) -> tantivy.Index:
 
 
 def build_schema() -> tantivy.Schema:
-    """Fields of the index. ``text`` is analysed by ``text_analyzer`` with positions (phrase
-    queries over characters of unspaced scripts); ids and names are raw terms; time and
+    """Fields of the index. ``text`` holds the index form of the post's text
+    (``analysis.index_text``), analysed by ``text_analyzer`` with positions (phrase queries
+    over characters of unspaced scripts); ids and names are raw terms; time and
     engagement are fast fields (columns, not terms) for filters and re-ranking."""
     sb = tantivy.SchemaBuilder()
     sb.add_text_field("kind", stored=False, tokenizer_name="raw", index_option="basic")
@@ -326,7 +292,7 @@ class IndexFeeder:
         posts = 0
         for _seq, kind, pid, body, _at in records:
             if kind == KIND_POST:
-                w.add_json(body)  # the logged body is already the index document
+                w.add_json(index_document(body))
                 posts += 1
             else:
                 post = bodies.get(pid)
@@ -334,7 +300,7 @@ class IndexFeeder:
                     log.error("engagement update for unknown post %s skipped", pid)
                     continue
                 w.delete_documents_by_term("id", pid)
-                w.add_json(with_counts(post, body))
+                w.add_json(index_document(with_counts(post, body)))
         self.posts += posts
         last = records[-1]
         self.last = (last[2], last[4])

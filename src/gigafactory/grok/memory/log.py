@@ -62,7 +62,8 @@ def post_document(
 ) -> str:
     """The logged JSON of a post: its fields (``None`` ones left out) plus what the index
     derives from them -- ``kind``, ``created_us`` (µs since the epoch) and ``engagement``
-    (likes + reposts + replies) -- so the indexer can hand it to tantivy unparsed.
+    (likes + reposts + replies) -- so the indexer can hand it to tantivy unparsed (its text
+    rewritten in place into the index form, ``analysis.index_document``).
     ``created_at`` must be aware (UTC)."""
     d: dict[str, Any] = {
         "kind": "post",

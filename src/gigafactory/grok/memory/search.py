@@ -1,7 +1,7 @@
 """Search over the index: the user's query is data, never query syntax.
 
 The query text is split into terms exactly as the index's analyzer splits post text
-(``index.text_analyzer``, characters of unspaced scripts as phrases, ``query_clauses``), and
+(``analysis.analyze``, characters of unspaced scripts as phrases, ``query_clauses``), and
 these are OR-ed into a BM25 boolean query built with tantivy's query objects, so quotes, parentheses, ``AND``/``OR`` or ``field:*`` in the input are just
 characters and no input can produce a query-syntax error. Filters (time window, author,
 language, minimum engagement) are MUST clauses; the BM25 candidates are then re-ranked with
@@ -16,7 +16,6 @@ from the newest posts first (``_newest_slices``), so its cost does not grow with
 
 from __future__ import annotations
 
-import threading
 import time
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -24,7 +23,8 @@ from dataclasses import dataclass, replace
 
 import tantivy
 
-from gigafactory.grok.memory.index import POST, text_analyzer
+from gigafactory.grok.memory.analysis import UNSPACED_NAMES, analyze, shown_text
+from gigafactory.grok.memory.index import POST
 from gigafactory.grok.memory.rank import RankWeights, combined_score
 
 MAX_CLAUSES = 32  # terms and phrases OR-ed per query
@@ -32,9 +32,6 @@ COMMON_DOC_FRACTION = 0.05  # a word in more of the posts than this is "very com
 COMMON_MIN_DOCS = 10_000  # ... once the index is this large
 RECENT_SLICES_S = (600, 3600, 6 * 3600)  # newest-first windows for very-common-only queries
 MAX_LIMIT = 100
-_UNSPACED_NAMES = ("CJK ", "HIRAGANA", "KATAKANA", "HALFWIDTH KATAKANA", "HANGUL", "THAI ")
-_UNSPACED_NAMES += ("LAO ", "KHMER ", "MYANMAR ", "KANGXI ", "IDEOGRAPHIC ")
-_analyzers = threading.local()
 
 
 @dataclass(frozen=True)
@@ -68,16 +65,10 @@ class Hit:
     score: float
 
 
-def _analyze(text: str) -> list[str]:
-    a = getattr(_analyzers, "a", None)
-    if a is None:
-        a = _analyzers.a = text_analyzer()
-    return a.analyze(text)
-
-
 def _unspaced(token: str) -> bool:
     """Whether ``token`` is one character of a script the index splits per character."""
-    return len(token) == 1 and unicodedata.name(token, "").startswith(_UNSPACED_NAMES)
+    char = shown_text(token)
+    return len(char) == 1 and unicodedata.name(char, "").startswith(UNSPACED_NAMES)
 
 
 Clause = str | tuple[str, ...]
@@ -85,7 +76,8 @@ Clause = str | tuple[str, ...]
 
 
 def query_clauses(q: str) -> list[Clause]:
-    """The query text as the index's analyzer splits post text (``index.text_analyzer``):
+    """The query text as the index's analyzer splits post text (``analysis.analyze``, terms in
+    their index form):
     words as terms; a run of characters of an unspaced script (CJK, Thai ...) as the phrase
     of the whole run plus the phrases of its character bigrams, so that a longer run still
     finds posts sharing part of it, ranked below exact matches (the bigram scheme of CJK
@@ -108,7 +100,7 @@ def query_clauses(q: str) -> list[Clause]:
 
     for chunk in q.split():
         run: list[str] = []
-        for tok in _analyze(chunk):
+        for tok in analyze(chunk):
             if _unspaced(tok):
                 run.append(tok)
             else:
@@ -227,7 +219,7 @@ def _hit(doc: tantivy.Document, bm25: float, score: float) -> Hit:
     return Hit(
         id=g("id"),
         author=g("author"),
-        text=g("text"),
+        text=shown_text(g("text")),
         created_us=g("created_us"),
         lang=g("lang"),
         likes=g("likes") or 0,

@@ -53,6 +53,7 @@ import tantivy
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, SequenceInfo, StreamInfo
 
+from gigafactory.grok.memory.analysis import index_document, shown_text
 from gigafactory.grok.memory.broker import (
     KIND_HEADER,
     STREAM,
@@ -138,12 +139,13 @@ def open_shard(path: Path) -> OpenedIndex:
 
 
 def stored_body(doc: tantivy.Document) -> str:
-    """The index document of a stored post, as the JSON the indexer was given."""
+    """A stored post as the JSON body it was logged with (its text as posted: the index
+    holds its index form)."""
     d: dict[str, object] = {"kind": POST}
     for name in (*_STORED, *_COUNTS):
         value = doc.get_first(name)
         if value is not None:
-            d[name] = value
+            d[name] = shown_text(value) if name == "text" else value
     return orjson.dumps(d).decode()
 
 
@@ -248,7 +250,7 @@ class ShardFeeder(IndexFeeder):
             return False
         w = self.writer
         assert w is not None
-        w.add_json(text)
+        w.add_json(index_document(text))
         self._pending[pid] = text
         self.posts += 1
         return True
@@ -262,7 +264,7 @@ class ShardFeeder(IndexFeeder):
         assert w is not None
         new = with_counts(old, text)
         w.delete_documents_by_term("id", pid)
-        w.add_json(new)
+        w.add_json(index_document(new))
         self._pending[pid] = new
 
     def _committed_body(self, pid: str) -> str | None:
@@ -314,7 +316,7 @@ def count_shard(index: tantivy.Index, trends: TrendCounter) -> int:
     posts = []
     for _s, addr in hits:
         doc = searcher.doc(addr)
-        posts.append((doc.get_first("created_us"), doc.get_first("text")))
+        posts.append((doc.get_first("created_us"), shown_text(doc.get_first("text"))))
     trends.add_many(posts)
     return len(posts)
 
