@@ -16,6 +16,7 @@ from gigafactory.grok.memory.analysis import ESC, SEP
 from gigafactory.grok.memory.broker import BrokerError, check_url, partition_of
 from gigafactory.grok.memory.index import Checkpoint
 from gigafactory.grok.memory.log import post_document
+from gigafactory.grok.memory.rank import RankWeights
 from gigafactory.grok.memory.search import SearchQuery, build_query, search
 from gigafactory.grok.memory.shards import (
     KIND_UPDATE,
@@ -101,6 +102,40 @@ def test_shards_merged_with_global_idf_rank_as_one_index_would(tmp_path):
         assert [h.bm25 for h in many] == pytest.approx([h.bm25 for h in one], rel=0.01)
         top = [h for h in one if h.bm25 > one[-1].bm25 * 1.02]  # above the cut's tie
         assert {h.id for h in many[: len(top)]} == {h.id for h in top}
+
+
+@pytest.mark.parametrize(("candidates", "partial_asked"), [(3, False), (10, True)])
+def test_partial_matches_of_an_unspaced_run_are_asked_when_the_exact_ones_are_too_few(
+    tmp_path, monkeypatch, candidates, partial_asked
+):
+    """The phrases of a run's character bigrams (the costly clauses) go into a query only when
+    the run's exact matches do not fill the candidates (``search.candidate_tiers``); one index
+    and its shards decide alike, and a partial match ranks below every exact one."""
+    import gigafactory.grok.memory.search as search_module
+    import gigafactory.grok.memory.shards as shards_module
+
+    asked: list[list] = []
+
+    def spy(schema, sq, clauses=None, boosts=None):
+        asked.append(list(clauses or []))
+        return build_query(schema, sq, clauses, boosts)
+
+    monkeypatch.setattr(search_module, "build_query", spy)
+    monkeypatch.setattr(shards_module, "build_query", spy)
+    docs = [(f"x{i}", f"今日はすごい {i}") for i in range(4)] + [("part", "すごく良い")]
+    docs += [(f"o{i}", f"other post {i}") for i in range(6)]
+    single = feed(tmp_path / "single", docs).index
+    shards = [feed(tmp_path / "a", docs[::2]).index, feed(tmp_path / "b", docs[1::2]).index]
+    w, sq = RankWeights(candidates=candidates), SearchQuery("すごい", limit=candidates)
+    exact = {f"x{i}" for i in range(4)}
+    for run in (lambda: search(single, sq, w), lambda: search_shards(shards, sq, w)):
+        asked.clear()
+        ids = [h.id for h in run()]
+        assert any(("す", "ご") in clauses for clauses in asked) == partial_asked
+        if partial_asked:
+            assert set(ids) == exact | {"part"} and ids[-1] == "part"
+        else:
+            assert len(ids) == candidates and set(ids) <= exact
 
 
 def test_without_global_idf_the_shard_scores_are_not_comparable(tmp_path):

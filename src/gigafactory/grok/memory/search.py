@@ -75,18 +75,22 @@ Clause = str | tuple[str, ...]
 """A term, or a phrase: tokens that must be adjacent."""
 
 
-def query_clauses(q: str) -> list[Clause]:
+def clause_tiers(q: str) -> tuple[list[Clause], frozenset[Clause]]:
     """The query text as the index's analyzer splits post text (``analysis.analyze``, terms in
-    their index form):
-    words as terms; a run of characters of an unspaced script (CJK, Thai ...) as the phrase
-    of the whole run plus the phrases of its character bigrams, so that a longer run still
-    finds posts sharing part of it, ranked below exact matches (the bigram scheme of CJK
-    search engines). Distinct, in order, at most ``MAX_CLAUSES``."""
+    their index form), and which of the clauses are partial: words as terms; a run of
+    characters of an unspaced script (CJK, Thai ...) as the phrase of the whole run plus,
+    partial, the phrases of its character bigrams, so that a longer run still finds posts
+    sharing part of it, ranked below exact matches (the bigram scheme of CJK search engines;
+    ``candidate_tiers`` says when they are asked). Distinct, in order, at most
+    ``MAX_CLAUSES``."""
     out: list[Clause] = []
+    partial: set[Clause] = set()
 
-    def add(c: Clause) -> None:
+    def add(c: Clause, part: bool = False) -> None:
         if c not in out and len(out) < MAX_CLAUSES:
             out.append(c)
+            if part:
+                partial.add(c)
 
     def flush(run: list[str]) -> None:
         if len(run) == 1:
@@ -95,7 +99,7 @@ def query_clauses(q: str) -> list[Clause]:
             add(tuple(run))
             if len(run) > 2:
                 for i in range(len(run) - 1):
-                    add((run[i], run[i + 1]))
+                    add((run[i], run[i + 1]), part=True)
         run.clear()
 
     for chunk in q.split():
@@ -107,7 +111,24 @@ def query_clauses(q: str) -> list[Clause]:
                 flush(run)
                 add(tok)
         flush(run)
-    return out
+    return out, frozenset(partial)
+
+
+def query_clauses(q: str) -> list[Clause]:
+    """The clauses of ``clause_tiers``, exact and partial."""
+    return clause_tiers(q)[0]
+
+
+def candidate_tiers(clauses: list[Clause], partial: frozenset[Clause]) -> list[list[Clause]]:
+    """The clause lists to take BM25 candidates with, in turn, until one gives enough: the
+    exact clauses first when there are partial ones among ``clauses``, then all of them. The
+    phrases of character bigrams only add posts that share part of a run, ranked below its
+    exact matches, and they cost the most (two common characters' postings intersected,
+    positions checked: "chaoticすごい" over 5M generated posts took 16.6 ms with the bigrams
+    of "すごい" and 9.1 ms without), so they are asked only when the exact matches do not fill
+    the candidates."""
+    exact = [c for c in clauses if c not in partial]
+    return [exact, clauses] if exact and len(exact) < len(clauses) else [clauses]
 
 
 def query_terms(q: str) -> list[str]:
@@ -243,7 +264,7 @@ def search(
     now_us = time.time_ns() // 1000 if now_us is None else now_us
     limit = max(1, min(sq.limit, MAX_LIMIT))
     searcher = index.searcher()
-    clauses = query_clauses(sq.q)
+    clauses, partial = clause_tiers(sq.q)
     if not clauses:
         if sq.q.strip():
             return []  # text with nothing indexable in it (punctuation only) matches nothing
@@ -253,8 +274,13 @@ def search(
     common = common_terms(searcher, clauses)
     if len(common) < len(clauses):  # very common words add cost, not relevance: drop them
         clauses = [c for c in clauses if c not in common]
-        query, _ = build_query(index.schema, sq, clauses)
-        hits = searcher.search(query, max(limit, w.candidates), count=False).hits
+        want = max(limit, w.candidates)
+        hits = []
+        for tier in candidate_tiers(clauses, partial):
+            query, _ = build_query(index.schema, sq, tier)
+            hits = searcher.search(query, want, count=False).hits
+            if len(hits) >= want:
+                break
     else:
         hits = _newest_slices(searcher, index.schema, sq, clauses, now_us, w.candidates)
     return rank_candidates([(searcher, hits)], limit, w, now_us)

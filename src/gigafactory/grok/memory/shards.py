@@ -86,7 +86,8 @@ from gigafactory.grok.memory.search import (
     _hit,
     _newest_slices,
     build_query,
-    query_clauses,
+    candidate_tiers,
+    clause_tiers,
     rank_candidates,
     search,
 )
@@ -744,7 +745,7 @@ def search_shards(
     now_us = time.time_ns() // 1000 if now_us is None else now_us
     limit = max(1, min(sq.limit, MAX_LIMIT))
     searchers = [ix.searcher() for ix in indexes]
-    clauses = query_clauses(sq.q)
+    clauses, partial = clause_tiers(sq.q)
     if not clauses:
         if sq.q.strip():
             return []  # text with nothing indexable in it (punctuation only) matches nothing
@@ -759,10 +760,15 @@ def search_shards(
     per_shard = []
     if len(common) < len(clauses):  # very common words add cost, not relevance: drop them
         clauses = [c for c in clauses if c not in common]
-        boosts = global_boosts(searchers, clauses)
-        for ix, searcher, b in zip(indexes, searchers, boosts, strict=True):
-            query, _ = build_query(ix.schema, sq, clauses, b)
-            per_shard.append((searcher, searcher.search(query, max(limit, w.candidates)).hits))
+        want = max(limit, w.candidates)
+        for tier in candidate_tiers(clauses, partial):  # as one index would (enough = summed)
+            boosts = global_boosts(searchers, tier)
+            per_shard = []
+            for ix, searcher, b in zip(indexes, searchers, boosts, strict=True):
+                query, _ = build_query(ix.schema, sq, tier, b)
+                per_shard.append((searcher, searcher.search(query, want, count=False).hits))
+            if sum(len(hits) for _s, hits in per_shard) >= want:
+                break
     else:
         for ix, searcher in zip(indexes, searchers, strict=True):
             hits = _newest_slices(searcher, ix.schema, sq, clauses, now_us, w.candidates)
