@@ -50,7 +50,7 @@ def mentions(text: str) -> list[str]:
 
 def words(text: str) -> list[str]:
     """Lower-cased alphanumeric runs of ``text`` (a plain split for comparing texts; the
-    index's own analysis is ``index.text_analyzer``)."""
+    index's own analysis is ``analysis.analyze``)."""
     return _WORD.findall(text.lower())
 
 
