@@ -5,6 +5,7 @@ queries find nothing."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -36,6 +37,11 @@ CORPUS = [
     ("hi2", "नमस्ते दुनिया", ["नमस्ते"]),
     ("sym1", "$TSLA up +5% today ❤️", ["$", "+", "❤️", "❤", "$TSLA"]),
     ("pua1", "odd \ue000 private \ua66e letter", ["\ua66e", "private"]),
+    ("hi3", "प्रधानमंत्री मोदी ने कहा", ["प्रधानमंत्री"]),  # 36 bytes, 3 viramas
+    ("ja3", "葛\U000e0100飾区に住んでいます", ["葛飾"]),  # a variation selector inside
+    ("ja4", unicodedata.normalize("NFD", "かがみを見た"), [unicodedata.normalize("NFD", "がみ")]),
+    ("ja5", unicodedata.normalize("NFD", "ブログnoteを更新"), ["note"]),
+    ("em2", "new pink heart 🩷", ["🩷"]),  # newer than Python 3.11's Unicode data
 ]
 
 

@@ -17,7 +17,7 @@ from gigafactory.grok.memory.broker import BrokerError, check_url, partition_of
 from gigafactory.grok.memory.index import Checkpoint
 from gigafactory.grok.memory.log import post_document
 from gigafactory.grok.memory.rank import RankWeights
-from gigafactory.grok.memory.search import SearchQuery, build_query, search
+from gigafactory.grok.memory.search import SearchQuery, build_query, clause_tiers, search
 from gigafactory.grok.memory.shards import (
     KIND_UPDATE,
     ShardFeeder,
@@ -136,6 +136,13 @@ def test_partial_matches_of_an_unspaced_run_are_asked_when_the_exact_ones_are_to
             assert set(ids) == exact | {"part"} and ids[-1] == "part"
         else:
             assert len(ids) == candidates and set(ids) <= exact
+
+
+@pytest.mark.parametrize("q", ["東京都 東京", "東京 東京都"])
+def test_a_run_asked_on_its_own_is_exact_in_any_order(q):
+    clauses, partial = clause_tiers(q)
+    assert ("東", "京") in clauses and ("東", "京") not in partial  # the user typed 東京
+    assert ("京", "都") in partial
 
 
 def test_without_global_idf_the_shard_scores_are_not_comparable(tmp_path):

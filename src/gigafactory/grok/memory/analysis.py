@@ -9,7 +9,8 @@ The tokens, for every language of the stream:
   "東京タワーに行きました" and "서울" finds "서울에서" (character n-gram indexing in its
   unigram-plus-positions form, as Lucene's CJK analysers index bigrams);
 - a word of any other script is a run of letters, digits and the combining marks inside it,
-  so Devanagari "हिन्दी" (whose virama is a mark) stays one word;
+  so Devanagari "हिन्दी" (whose virama is a mark) stays one word; a mark that follows no
+  letter (a variation selector after an emoji, which picks its colour form) is dropped;
 - each symbol (emoji, currency, math: Unicode classes So, Sc, Sm, Sk) is a token of its own,
   so a query of an emoji finds the posts containing it; punctuation is dropped;
 - then ``ascii_fold`` (Lucene's ASCIIFoldingFilter: "İ" -> "I", "ç" -> "c", "ß" -> "ss") and
@@ -21,8 +22,7 @@ schema 4 (tantivy's regex tokenizer). That tokenizer costs about 0.5 µs per tok
 the pattern, against under 0.1 µs for ``simple`` (runs of alphanumeric characters), so the
 text is rewritten instead into a form ``simple`` splits by the same rules: indexing
 generated posts costs a quarter less CPU, rewrite included (``bench/grok_analysis.py``), and
-the indexer is nearly half of the CPU a post costs at full ingest. On generated posts of
-every language the tokens are the same (``tests/grok/test_analysis.py``).
+the indexer is nearly half of the CPU a post costs at full ingest.
 
 The index form (``index_text``) leaves plain text alone (ASCII letters, digits, punctuation,
 as about half of the posts are) and rewrites, character by character:
@@ -31,90 +31,145 @@ as about half of the posts are) and rewrites, character by character:
   private-use character, not alphanumeric, so ``simple`` splits there);
 - a symbol: ``SEP`` + ``ESC`` + its code point in 6 hex digits + ``SEP`` -- a word of
   ``simple`` (``ESC`` is a letter no language writes: CYRILLIC LETTER MULTIOCULAR O);
-- a combining mark ``simple`` would split a word at (a virama, a combining accent): ``ESC`` +
-  6 hex digits, alphanumeric, so the word stays one token;
-- ``SEP`` and ``ESC`` in the text are escaped too (``SEP`` as a symbol is, ``ESC`` as a mark
-  is), so the rewrite can be undone.
+- a combining mark inside a word: itself, or ``ESC`` + 6 hex digits where ``simple`` would
+  split the word at it (a virama, a combining accent), so the word stays one token;
+- a combining mark after no letter: its 6 hex digits as private-use characters between two
+  ``SEP`` (no token, no position: phrases across it still match);
+- the private-use characters the form uses, and ``ESC``, are escaped like symbols and marks,
+  so the rewrite can be undone.
 
-The index stores the index form and ``shown_text`` undoes it (the log keeps the post as
-posted).
+Which class a character is in is asked of tantivy's own Unicode tables (Rust's, probed once
+per character), not of Python's ``unicodedata``, which is older (an emoji of Unicode 15 is
+unknown to Python 3.11). The index stores the index form and ``shown_text`` undoes it (the
+log keeps the post as posted).
 
-Where the tokens differ from ``RULES``: a combining mark that follows no letter (a variation
-selector after an emoji, which picks its colour form; a stray accent) is a token of its own
-(a stray accent right before a letter starts that letter's word), which queries leave out
-(``analyze``); a symbol is matched as written (fullwidth "＄" is not "$", circled "Ⓐ" is not
-"a"); and scripts are told by Unicode character names, so the few characters whose names and
-scripts disagree ("ー", "〆") count as unspaced.
+``tests/grok/test_analysis.py`` holds the tokens to ``RULES`` for every character of the
+first three Unicode planes in four contexts. They differ only where the rules' ASCII folding
+turns a symbol into punctuation or a letter (fullwidth "＄" stays itself, not "$"), on the
+private-use characters the form reserves, and on letters newer than the regex's tables.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-import unicodedata
 
 import orjson
 import tantivy
 
 TEXT_ANALYZER = "grok_text"
 """Name under which ``text_analyzer`` is registered on every opened index."""
-MAX_TOKEN_BYTES = 40  # longer tokens are dropped (tantivy's RemoveLongFilter limit)
+MAX_TOKEN_BYTES = 160
+"""Longer tokens (bytes of the index form) are dropped (tantivy's RemoveLongFilter): room for
+a word of 40 bytes whose marks are all escaped (9 bytes each; a Hindi word of 36 bytes with
+three viramas takes 54), while hashes and base64 runs stay out of the index."""
 SEP = "\ue000"
 """Separates the characters of unspaced scripts and the escaped symbols in the index form."""
 ESC = "\ua66e"
 """Starts an escaped character in the index form: ``ESC`` + 6 lower-case hex digits."""
-UNSPACED_NAMES = ("CJK ", "HIRAGANA", "KATAKANA", "HALFWIDTH KATAKANA", "HENTAIGANA", "HANGUL")
-UNSPACED_NAMES += ("HALFWIDTH HANGUL", "THAI ", "LAO ", "KHMER ", "MYANMAR ", "KANGXI ")
-UNSPACED_NAMES += ("IDEOGRAPHIC ", "HANGZHOU ")
-"""Unicode name prefixes of the characters indexed one per token (scripts without spaces)."""
 _UNSPACED_SCRIPTS = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}"
+_UNSPACED = f"[{_UNSPACED_SCRIPTS}]"
+_SYMBOL = r"[\p{So}\p{Sc}\p{Sm}\p{Sk}]"
 RULES = (
-    rf"[{_UNSPACED_SCRIPTS}]"  # one token per character of a script written without spaces
-    r"|[\p{So}\p{Sc}\p{Sm}\p{Sk}]"  # one token per symbol
-    rf"|[[\p{{L}}\p{{N}}]--[{_UNSPACED_SCRIPTS}]][[\p{{L}}\p{{M}}\p{{N}}]--[{_UNSPACED_SCRIPTS}]]*"
+    rf"{_UNSPACED}"  # one token per character of a script written without spaces
+    rf"|{_SYMBOL}"  # one token per symbol
+    rf"|[[\p{{L}}\p{{N}}]--{_UNSPACED}][[\p{{L}}\p{{M}}\p{{N}}]--{_UNSPACED}]*"  # words
 )
 """The tokens as a Unicode regex (Rust syntax): the reference the index form is held to."""
-_SYMBOLS = frozenset(("So", "Sc", "Sm", "Sk"))
-_EMOJI_MARKS = (range(0xFE00, 0xFE10), range(0xE0100, 0xE01F0), range(0x20E3, 0x20E4))
-"""Variation selectors (after an emoji or a Han character) and the keycap mark ("1️⃣"):
-marks that follow symbols, escaped as tokens of their own (``SEP`` on both sides)."""
 
 _PLAIN_ASCII_SYMBOLS = re.compile(r"[$+<=>^`|~]")
 """The ASCII characters ``index_text`` rewrites (symbols; other punctuation is dropped)."""
 _TO_REWRITE = re.compile(r"[^\x00-\x23\x25-\x2a\x2c-\x3b\x3f-\x5d\x5f\x61-\x7b\x7d\x7f]+")
 """Runs of characters ``index_text`` may rewrite: anything but plain ASCII."""
 _ESCAPED = re.compile(ESC + "([0-9a-f]{6})")
-_TEXT_KEY = '"text":"'
-_TEXT_END = '","created_at":"'
-"""What follows the text in a logged post body (``log.post_document``'s order); a JSON
-string cannot hold it unescaped, so the first one after ``_TEXT_KEY`` ends the text."""
-
-_probe_lock = threading.Lock()
-_probe = tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple()).build()
+_TEXT_KEY, _STRING_END = '"text":"', '","'
+"""A logged post body holds its text after ``_TEXT_KEY``, and the first ``_STRING_END``
+after it ends the text (a JSON string cannot hold it: each quote in it is escaped)."""
+_MAX_FORMS = 200_000
+"""Characters whose forms are kept (``_FORMS``); forms of others are worked out each time."""
 
 
-def _alphanumeric(c: str) -> bool:
-    """Whether ``simple`` keeps ``c`` inside a word (Rust's ``char::is_alphanumeric``, whose
-    Alphabetic property Python's ``unicodedata`` does not have)."""
-    with _probe_lock:
-        return _probe.analyze(f"a{c}a") == [f"a{c}a"]
+class _Probe:
+    """Asks tantivy's own Unicode tables (Rust's, which may be newer than Python's
+    ``unicodedata``) what a character is, under a lock (an analyzer is not shared between
+    threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._alnum = tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple()).build()
+        regex = {k: tantivy.Tokenizer.regex(p) for k, p in (("u", _UNSPACED), ("s", _SYMBOL))}
+        regex["m"] = tantivy.Tokenizer.regex(r"\p{M}")
+        self._regex = {k: tantivy.TextAnalyzerBuilder(t).build() for k, t in regex.items()}
+
+    def kind(self, c: str) -> tuple[bool, str]:
+        """(alphanumeric, class): whether ``simple`` keeps ``c`` in a word
+        (``char::is_alphanumeric``), and "u" (a character of an unspaced script), "s" (a
+        symbol), "m" (a combining mark) or "" (anything else)."""
+        with self._lock:
+            alnum = self._alnum.analyze(c) == [c]
+            for k, analyzer in self._regex.items():
+                if analyzer.analyze(c) == [c]:
+                    return alnum, k
+            return alnum, ""
+
+
+_probe = _Probe()
+_MARKS: set[str] = set()
+"""Combining marks seen: in a word they stay in it (escaped when ``simple`` would split the
+word there); after no letter they are written with ``_LONE`` digits (no token, as the rules
+drop them)."""
+_WORDY: set[str] = set()
+"""Characters (beyond ASCII) whose form ends in a letter a following mark joins."""
+_UNSPACED_CHARS: dict[str, bool] = {}
+_LONE_DIGITS = 0xE010
+"""A mark after no letter is ``SEP`` + its code point in 6 hex digits written as the
+private-use characters ``_LONE_DIGITS`` + digit (not alphanumeric: no token) + ``SEP``."""
+_RESERVED = range(0xE000, _LONE_DIGITS + 16)
+"""Private-use characters the index form uses: escaped when a text holds them."""
+_LONE = re.compile(f"{SEP}([{chr(_LONE_DIGITS)}-{chr(_LONE_DIGITS + 15)}]{{6}}){SEP}")
+
+
+def _lone(c: str) -> str:
+    return SEP + "".join(chr(_LONE_DIGITS + int(d, 16)) for d in f"{ord(c):06x}") + SEP
+
+
+def _unlone(m: re.Match[str]) -> str:
+    return chr(int("".join(f"{ord(d) - _LONE_DIGITS:x}" for d in m[1]), 16))
+
+
+def unspaced(c: str) -> bool:
+    """Whether ``c`` is a character of a script the index splits per character."""
+    known = _UNSPACED_CHARS.get(c)
+    if known is None:
+        known = _probe.kind(c)[1] == "u"
+        if len(_UNSPACED_CHARS) < _MAX_FORMS:
+            _UNSPACED_CHARS[c] = known
+    return known
 
 
 class _Forms(dict):
-    """Code point -> its index form (``str.translate`` table), filled in on first sight."""
+    """Code point -> its index form (``str.translate`` table), filled in on first sight; a
+    mark's is its form inside a word (``_rewrite`` writes the others)."""
 
     def __missing__(self, code: int) -> str | int:
         c = chr(code)
-        cat = unicodedata.category(c)
+        alnum, kind = _probe.kind(c)
         escaped = f"{ESC}{code:06x}"
         form: str | int = code
-        if c == SEP or cat in _SYMBOLS or any(code in r for r in _EMOJI_MARKS):
+        if code in _RESERVED or kind == "s" or (kind == "u" and not alnum):
             form = SEP + escaped + SEP
-        elif cat[0] in "LNM" and unicodedata.name(c, "").startswith(UNSPACED_NAMES):
-            form = SEP + (c if _alphanumeric(c) else escaped) + SEP
-        elif c == ESC or (cat[0] == "M" and not _alphanumeric(c)):
+        elif kind == "u":
+            form = SEP + c + SEP
+        elif c == ESC:
             form = escaped
-        self[code] = form
+            _WORDY.add(c)
+        elif kind == "m":
+            form = code if alnum else escaped
+            _MARKS.add(c)
+        elif alnum:
+            _WORDY.add(c)
+        if len(self) < _MAX_FORMS:
+            self[code] = form
         return form
 
 
@@ -122,7 +177,21 @@ _FORMS = _Forms()
 
 
 def _rewrite(m: re.Match[str]) -> str:
-    return m[0].translate(_FORMS)
+    run = m[0]
+    form = run.translate(_FORMS)
+    if _MARKS.isdisjoint(run):
+        return form
+    # as the rules have it, a mark continues the word before it, and is dropped elsewhere
+    word = m.start() > 0 and m.string[m.start() - 1].isalnum()
+    out = []
+    for c in run:
+        f = _FORMS[ord(c)]
+        if c in _MARKS:
+            out.append((f if isinstance(f, str) else c) if word else _lone(c))
+        else:
+            out.append(f if isinstance(f, str) else c)
+            word = c in _WORDY
+    return "".join(out)
 
 
 def index_text(text: str) -> str:
@@ -136,16 +205,17 @@ def shown_text(form: str) -> str:
     """The text of which ``form`` is the index form (``index_text`` undone)."""
     if ESC not in form and SEP not in form:
         return form
-    return _ESCAPED.sub(lambda m: chr(int(m[1], 16)), form.replace(SEP, ""))
+    form = _LONE.sub(_unlone, form).replace(SEP, "")
+    return _ESCAPED.sub(lambda m: chr(int(m[1], 16)), form)
 
 
 def index_document(body: str) -> str:
     """A logged post body (``log.post_document``'s JSON) with its text in the index form: the
     document the indexer gives tantivy. Rewrites the text inside the JSON without parsing it
-    when it can (the body's other fields are ASCII identifiers and numbers), and through
-    ``orjson`` otherwise (a body of another key order, or with ``\\u`` escapes)."""
+    when it can, and through ``orjson`` otherwise (a text last in its body, or with ``\\u``
+    escapes)."""
     start = body.find(_TEXT_KEY) + len(_TEXT_KEY)
-    end = body.find(_TEXT_END, start) if start >= len(_TEXT_KEY) else -1
+    end = body.find(_STRING_END, start) if start >= len(_TEXT_KEY) else -1
     if end >= 0 and body.find("\\u", start, end) < 0:
         if body.isascii() and not _PLAIN_ASCII_SYMBOLS.search(body, start, end):
             return body
@@ -184,21 +254,10 @@ def text_analyzer() -> tantivy.TextAnalyzer:
 _analyzers = threading.local()
 
 
-def lone_mark(token: str) -> bool:
-    """Whether ``token`` is one combining mark outside the unspaced scripts (whose marks are
-    tokens of the phrases their words become)."""
-    c = shown_text(token)
-    return (
-        len(c) == 1
-        and unicodedata.category(c)[0] == "M"
-        and not unicodedata.name(c, "").startswith(UNSPACED_NAMES)
-    )
-
-
 def analyze(text: str) -> list[str]:
-    """The index terms of ``text`` (in the index form, as the index holds them) but lone
-    marks (``lone_mark``): what a query of ``text`` looks for."""
+    """The index terms of ``text``, in the index form (as the index holds them): what a query
+    of ``text`` looks for."""
     a = getattr(_analyzers, "a", None)
     if a is None:
         a = _analyzers.a = text_analyzer()
-    return [t for t in a.analyze(index_text(text)) if not lone_mark(t)]
+    return a.analyze(index_text(text))

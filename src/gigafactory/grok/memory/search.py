@@ -17,13 +17,12 @@ from the newest posts first (``_newest_slices``), so its cost does not grow with
 from __future__ import annotations
 
 import time
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import tantivy
 
-from gigafactory.grok.memory.analysis import UNSPACED_NAMES, analyze, shown_text
+from gigafactory.grok.memory.analysis import analyze, shown_text, unspaced
 from gigafactory.grok.memory.index import POST
 from gigafactory.grok.memory.rank import RankWeights, combined_score
 
@@ -68,7 +67,7 @@ class Hit:
 def _unspaced(token: str) -> bool:
     """Whether ``token`` is one character of a script the index splits per character."""
     char = shown_text(token)
-    return len(char) == 1 and unicodedata.name(char, "").startswith(UNSPACED_NAMES)
+    return len(char) == 1 and unspaced(char)
 
 
 Clause = str | tuple[str, ...]
@@ -87,7 +86,10 @@ def clause_tiers(q: str) -> tuple[list[Clause], frozenset[Clause]]:
     partial: set[Clause] = set()
 
     def add(c: Clause, part: bool = False) -> None:
-        if c not in out and len(out) < MAX_CLAUSES:
+        if c in out:
+            if not part:  # asked for on its own too: exact
+                partial.discard(c)
+        elif len(out) < MAX_CLAUSES:
             out.append(c)
             if part:
                 partial.add(c)
@@ -132,8 +134,8 @@ def candidate_tiers(clauses: list[Clause], partial: frozenset[Clause]) -> list[l
 
 
 def query_terms(q: str) -> list[str]:
-    """The single-word clauses of ``query_clauses(q)`` (what the Grok chat counts and
-    highlights)."""
+    """The single-word clauses of ``query_clauses(q)``, in the index form (what the Grok
+    answers search for one by one and count in posts)."""
     return [c for c in query_clauses(q) if isinstance(c, str)]
 
 
