@@ -84,6 +84,15 @@ def test_index_form_undoes_exactly_on_any_text(text):
     assert shown_text(index_text(text)) == text
 
 
+@given(st.text(alphabet=st.sampled_from('an\\"\n\t /$😀東\u0301\u094d\ufe0fि'), max_size=30))
+@settings(max_examples=400, deadline=None)
+def test_a_logged_body_gets_the_index_form_of_its_text(text):
+    """Rewritten inside the JSON (escapes like "\\n" before a mark included) or parsed, the
+    document's text is ``index_text`` of the post's."""
+    body = post_document("p1", "a", text, datetime(2026, 12, 7, tzinfo=UTC))
+    assert orjson.loads(index_document(body))["text"] == index_text(text)
+
+
 def test_plain_text_is_its_own_index_form():
     text = "Plain ASCII, with punctuation: (ok)! #tag @handle 100%"
     assert index_text(text) is text
@@ -97,6 +106,8 @@ TRICKY = [
     "unicode escape look-alike \\u00e9 and é",
     "東京 $5 ❤️",
     "plain",
+    "a line\n\u0301second and a tab\t\u094dहिन्दी",  # a mark after an escaped control: lone
+    "a\\n\u0301 b",  # a mark after a backslash and an n: in the word "ń"
 ]
 
 

@@ -46,7 +46,8 @@ log keeps the post as posted).
 ``tests/grok/test_analysis.py`` holds the tokens to ``RULES`` for every character of the
 first three Unicode planes in four contexts. They differ only where the rules' ASCII folding
 turns a symbol into punctuation or a letter (fullwidth "＄" stays itself, not "$"), on the
-private-use characters the form reserves, and on letters newer than the regex's tables.
+private-use characters the form reserves, on letters newer than the regex's tables, and on
+words whose index form is longer than ``MAX_TOKEN_BYTES`` (the rules measure the word).
 """
 
 from __future__ import annotations
@@ -60,9 +61,11 @@ import tantivy
 TEXT_ANALYZER = "grok_text"
 """Name under which ``text_analyzer`` is registered on every opened index."""
 MAX_TOKEN_BYTES = 160
-"""Longer tokens (bytes of the index form) are dropped (tantivy's RemoveLongFilter): room for
-a word of 40 bytes whose marks are all escaped (9 bytes each; a Hindi word of 36 bytes with
-three viramas takes 54), while hashes and base64 runs stay out of the index."""
+"""Longer tokens (bytes of the index form) are dropped (tantivy's RemoveLongFilter), as hashes
+and base64 runs should be. An escaped mark takes 9 bytes for its 2 or 3, so a word of marks
+can take up to 4.5 times its own bytes: every word up to 35 bytes fits (a Hindi word of 36
+bytes with three viramas takes 54), but a 51-letter Sanskrit compound of 153 bytes, which
+``RULES`` keeps, takes 237 and is dropped."""
 SEP = "\ue000"
 """Separates the characters of unspaced scripts and the escaped symbols in the index form."""
 ESC = "\ua66e"
@@ -176,13 +179,20 @@ class _Forms(dict):
 _FORMS = _Forms()
 
 
-def _rewrite(m: re.Match[str]) -> str:
+def _rewrite(m: re.Match[str], json: bool = False) -> str:
+    """The index form of a run of ``_TO_REWRITE`` (in a JSON string when ``json``)."""
     run = m[0]
     form = run.translate(_FORMS)
     if _MARKS.isdisjoint(run):
         return form
     # as the rules have it, a mark continues the word before it, and is dropped elsewhere
-    word = m.start() > 0 and m.string[m.start() - 1].isalnum()
+    string, i = m.string, m.start()
+    word = i > 0 and string[i - 1].isalnum()
+    if json and word:  # "\n" in a JSON string is a newline: a letter after an odd number of \
+        k = i - 2
+        while k >= 0 and string[k] == "\\":
+            k -= 1
+        word = (i - 2 - k) % 2 == 0
     out = []
     for c in run:
         f = _FORMS[ord(c)]
@@ -192,6 +202,10 @@ def _rewrite(m: re.Match[str]) -> str:
             out.append(f if isinstance(f, str) else c)
             word = c in _WORDY
     return "".join(out)
+
+
+def _rewrite_json(m: re.Match[str]) -> str:
+    return _rewrite(m, json=True)
 
 
 def index_text(text: str) -> str:
@@ -219,7 +233,7 @@ def index_document(body: str) -> str:
     if end >= 0 and body.find("\\u", start, end) < 0:
         if body.isascii() and not _PLAIN_ASCII_SYMBOLS.search(body, start, end):
             return body
-        return body[:start] + _TO_REWRITE.sub(_rewrite, body[start:end]) + body[end:]
+        return body[:start] + _TO_REWRITE.sub(_rewrite_json, body[start:end]) + body[end:]
     doc = orjson.loads(body)
     if not isinstance(doc.get("text"), str):
         return body

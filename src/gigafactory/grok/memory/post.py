@@ -33,7 +33,7 @@ _WORD = re.compile(r"[^\W_]+")
 
 
 def strip_controls(text: str) -> str:
-    """Remove C0/C1 control characters (keeping tab, newline, carriage return) and the
+    """Remove C0/C1 control characters (keeping tab and newline) and the
     invisible bidi/zero-width marks used to hide text from human readers."""
     return _CONTROL.sub("", text)
 
