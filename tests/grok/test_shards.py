@@ -145,6 +145,13 @@ def test_a_run_asked_on_its_own_is_exact_in_any_order(q):
     assert ("京", "都") in partial
 
 
+def test_the_bigrams_of_a_long_run_leave_room_for_the_words_after_it():
+    clauses, partial = clause_tiers(
+        "あいうえおかきくけこさしすせそたちつてとなにぬねのはひふへほまみむ tokyo"
+    )
+    assert "tokyo" in clauses and len(clauses) == 32 and len(partial) == 30
+
+
 def test_without_global_idf_the_shard_scores_are_not_comparable(tmp_path):
     """The control of the test above: merging the shards' own BM25 scores ranks differently."""
     docs = corpus()

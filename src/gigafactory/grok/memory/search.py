@@ -80,28 +80,19 @@ def clause_tiers(q: str) -> tuple[list[Clause], frozenset[Clause]]:
     characters of an unspaced script (CJK, Thai ...) as the phrase of the whole run plus,
     partial, the phrases of its character bigrams, so that a longer run still finds posts
     sharing part of it, ranked below exact matches (the bigram scheme of CJK search engines;
-    ``candidate_tiers`` says when they are asked). Distinct, in order, at most
-    ``MAX_CLAUSES``."""
-    out: list[Clause] = []
-    partial: set[Clause] = set()
-
-    def add(c: Clause, part: bool = False) -> None:
-        if c in out:
-            if not part:  # asked for on its own too: exact
-                partial.discard(c)
-        elif len(out) < MAX_CLAUSES:
-            out.append(c)
-            if part:
-                partial.add(c)
+    ``candidate_tiers`` says when they are asked). Distinct, in order, the exact ones first;
+    at most ``MAX_CLAUSES`` (the bigrams of a long run take what the exact ones leave)."""
+    exact: dict[Clause, None] = {}  # ordered sets
+    bigrams: dict[Clause, None] = {}
 
     def flush(run: list[str]) -> None:
         if len(run) == 1:
-            add(run[0])
+            exact[run[0]] = None
         elif run:
-            add(tuple(run))
+            exact[tuple(run)] = None
             if len(run) > 2:
                 for i in range(len(run) - 1):
-                    add((run[i], run[i + 1]), part=True)
+                    bigrams[(run[i], run[i + 1])] = None
         run.clear()
 
     for chunk in q.split():
@@ -111,9 +102,11 @@ def clause_tiers(q: str) -> tuple[list[Clause], frozenset[Clause]]:
                 run.append(tok)
             else:
                 flush(run)
-                add(tok)
+                exact[tok] = None
         flush(run)
-    return out, frozenset(partial)
+    out = list(exact)[:MAX_CLAUSES]
+    partial = [c for c in bigrams if c not in exact][: MAX_CLAUSES - len(out)]
+    return out + partial, frozenset(partial)
 
 
 def query_clauses(q: str) -> list[Clause]:
