@@ -52,6 +52,7 @@ words whose index form is longer than ``MAX_TOKEN_BYTES`` (the rules measure the
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 
@@ -89,7 +90,8 @@ _TEXT_KEY, _STRING_END = '"text":"', '","'
 """A logged post body holds its text after ``_TEXT_KEY``, and the first ``_STRING_END``
 after it ends the text (a JSON string cannot hold it: each quote in it is escaped)."""
 _MAX_FORMS = 200_000
-"""Characters whose forms are kept (``_FORMS``); forms of others are worked out each time."""
+"""Characters whose forms (``_FORMS``) and classes (``unspaced``) are kept; those of others are
+worked out each time."""
 
 
 class _Probe:
@@ -100,9 +102,10 @@ class _Probe:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._alnum = tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple()).build()
-        regex = {k: tantivy.Tokenizer.regex(p) for k, p in (("u", _UNSPACED), ("s", _SYMBOL))}
-        regex["m"] = tantivy.Tokenizer.regex(r"\p{M}")
-        self._regex = {k: tantivy.TextAnalyzerBuilder(t).build() for k, t in regex.items()}
+        classes = (("u", _UNSPACED), ("s", _SYMBOL), ("m", r"\p{M}"))  # in the rules' order
+        self._regex = {
+            k: tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(p)).build() for k, p in classes
+        }
 
     def kind(self, c: str) -> tuple[bool, str]:
         """(alphanumeric, class): whether ``simple`` keeps ``c`` in a word
@@ -123,7 +126,6 @@ word there); after no letter they are written with ``_LONE`` digits (no token, a
 drop them)."""
 _WORDY: set[str] = set()
 """Characters (beyond ASCII) whose form ends in a letter a following mark joins."""
-_UNSPACED_CHARS: dict[str, bool] = {}
 _LONE_DIGITS = 0xE010
 """A mark after no letter is ``SEP`` + its code point in 6 hex digits written as the
 private-use characters ``_LONE_DIGITS`` + digit (not alphanumeric: no token) + ``SEP``."""
@@ -140,14 +142,10 @@ def _unlone(m: re.Match[str]) -> str:
     return chr(int("".join(f"{ord(d) - _LONE_DIGITS:x}" for d in m[1]), 16))
 
 
+@functools.lru_cache(maxsize=_MAX_FORMS)
 def unspaced(c: str) -> bool:
     """Whether ``c`` is a character of a script the index splits per character."""
-    known = _UNSPACED_CHARS.get(c)
-    if known is None:
-        known = _probe.kind(c)[1] == "u"
-        if len(_UNSPACED_CHARS) < _MAX_FORMS:
-            _UNSPACED_CHARS[c] = known
-    return known
+    return _probe.kind(c)[1] == "u"
 
 
 class _Forms(dict):
@@ -196,10 +194,11 @@ def _rewrite(m: re.Match[str], json: bool = False) -> str:
     out = []
     for c in run:
         f = _FORMS[ord(c)]
+        f = f if isinstance(f, str) else c
         if c in _MARKS:
-            out.append((f if isinstance(f, str) else c) if word else _lone(c))
+            out.append(f if word else _lone(c))
         else:
-            out.append(f if isinstance(f, str) else c)
+            out.append(f)
             word = c in _WORDY
     return "".join(out)
 

@@ -12,9 +12,9 @@ older ones are deleted together now and then, ``KEEP_CHECKPOINTS``): tantivy com
 atomic, so the documents and the sequence they cover can never disagree. On open,
 ``open_index`` checks the index in constant time (readable, checkpoint present, as many post
 documents as the checkpoint counted, and the log's event at the checkpoint's seq is the one
-the index saw there); a
-missing, unreadable or inconsistent index is deleted (only if this service created it) and
-rebuilt from the log, and a good one catches up from its checkpoint.
+the index saw there); a missing, unreadable or inconsistent index is deleted (only if this
+service created it) and rebuilt from the log, and a good one catches up from its
+checkpoint.
 """
 
 from __future__ import annotations
